@@ -1,0 +1,89 @@
+//! `scim2ldap check`: everything that can be verified before serving, all problems at once.
+
+use crate::config::Config;
+use crate::directory::{Directory, DirectoryError};
+use crate::mapping::Deactivate;
+
+/// Connects and binds, checks that the configured base DNs exist and that every object class
+/// and attribute the mapping writes is in the directory's subschema. Returns one line per
+/// problem; empty means ready to serve.
+pub async fn check_directory(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let directory = match Directory::new(&config.ldap) {
+        Ok(directory) => directory,
+        Err(err) => return vec![format!("`ldap`: {err}")],
+    };
+    if let Err(err) = directory.ping().await {
+        let problem = match err {
+            DirectoryError::InvalidCredentials => format!(
+                "cannot bind to {} as {}: the directory refused the bind password",
+                config.ldap.url, config.ldap.bind_dn
+            ),
+            other => format!(
+                "cannot reach or bind to {} as {}: {other}",
+                config.ldap.url, config.ldap.bind_dn
+            ),
+        };
+        return vec![problem];
+    }
+    let mut bases = vec![
+        ("users.base_dn", config.users.base_dn.clone()),
+        ("groups.base_dn", config.groups.base_dn.clone()),
+    ];
+    if let Deactivate::Move { disabled_base_dn } = &config.users.deactivate {
+        bases.push(("users.disabled_base_dn", disabled_base_dn.clone()));
+    }
+    for (key, dn) in bases {
+        match directory.read(&dn, &["1.1"]).await {
+            Ok(Some(_)) => {}
+            Ok(None) => problems.push(format!("`{key}`: {dn} does not exist in the directory")),
+            Err(err) => problems.push(format!("`{key}`: cannot read {dn}: {err}")),
+        }
+    }
+    match directory.subschema().await {
+        Ok(subschema) => {
+            let (user_classes, user_attrs) = config.users.ldap_names();
+            let (group_classes, group_attrs) = config.groups.ldap_names();
+            for (section, classes, attrs) in [
+                ("users", user_classes, user_attrs),
+                ("groups", group_classes, group_attrs),
+            ] {
+                for class in classes {
+                    if !subschema
+                        .object_classes
+                        .contains(&class.to_ascii_lowercase())
+                    {
+                        problems.push(format!(
+                            "`{section}`: object class `{class}` is not in the directory's schema"
+                        ));
+                    }
+                }
+                for attr in attrs {
+                    if !subschema
+                        .attribute_types
+                        .contains(&attr.to_ascii_lowercase())
+                    {
+                        problems.push(format!(
+                            "`{section}`: attribute `{attr}` is not in the directory's schema"
+                        ));
+                    }
+                }
+            }
+        }
+        Err(err) => problems.push(format!("cannot read the directory's subschema: {err}")),
+    }
+    if let Some(parent) = config
+        .cache
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        if !parent.is_dir() {
+            problems.push(format!(
+                "`cache.path`: directory {} does not exist",
+                parent.display()
+            ));
+        }
+    }
+    problems
+}

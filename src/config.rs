@@ -1,0 +1,664 @@
+//! Configuration: the raw file shape (`RawConfig`), its validation into `Config`, and secrets.
+//!
+//! One TOML file read with the `config` crate, every key overridable from the environment as
+//! `SCIM2LDAP__SECTION__KEY`. Unknown keys and invalid values are all reported at once, each
+//! naming its key. Secrets go straight into `SecretString`; nothing here logs them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::mapping::config::{RawGroupMapping, RawUserMapping};
+
+/// Prefix of environment overrides: `SCIM2LDAP__LDAP__URL` sets `ldap.url`.
+pub const ENV_PREFIX: &str = "SCIM2LDAP";
+
+/// Every problem found in a configuration, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// The file as written: every key optional, so that validation can name each missing one.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    /// `[server]`: the HTTP listener.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[auth]`: bearer tokens.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// `[ldap]`: the directory connection.
+    #[serde(default)]
+    pub ldap: RawLdap,
+    /// `[users]`: where and how users are written.
+    #[serde(default)]
+    pub users: RawUserMapping,
+    /// `[groups]`: where and how groups are written.
+    #[serde(default)]
+    pub groups: RawGroupMapping,
+    /// `[cache]`: the reconciliation cache.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// `[log]`: logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[server]` keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    /// `listen`, default `127.0.0.1:8080`; port 0 picks a free one. Env `SCIM2LDAP__SERVER__LISTEN`.
+    pub listen: Option<String>,
+    /// `base_path`, default `/scim/v2`. Env `SCIM2LDAP__SERVER__BASE_PATH`.
+    pub base_path: Option<String>,
+    /// `max_body_bytes`, default 1048576; larger request bodies get 413. Env `SCIM2LDAP__SERVER__MAX_BODY_BYTES`.
+    pub max_body_bytes: Option<u64>,
+    /// `shutdown_timeout`, default `30s`: how long in-flight requests may drain on SIGTERM.
+    /// Env `SCIM2LDAP__SERVER__SHUTDOWN_TIMEOUT`.
+    pub shutdown_timeout: Option<String>,
+}
+
+/// `[auth]` keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAuth {
+    /// `bearer_tokens`: accepted tokens, as `sha256:<hex>` hashes or plaintext; several allow
+    /// rotation. Env `SCIM2LDAP__AUTH__BEARER_TOKENS` (comma-separated).
+    pub bearer_tokens: Option<Vec<String>>,
+    /// `bearer_token_file`: a file with one token (hash or plaintext) per line.
+    /// Env `SCIM2LDAP__AUTH__BEARER_TOKEN_FILE`. The systemd credential `bearer_tokens` is read too.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// `[ldap]` keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLdap {
+    /// `url` (required): `ldap://host:port` or `ldaps://host:port`. Env `SCIM2LDAP__LDAP__URL`.
+    pub url: Option<String>,
+    /// `bind_dn` (required). Env `SCIM2LDAP__LDAP__BIND_DN`.
+    pub bind_dn: Option<String>,
+    /// `bind_password`, inline; or `bind_password_file`; or the systemd credential `bind_password`.
+    /// Env `SCIM2LDAP__LDAP__BIND_PASSWORD`.
+    pub bind_password: Option<String>,
+    /// `bind_password_file`: a file holding the bind password. Env `SCIM2LDAP__LDAP__BIND_PASSWORD_FILE`.
+    pub bind_password_file: Option<PathBuf>,
+    /// `flavor`, default `openldap`: `openldap`, `389ds`, `ad` or `generic`. Env `SCIM2LDAP__LDAP__FLAVOR`.
+    pub flavor: Option<String>,
+    /// `starttls`, default false: upgrade an `ldap://` connection with StartTLS. Env `SCIM2LDAP__LDAP__STARTTLS`.
+    pub starttls: Option<bool>,
+    /// `ca_file`: PEM bundle to verify the directory's certificate; default the system roots.
+    /// Env `SCIM2LDAP__LDAP__CA_FILE`.
+    pub ca_file: Option<PathBuf>,
+    /// `timeout`, default `10s`: per-operation timeout. Env `SCIM2LDAP__LDAP__TIMEOUT`.
+    pub timeout: Option<String>,
+    /// `pool_size`, default 8: bound connections kept open. Env `SCIM2LDAP__LDAP__POOL_SIZE`.
+    pub pool_size: Option<u32>,
+}
+
+/// `[cache]` keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCache {
+    /// `path`, default `/var/lib/scim2ldap/cache.db`, or `$STATE_DIRECTORY/cache.db` under
+    /// systemd. Env `SCIM2LDAP__CACHE__PATH`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[log]` keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    /// `format`, default `text`: `text` or `json`. Env `SCIM2LDAP__LOG__FORMAT`.
+    pub format: Option<String>,
+    /// `level`, default `info`: a tracing filter such as `info,scim2ldap=debug`; `RUST_LOG` wins.
+    /// Env `SCIM2LDAP__LOG__LEVEL`.
+    pub level: Option<String>,
+}
+
+/// Validated configuration: nothing required is an `Option`.
+#[derive(Debug)]
+pub struct Config {
+    /// HTTP listener settings.
+    pub server: ServerConfig,
+    /// Accepted bearer tokens.
+    pub auth: AuthConfig,
+    /// Directory connection settings.
+    pub ldap: LdapConfig,
+    /// User mapping.
+    pub users: crate::mapping::UserMapping,
+    /// Group mapping.
+    pub groups: crate::mapping::GroupMapping,
+    /// Cache location.
+    pub cache: CacheConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Path prefix of the SCIM endpoints, without a trailing slash (may be empty).
+    pub base_path: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Drain time on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Validated `[auth]`: SHA-256 hashes of the accepted tokens.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// Hashes of every accepted token.
+    pub token_hashes: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthConfig {{ {} token(s) }}", self.token_hashes.len())
+    }
+}
+
+/// Directory flavor: picks the deactivation strategy and the directory id attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// OpenLDAP with ppolicy.
+    OpenLdap,
+    /// 389 Directory Server / FreeIPA.
+    Ds389,
+    /// Microsoft Active Directory.
+    ActiveDirectory,
+    /// Any other LDAPv3 server.
+    Generic,
+}
+
+impl Flavor {
+    /// The operational attribute holding the directory's own id of an entry.
+    pub fn entry_id_attribute(self) -> &'static str {
+        match self {
+            Flavor::OpenLdap | Flavor::Generic => "entryUUID",
+            Flavor::Ds389 => "nsUniqueId",
+            Flavor::ActiveDirectory => "objectGUID",
+        }
+    }
+}
+
+/// Validated `[ldap]`.
+#[derive(Debug, Clone)]
+pub struct LdapConfig {
+    /// `ldap://` or `ldaps://` URL.
+    pub url: String,
+    /// DN to bind as.
+    pub bind_dn: String,
+    /// Password for `bind_dn`.
+    pub bind_password: SecretString,
+    /// Directory flavor.
+    pub flavor: Flavor,
+    /// Use StartTLS on `ldap://`.
+    pub starttls: bool,
+    /// CA bundle for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Per-operation timeout.
+    pub timeout: Duration,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+/// Validated `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter directive.
+    pub level: String,
+}
+
+/// Reads `file` and the environment (`env` None means the process environment) into a `Config`.
+///
+/// Fails with every problem at once: unreadable file, unknown keys, wrong types, invalid values.
+pub fn load(file: &Path, env: Option<BTreeMap<String, String>>) -> Result<Config, ConfigError> {
+    let raw = load_raw(file, env)?;
+    Config::from_raw(raw, &SecretSources::from_process())
+}
+
+/// Reads `file` and the environment into a `RawConfig`, rejecting unknown keys (all listed).
+pub fn load_raw(
+    file: &Path,
+    env: Option<BTreeMap<String, String>>,
+) -> Result<RawConfig, ConfigError> {
+    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("auth.bearer_tokens")
+        .with_list_parse_key("users.object_classes")
+        .with_list_parse_key("groups.object_classes")
+        .try_parsing(true);
+    if let Some(env) = env {
+        environment = environment.source(Some(env.into_iter().collect()));
+    }
+    let built = config::Config::builder()
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(environment)
+        .build()
+        .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
+    let value: serde_json::Value = built
+        .try_deserialize()
+        .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
+    let mut unknown = Vec::new();
+    let raw: Result<RawConfig, _> = serde_ignored::deserialize(&value, |path| {
+        unknown.push(format!("unknown key `{}`", dotted(&path.to_string())));
+    });
+    match raw {
+        Ok(raw) if unknown.is_empty() => Ok(raw),
+        Ok(_) => Err(ConfigError { problems: unknown }),
+        Err(err) => {
+            unknown.push(format!("{err}"));
+            Err(ConfigError { problems: unknown })
+        }
+    }
+}
+
+/// serde_ignored prints paths as `a.b.c` already; keep one place that decides the spelling.
+fn dotted(path: &str) -> String {
+    path.trim_start_matches('?').to_string()
+}
+
+/// Where secrets may come from besides the file: the systemd credentials directory.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSources {
+    /// `$CREDENTIALS_DIRECTORY`, when set.
+    pub credentials_directory: Option<PathBuf>,
+    /// `$STATE_DIRECTORY`, when set (systemd's `StateDirectory=`).
+    pub state_directory: Option<PathBuf>,
+}
+
+impl SecretSources {
+    /// Reads `$CREDENTIALS_DIRECTORY` and `$STATE_DIRECTORY` from the process environment.
+    pub fn from_process() -> SecretSources {
+        SecretSources {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            state_directory: std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                // systemd may list several directories separated by ':'; the first is ours.
+                .and_then(|dirs| {
+                    dirs.to_str()
+                        .and_then(|dirs| dirs.split(':').next())
+                        .map(PathBuf::from)
+                }),
+        }
+    }
+
+    fn credential(&self, name: &str) -> Option<PathBuf> {
+        let path = self.credentials_directory.as_ref()?.join(name);
+        path.exists().then_some(path)
+    }
+}
+
+/// Collects problems so that validation reports all of them.
+#[derive(Default)]
+pub(crate) struct Problems(pub(crate) Vec<String>);
+
+impl Problems {
+    pub(crate) fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// Unwraps `result`, recording its error under `key`.
+    pub(crate) fn check<T, E: fmt::Display>(
+        &mut self,
+        key: &str,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.push(format!("`{key}`: {err}"));
+                None
+            }
+        }
+    }
+
+    /// Records that required `key` is missing.
+    pub(crate) fn require<T>(&mut self, key: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.push(format!("`{key}` is required"));
+        }
+        value
+    }
+}
+
+impl Config {
+    /// Validates `raw`, reading secret files; reports every problem at once.
+    pub fn from_raw(raw: RawConfig, secrets: &SecretSources) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let server = validate_server(raw.server, &mut problems);
+        let auth = validate_auth(raw.auth, secrets, &mut problems);
+        let flavor = parse_flavor(raw.ldap.flavor.as_deref(), &mut problems);
+        let ldap = validate_ldap(raw.ldap, flavor, secrets, &mut problems);
+        let users = crate::mapping::UserMapping::from_raw(raw.users, flavor, &mut problems);
+        let groups = crate::mapping::GroupMapping::from_raw(raw.groups, &mut problems);
+        let cache = CacheConfig {
+            path: raw
+                .cache
+                .path
+                .unwrap_or_else(|| match &secrets.state_directory {
+                    Some(dir) => dir.join("cache.db"),
+                    None => PathBuf::from("/var/lib/scim2ldap/cache.db"),
+                }),
+        };
+        let log = validate_log(raw.log, &mut problems);
+        match (server, auth, ldap, users, groups, log) {
+            (Some(server), Some(auth), Some(ldap), Some(users), Some(groups), Some(log))
+                if problems.0.is_empty() =>
+            {
+                Ok(Config {
+                    server,
+                    auth,
+                    ldap,
+                    users,
+                    groups,
+                    cache,
+                    log,
+                })
+            }
+            _ => Err(ConfigError {
+                problems: problems.0,
+            }),
+        }
+    }
+}
+
+fn validate_server(raw: RawServer, problems: &mut Problems) -> Option<ServerConfig> {
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = problems.check(
+        "server.listen",
+        listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("`{listen}` is not an address:port such as 127.0.0.1:8080")),
+    );
+    let base_path = raw.base_path.unwrap_or_else(|| "/scim/v2".to_string());
+    let base_path = problems.check("server.base_path", normalize_base_path(&base_path));
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(1024 * 1024);
+    let max_body_bytes = problems.check(
+        "server.max_body_bytes",
+        match usize::try_from(max_body_bytes) {
+            Ok(n) if n >= 1024 => Ok(n),
+            _ => Err("must be at least 1024"),
+        },
+    );
+    let shutdown_timeout = problems.check(
+        "server.shutdown_timeout",
+        parse_duration(raw.shutdown_timeout.as_deref().unwrap_or("30s")),
+    );
+    Some(ServerConfig {
+        listen: listen?,
+        base_path: base_path?,
+        max_body_bytes: max_body_bytes?,
+        shutdown_timeout: shutdown_timeout?,
+    })
+}
+
+fn normalize_base_path(base_path: &str) -> Result<String, String> {
+    if !base_path.is_empty() && !base_path.starts_with('/') {
+        return Err(format!("`{base_path}` must start with '/'"));
+    }
+    if base_path.contains(['?', '#', ' ']) {
+        return Err(format!("`{base_path}` must be a plain path"));
+    }
+    let segments: Vec<&str> = base_path.split('/').filter(|s| !s.is_empty()).collect();
+    Ok(segments.iter().map(|s| format!("/{s}")).collect())
+}
+
+fn validate_auth(
+    raw: RawAuth,
+    secrets: &SecretSources,
+    problems: &mut Problems,
+) -> Option<AuthConfig> {
+    let mut tokens: Vec<SecretString> = raw
+        .bearer_tokens
+        .unwrap_or_default()
+        .into_iter()
+        .map(SecretString::from)
+        .collect();
+    let mut files = Vec::new();
+    if let Some(path) = raw.bearer_token_file {
+        files.push(("auth.bearer_token_file", path));
+    }
+    if let Some(path) = secrets.credential("bearer_tokens") {
+        files.push(("credential bearer_tokens", path));
+    }
+    for (key, path) in files {
+        match read_secret_file(&path) {
+            Ok(text) => tokens.extend(
+                text.expose_secret()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(|line| SecretString::from(line.to_string())),
+            ),
+            Err(err) => problems.push(format!("`{key}`: {err}")),
+        }
+    }
+    if tokens.is_empty() {
+        problems.push(
+            "`auth.bearer_tokens` is required: give at least one token (see `scim2ldap token new`)",
+        );
+        return None;
+    }
+    let mut token_hashes = Vec::with_capacity(tokens.len());
+    for (idx, token) in tokens.iter().enumerate() {
+        match parse_token(token) {
+            Ok(hash) => token_hashes.push(hash),
+            Err(err) => problems.push(format!("`auth.bearer_tokens[{idx}]`: {err}")),
+        }
+    }
+    Some(AuthConfig { token_hashes })
+}
+
+/// Minimum length of a plaintext token; shorter ones are guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Parses one configured token: `sha256:<64 hex>` or a plaintext token of at least 16 characters.
+fn parse_token(token: &SecretString) -> Result<[u8; 32], String> {
+    let token = token.expose_secret();
+    if let Some(hex_digest) = token.strip_prefix("sha256:") {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hex_digest.trim(), &mut hash)
+            .map_err(|_| "a `sha256:` token must be followed by 64 hex digits".to_string())?;
+        return Ok(hash);
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "a plaintext token must be at least {MIN_TOKEN_LEN} characters (use `scim2ldap token new`)"
+        ));
+    }
+    Ok(sha256(token.as_bytes()))
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn parse_flavor(flavor: Option<&str>, problems: &mut Problems) -> Option<Flavor> {
+    match flavor.unwrap_or("openldap") {
+        "openldap" => Some(Flavor::OpenLdap),
+        "389ds" => Some(Flavor::Ds389),
+        "ad" => Some(Flavor::ActiveDirectory),
+        "generic" => Some(Flavor::Generic),
+        other => {
+            problems.push(format!(
+                "`ldap.flavor`: `{other}` is not one of openldap, 389ds, ad, generic"
+            ));
+            None
+        }
+    }
+}
+
+fn validate_ldap(
+    raw: RawLdap,
+    flavor: Option<Flavor>,
+    secrets: &SecretSources,
+    problems: &mut Problems,
+) -> Option<LdapConfig> {
+    let url = problems.require("ldap.url", raw.url);
+    let url = url.and_then(|url| {
+        problems.check(
+            "ldap.url",
+            if url.starts_with("ldap://") || url.starts_with("ldaps://") {
+                Ok(url)
+            } else {
+                Err(format!("`{url}` must start with ldap:// or ldaps://"))
+            },
+        )
+    });
+    let bind_dn = problems.require("ldap.bind_dn", raw.bind_dn);
+    let credential = secrets.credential("bind_password");
+    let bind_password = match (raw.bind_password, raw.bind_password_file, credential) {
+        (Some(inline), None, _) => Some(SecretString::from(inline)),
+        (None, Some(path), _) => problems.check("ldap.bind_password_file", read_secret_file(&path)),
+        (None, None, Some(path)) => {
+            problems.check("credential bind_password", read_secret_file(&path))
+        }
+        (Some(_), Some(_), _) => {
+            problems
+                .push("`ldap.bind_password` and `ldap.bind_password_file` are both set; keep one");
+            None
+        }
+        (None, None, None) => {
+            problems.push(
+                "`ldap.bind_password` is required (inline, as `bind_password_file`, or as the systemd credential `bind_password`)",
+            );
+            None
+        }
+    };
+    let starttls = raw.starttls.unwrap_or(false);
+    if starttls
+        && url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("ldaps://"))
+    {
+        problems.push("`ldap.starttls` cannot be used with an ldaps:// url");
+    }
+    if let Some(ca_file) = &raw.ca_file {
+        if !ca_file.is_file() {
+            problems.push(format!(
+                "`ldap.ca_file`: {} is not a readable file",
+                ca_file.display()
+            ));
+        }
+    }
+    let timeout = problems.check(
+        "ldap.timeout",
+        parse_duration(raw.timeout.as_deref().unwrap_or("10s")),
+    );
+    let pool_size = match raw.pool_size.unwrap_or(8) {
+        n @ 1..=256 => Some(n as usize),
+        n => {
+            problems.push(format!("`ldap.pool_size`: {n} is not between 1 and 256"));
+            None
+        }
+    };
+    Some(LdapConfig {
+        url: url?,
+        bind_dn: bind_dn?,
+        bind_password: bind_password?,
+        flavor: flavor?,
+        starttls,
+        ca_file: raw.ca_file,
+        timeout: timeout?,
+        pool_size: pool_size?,
+    })
+}
+
+fn validate_log(raw: RawLog, problems: &mut Problems) -> Option<LogConfig> {
+    let format = match raw.format.as_deref().unwrap_or("text") {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        other => {
+            problems.push(format!("`log.format`: `{other}` is not one of text, json"));
+            None
+        }
+    };
+    Some(LogConfig {
+        format: format?,
+        level: raw.level.unwrap_or_else(|| "info".to_string()),
+    })
+}
+
+/// Reads a secret file, trimming one trailing newline; an empty file is an error.
+fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(text.to_string()))
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s, 5m"))?;
+    let millis = match unit.trim() {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}` is not a duration such as 500ms, 10s, 5m"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+bearer_tokens = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+[ldap]
+url = "ldap://127.0.0.1:389"
+bind_dn = "cn=admin,dc=example,dc=com"
+bind_password = "very-secret-bind-password"
+[users]
+base_dn = "ou=people,dc=example,dc=com"
+[groups]
+base_dn = "ou=groups,dc=example,dc=com"
+[cache]
+path = "/tmp/cache.db"
+"#;
+
+/// Writes `text` to a temp file and loads it with `env` as the environment.
+fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let raw = load_raw(&path, Some(env))?;
+    Config::from_raw(raw, &SecretSources::default())
+}
+
+#[track_caller]
+fn check_problems(text: &str, env: &[(&str, &str)], expected: &[&str]) {
+    let err = load_text(text, env).expect_err("config must be refused");
+    for part in expected {
+        assert!(
+            err.problems.iter().any(|p| p.contains(part)),
+            "no problem mentions {part:?}: {:?}",
+            err.problems
+        );
+    }
+    assert_eq!(err.problems.len(), expected.len(), "{:?}", err.problems);
+}
+
+#[test]
+fn a_good_file_loads_with_defaults() {
+    let config = load_text(GOOD, &[]).expect("loads");
+    assert_eq!(config.server.base_path, "/scim/v2");
+    assert_eq!(config.server.max_body_bytes, 1024 * 1024);
+    assert_eq!(config.ldap.pool_size, 8);
+    assert_eq!(config.ldap.timeout, Duration::from_secs(10));
+    assert_eq!(config.ldap.flavor, Flavor::OpenLdap);
+    assert_eq!(config.users.rdn_attribute, "uid");
+    assert_eq!(config.cache.path, PathBuf::from("/tmp/cache.db"));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_all_reported_naming_the_key() {
+    let text = GOOD
+        .replace("[server]\n", "[server]\nlistn = \"x\"\n")
+        .replace("[ldap]\n", "[ldap]\nurll = \"x\"\n");
+    check_problems(&text, &[], &["server.listn", "ldap.urll"]);
+    let text = GOOD
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\"")
+        .replace("ldap://127.0.0.1:389", "http://127.0.0.1")
+        .replace("[users]\n", "[users]\non_delete = \"shred\"\n")
+        .replace(
+            "[ldap]\n",
+            "[ldap]\nflavor = \"novell\"\ntimeout = \"soon\"\npool_size = 0\n",
+        );
+    check_problems(
+        &text,
+        &[],
+        &[
+            "server.listen",
+            "ldap.url",
+            "users.on_delete",
+            "ldap.flavor",
+            "ldap.timeout",
+            "ldap.pool_size",
+        ],
+    );
+    let missing = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    check_problems(
+        missing,
+        &[],
+        &[
+            "auth.bearer_tokens",
+            "ldap.url",
+            "ldap.bind_dn",
+            "ldap.bind_password",
+            "users.base_dn",
+            "groups.base_dn",
+        ],
+    );
+}
+
+#[test]
+fn environment_overrides_apply_and_misspelled_ones_are_refused() {
+    let config = load_text(
+        GOOD,
+        &[
+            ("SCIM2LDAP__LDAP__URL", "ldaps://directory.example:636"),
+            ("SCIM2LDAP__LDAP__POOL_SIZE", "3"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(config.ldap.url, "ldaps://directory.example:636");
+    assert_eq!(config.ldap.pool_size, 3);
+    check_problems(
+        GOOD,
+        &[("SCIM2LDAP__LDAP__URLL", "ldap://x")],
+        &["ldap.urll"],
+    );
+    let tokens = format!("{},{}", "a".repeat(20), "b".repeat(20));
+    let config =
+        load_text(GOOD, &[("SCIM2LDAP__AUTH__BEARER_TOKENS", tokens.as_str())]).expect("loads");
+    assert_eq!(config.auth.token_hashes.len(), 2);
+}
+
+#[test]
+fn secrets_come_from_files_and_credentials_and_never_show_in_debug() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("bind_password"), "from-credential\n").expect("write");
+    std::fs::write(
+        dir.path().join("bearer_tokens"),
+        "# rotation\nccccccccccccccccccccc\ndddddddddddddddddddd\n",
+    )
+    .expect("write");
+    let text = GOOD.replace("bind_password = \"very-secret-bind-password\"\n", "");
+    let text = text.replace(
+        "bearer_tokens = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]",
+        "",
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    let raw = load_raw(&path, Some(BTreeMap::new())).expect("raw");
+    let secrets = SecretSources {
+        credentials_directory: Some(dir.path().to_path_buf()),
+        state_directory: None,
+    };
+    let config = Config::from_raw(raw, &secrets).expect("loads");
+    assert_eq!(config.ldap.bind_password.expose_secret(), "from-credential");
+    assert_eq!(config.auth.token_hashes.len(), 2);
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("from-credential") && !shown.contains("ccccccccccccccccccccc"),
+        "{shown}"
+    );
+
+    let inline = load_text(GOOD, &[]).expect("loads");
+    assert!(!format!("{inline:?}").contains("very-secret-bind-password"));
+
+    let both = GOOD.replace(
+        "[ldap]\n",
+        "[ldap]\nbind_password_file = \"/nonexistent\"\n",
+    );
+    check_problems(&both, &[], &["both set"]);
+    let short = GOOD.replace(
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "short",
+    );
+    check_problems(&short, &[], &["at least 16"]);
+}
+
+#[test]
+fn durations_and_base_paths_are_normalised() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("10").is_err());
+    assert_eq!(normalize_base_path("/scim/v2/"), Ok("/scim/v2".to_string()));
+    assert_eq!(
+        normalize_base_path("//scim//v2"),
+        Ok("/scim/v2".to_string())
+    );
+    assert_eq!(normalize_base_path(""), Ok(String::new()));
+    assert!(normalize_base_path("scim").is_err());
+}

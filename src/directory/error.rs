@@ -1,0 +1,98 @@
+//! `DirectoryError`: LDAP failures, classified as transient (retry later) or permanent.
+
+/// A failed directory operation. Messages may hold server text: they go to the log, never to a
+/// client.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory could not be reached, is busy or shutting down; retrying later may succeed.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+    /// The operation did not complete within the configured timeout.
+    #[error("directory operation timed out")]
+    Timeout,
+    /// The entry does not exist (result 32).
+    #[error("no such object: {0}")]
+    NoSuchObject(String),
+    /// An entry with that DN exists already (result 68).
+    #[error("entry already exists: {0}")]
+    AlreadyExists(String),
+    /// A value to add exists already (result 20).
+    #[error("attribute or value exists: {0}")]
+    ValueExists(String),
+    /// A value to delete is missing (result 16).
+    #[error("no such attribute: {0}")]
+    NoSuchAttribute(String),
+    /// A constraint (unique overlay, size limits) refused the change (result 19).
+    #[error("constraint violation: {0}")]
+    ConstraintViolation(String),
+    /// The entry would break the schema (results 17, 18, 21, 64, 65, 67, 69).
+    #[error("schema violation (result {rc}): {text}")]
+    SchemaViolation {
+        /// LDAP result code.
+        rc: u32,
+        /// Server diagnostic text.
+        text: String,
+    },
+    /// A bind was refused (result 49).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The bound identity may not do this (result 50).
+    #[error("insufficient access rights: {0}")]
+    InsufficientAccess(String),
+    /// Any other result code.
+    #[error("LDAP result {rc}: {text}")]
+    Other {
+        /// LDAP result code.
+        rc: u32,
+        /// Server diagnostic text.
+        text: String,
+    },
+    /// A failure on the client side that is not a directory answer (bad URL, TLS setup).
+    #[error("directory client: {0}")]
+    Client(String),
+}
+
+impl DirectoryError {
+    /// True when the same request may succeed later without any change: the directory was
+    /// unreachable, busy or slow. Such failures become 503 with `Retry-After`.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DirectoryError::Unavailable(_) | DirectoryError::Timeout
+        )
+    }
+
+    /// Classifies an LDAP result code with its diagnostic text.
+    pub fn from_result(rc: u32, text: String) -> DirectoryError {
+        match rc {
+            // busy, unavailable, unwillingToPerform is permanent; server down, connect error.
+            51 | 52 | 80 | 81 | 91 => DirectoryError::Unavailable(format!("result {rc}: {text}")),
+            3 | 85 => DirectoryError::Timeout,
+            16 => DirectoryError::NoSuchAttribute(text),
+            19 => DirectoryError::ConstraintViolation(text),
+            20 => DirectoryError::ValueExists(text),
+            32 => DirectoryError::NoSuchObject(text),
+            49 => DirectoryError::InvalidCredentials,
+            50 => DirectoryError::InsufficientAccess(text),
+            68 => DirectoryError::AlreadyExists(text),
+            17 | 18 | 21 | 64 | 65 | 67 | 69 => DirectoryError::SchemaViolation { rc, text },
+            _ => DirectoryError::Other { rc, text },
+        }
+    }
+}
+
+impl From<ldap3::LdapError> for DirectoryError {
+    fn from(err: ldap3::LdapError) -> DirectoryError {
+        use ldap3::LdapError;
+        match err {
+            LdapError::LdapResult { result } => DirectoryError::from_result(result.rc, result.text),
+            LdapError::Timeout { .. } => DirectoryError::Timeout,
+            LdapError::Io { .. }
+            | LdapError::OpSend { .. }
+            | LdapError::ResultRecv { .. }
+            | LdapError::IdScrubSend { .. }
+            | LdapError::EndOfStream => DirectoryError::Unavailable(err.to_string()),
+            other => DirectoryError::Client(other.to_string()),
+        }
+    }
+}

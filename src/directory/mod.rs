@@ -1,0 +1,370 @@
+//! The only code that speaks LDAP: pooled bound connections, timeouts, operations, result-code
+//! classification and escaping. Callers see `Entry`, `Mod` and `DirectoryError`, never ldap3.
+
+mod error;
+pub mod escape;
+mod pool;
+
+use std::collections::{BTreeMap, HashSet};
+
+use ldap3::{Scope, SearchEntry};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use error::DirectoryError;
+
+use crate::config::LdapConfig;
+
+/// An entry as read: its DN and attribute values (attribute names as the server spelled them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Distinguished name.
+    pub dn: String,
+    /// Attribute values.
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+impl Entry {
+    /// The values of `attr`, matched ignoring case; empty when absent.
+    pub fn values(&self, attr: &str) -> &[String] {
+        self.attrs
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(attr))
+            .map(|(_, values)| values.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The first value of `attr`, if any.
+    pub fn first(&self, attr: &str) -> Option<&str> {
+        self.values(attr).first().map(String::as_str)
+    }
+}
+
+/// One change of a modify operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mod {
+    /// Add these values.
+    Add(String, Vec<String>),
+    /// Delete these values; an empty list deletes the attribute.
+    Delete(String, Vec<String>),
+    /// Set exactly these values; an empty list deletes the attribute (and is a no-op when it is
+    /// absent, which makes replace idempotent).
+    Replace(String, Vec<String>),
+}
+
+impl Mod {
+    /// The attribute this change touches.
+    pub fn attr(&self) -> &str {
+        match self {
+            Mod::Add(attr, _) | Mod::Delete(attr, _) | Mod::Replace(attr, _) => attr,
+        }
+    }
+
+    fn to_ldap(&self) -> ldap3::Mod<&str> {
+        fn set(values: &[String]) -> HashSet<&str> {
+            values.iter().map(String::as_str).collect()
+        }
+        match self {
+            Mod::Add(attr, values) => ldap3::Mod::Add(attr.as_str(), set(values)),
+            Mod::Delete(attr, values) => ldap3::Mod::Delete(attr.as_str(), set(values)),
+            Mod::Replace(attr, values) => ldap3::Mod::Replace(attr.as_str(), set(values)),
+        }
+    }
+}
+
+/// Whether a search looks at the base entry only or the whole subtree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchScope {
+    /// The base entry only.
+    Base,
+    /// The base's direct children.
+    OneLevel,
+    /// The base and everything below it.
+    Subtree,
+}
+
+/// Object class and attribute type names published in the directory's subschema.
+#[derive(Debug, Default)]
+pub struct Subschema {
+    /// Object class names and aliases, lowercased.
+    pub object_classes: HashSet<String>,
+    /// Attribute type names and aliases, lowercased.
+    pub attribute_types: HashSet<String>,
+}
+
+/// The directory: a pool of bound connections and the operations scim2ldap needs.
+pub struct Directory {
+    pool: pool::Pool,
+}
+
+impl Directory {
+    /// Prepares the pool; no connection is opened until the first operation.
+    ///
+    /// Fails when the TLS settings cannot be loaded.
+    pub fn new(config: &LdapConfig) -> Result<Directory, DirectoryError> {
+        Ok(Directory {
+            pool: pool::Pool::new(config.clone())?,
+        })
+    }
+
+    /// Runs `op` on a pooled connection with the configured timeout; a transient failure
+    /// discards that connection so the next use reconnects.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, DirectoryError>
+    where
+        F: FnOnce(ldap3::Ldap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DirectoryError>>,
+    {
+        let pooled = self.pool.get().await?;
+        let mut ldap = pooled.ldap;
+        ldap.with_timeout(self.pool.timeout());
+        let result = op(ldap).await;
+        if let Err(err) = &result {
+            if err.is_transient() {
+                self.pool.discard(pooled.slot_idx).await;
+            }
+        }
+        result
+    }
+
+    /// Checks that the directory answers: reads the root DSE.
+    pub async fn ping(&self) -> Result<(), DirectoryError> {
+        self.read("", &["namingContexts"]).await.map(|_| ())
+    }
+
+    /// Adds an entry and returns the value of `id_attr` (the directory's own id, such as
+    /// `entryUUID`) from the post-read control (RFC 4527), without a second round trip; `None`
+    /// when the server does not support the control.
+    pub async fn add_returning(
+        &self,
+        dn: &str,
+        attrs: &[(String, Vec<String>)],
+        id_attr: &str,
+    ) -> Result<Option<String>, DirectoryError> {
+        self.run(|mut ldap| async move {
+            let attrs: Vec<(&str, HashSet<&str>)> = attrs
+                .iter()
+                .filter(|(_, values)| !values.is_empty())
+                .map(|(attr, values)| (attr.as_str(), values.iter().map(String::as_str).collect()))
+                .collect();
+            let result = ldap
+                .with_controls(ldap3::controls::PostRead::new(vec![id_attr]))
+                .add(dn, attrs)
+                .await?
+                .success()?;
+            let entry_id = result.ctrls.iter().find_map(|ctrl| {
+                matches!(ctrl.0, Some(ldap3::controls::ControlType::PostReadResp)).then(|| {
+                    let resp: ldap3::controls::PostReadResp = ctrl.1.parse();
+                    resp.attrs
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(id_attr))
+                        .and_then(|(_, values)| values.first().cloned())
+                })
+            });
+            Ok(entry_id.flatten())
+        })
+        .await
+    }
+
+    /// Applies `mods` to `dn` in one modify operation.
+    pub async fn modify(&self, dn: &str, mods: &[Mod]) -> Result<(), DirectoryError> {
+        if mods.is_empty() {
+            return Ok(());
+        }
+        self.run(|mut ldap| async move {
+            let mods: Vec<ldap3::Mod<&str>> = mods.iter().map(Mod::to_ldap).collect();
+            ldap.modify(dn, mods).await?.success()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds one value to `attr` of `dn`; a value already there counts as done.
+    pub async fn add_value(&self, dn: &str, attr: &str, value: &str) -> Result<(), DirectoryError> {
+        match self
+            .modify(dn, &[Mod::Add(attr.to_string(), vec![value.to_string()])])
+            .await
+        {
+            Err(DirectoryError::ValueExists(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes one value from `attr` of `dn`; a value already gone counts as done.
+    pub async fn delete_value(
+        &self,
+        dn: &str,
+        attr: &str,
+        value: &str,
+    ) -> Result<(), DirectoryError> {
+        match self
+            .modify(
+                dn,
+                &[Mod::Delete(attr.to_string(), vec![value.to_string()])],
+            )
+            .await
+        {
+            Err(DirectoryError::NoSuchAttribute(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes an entry; an entry already gone counts as done.
+    pub async fn delete(&self, dn: &str) -> Result<(), DirectoryError> {
+        let result = self
+            .run(|mut ldap| async move {
+                ldap.delete(dn).await?.success()?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Err(DirectoryError::NoSuchObject(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Renames `dn` to `new_rdn` (an escaped `attr=value`), optionally under `new_superior`;
+    /// the old RDN value is removed.
+    pub async fn rename(
+        &self,
+        dn: &str,
+        new_rdn: &str,
+        new_superior: Option<&str>,
+    ) -> Result<(), DirectoryError> {
+        self.run(|mut ldap| async move {
+            ldap.modifydn(dn, new_rdn, true, new_superior)
+                .await?
+                .success()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets the password of `dn` with the Password Modify extended operation (RFC 3062), so the
+    /// directory hashes it under its own policy.
+    pub async fn set_password(
+        &self,
+        dn: &str,
+        password: &SecretString,
+    ) -> Result<(), DirectoryError> {
+        self.run(|mut ldap| async move {
+            let exop = ldap3::exop::PasswordModify {
+                user_id: Some(dn),
+                old_pass: None,
+                new_pass: Some(password.expose_secret()),
+            };
+            ldap.extended(exop).await?.success()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads one entry; `None` when it does not exist.
+    pub async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, DirectoryError> {
+        let result = self
+            .search(dn, SearchScope::Base, "(objectClass=*)", attrs)
+            .await;
+        match result {
+            Ok(mut entries) => Ok(entries.pop()),
+            Err(DirectoryError::NoSuchObject(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Searches `base` with `filter` (already escaped by the caller through `escape`).
+    pub async fn search(
+        &self,
+        base: &str,
+        scope: SearchScope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<Entry>, DirectoryError> {
+        let scope = match scope {
+            SearchScope::Base => Scope::Base,
+            SearchScope::OneLevel => Scope::OneLevel,
+            SearchScope::Subtree => Scope::Subtree,
+        };
+        self.run(|mut ldap| async move {
+            let (entries, _) = ldap.search(base, scope, filter, attrs).await?.success()?;
+            Ok(entries
+                .into_iter()
+                .map(|entry| {
+                    let entry = SearchEntry::construct(entry);
+                    Entry {
+                        dn: entry.dn,
+                        attrs: entry.attrs.into_iter().collect(),
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Reads the object class and attribute type names of the directory's subschema.
+    pub async fn subschema(&self) -> Result<Subschema, DirectoryError> {
+        let root = self.read("", &["subschemaSubentry"]).await?;
+        let subentry = root
+            .as_ref()
+            .and_then(|root| root.first("subschemaSubentry"))
+            .unwrap_or("cn=Subschema")
+            .to_string();
+        let entries = self
+            .search(
+                &subentry,
+                SearchScope::Base,
+                "(objectClass=subschema)",
+                &["objectClasses", "attributeTypes"],
+            )
+            .await?;
+        let mut subschema = Subschema::default();
+        for entry in entries {
+            for definition in entry.values("objectClasses") {
+                subschema
+                    .object_classes
+                    .extend(definition_names(definition));
+            }
+            for definition in entry.values("attributeTypes") {
+                subschema
+                    .attribute_types
+                    .extend(definition_names(definition));
+            }
+        }
+        Ok(subschema)
+    }
+}
+
+/// The NAME or NAMEs of an RFC 4512 definition, lowercased: `( 2.5.4.3 NAME ( 'cn' 'commonName' ) ...`.
+fn definition_names(definition: &str) -> Vec<String> {
+    let Some(start) = definition.find(" NAME ") else {
+        return Vec::new();
+    };
+    let rest = definition[start + 6..].trim_start();
+    let names = if let Some(list) = rest.strip_prefix('(') {
+        list.split(')').next().unwrap_or("")
+    } else {
+        rest.split_whitespace().next().unwrap_or("")
+    };
+    names
+        .split_whitespace()
+        .map(|name| name.trim_matches('\'').to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::definition_names;
+
+    #[test]
+    fn subschema_definitions_yield_every_name() {
+        assert_eq!(
+            definition_names("( 2.5.4.3 NAME ( 'cn' 'commonName' ) DESC 'x' SUP name )"),
+            vec!["cn", "commonname"]
+        );
+        assert_eq!(
+            definition_names(
+                "( 2.16.840.1.113730.3.2.2 NAME 'inetOrgPerson' SUP organizationalPerson )"
+            ),
+            vec!["inetorgperson"]
+        );
+        assert!(definition_names("( 1.2.3 DESC 'no name' )").is_empty());
+    }
+}

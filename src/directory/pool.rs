@@ -1,0 +1,181 @@
+//! A fixed set of bound LDAP connections, each reconnected with backoff when it breaks.
+//!
+//! ldap3 multiplexes many operations over one connection, so a slot hands out a clone of its
+//! handle and never holds a lock across an operation. A broken slot reconnects on next use; while
+//! its backoff runs, callers fail fast with `Unavailable` instead of queueing on a dead directory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings};
+use secrecy::ExposeSecret;
+use tokio::task::JoinHandle;
+
+use super::DirectoryError;
+use crate::config::LdapConfig;
+
+/// Shortest and longest wait between reconnect attempts of one slot.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The pool of bound connections.
+pub(crate) struct Pool {
+    config: LdapConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    slots: Vec<tokio::sync::Mutex<Slot>>,
+    next_slot: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Conn>,
+    /// When the last connect failed, and how long to wait before the next try.
+    backoff: Option<(Instant, Duration)>,
+}
+
+struct Conn {
+    ldap: Ldap,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The driver task belongs to this connection; it ends with it.
+        self.driver.abort();
+    }
+}
+
+impl Pool {
+    /// Builds the pool without connecting; connections open on first use.
+    pub(crate) fn new(config: LdapConfig) -> Result<Pool, DirectoryError> {
+        let tls = match &config.ca_file {
+            Some(ca_file) => Some(Arc::new(tls_config(ca_file)?)),
+            None => None,
+        };
+        let slots = (0..config.pool_size)
+            .map(|_| tokio::sync::Mutex::new(Slot::default()))
+            .collect();
+        Ok(Pool {
+            config,
+            tls,
+            slots,
+            next_slot: AtomicUsize::new(0),
+        })
+    }
+
+    /// The configured per-operation timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// A bound handle from the next slot, connecting it first when needed.
+    pub(crate) async fn get(&self) -> Result<PooledLdap, DirectoryError> {
+        let slot_idx = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[slot_idx].lock().await;
+        if let Some(conn) = &mut slot.conn {
+            if !conn.ldap.is_closed() {
+                return Ok(PooledLdap {
+                    ldap: conn.ldap.clone(),
+                    slot_idx,
+                });
+            }
+            slot.conn = None;
+        }
+        if let Some((failed_at, wait)) = slot.backoff {
+            if failed_at.elapsed() < wait {
+                return Err(DirectoryError::Unavailable(
+                    "reconnect backoff in progress".to_string(),
+                ));
+            }
+        }
+        match self.connect().await {
+            Ok(conn) => {
+                let ldap = conn.ldap.clone();
+                slot.conn = Some(conn);
+                slot.backoff = None;
+                Ok(PooledLdap { ldap, slot_idx })
+            }
+            Err(err) => {
+                let wait = match slot.backoff {
+                    Some((_, wait)) => (wait * 2).min(BACKOFF_MAX),
+                    None => BACKOFF_MIN,
+                };
+                slot.backoff = Some((Instant::now(), wait));
+                Err(err)
+            }
+        }
+    }
+
+    /// Drops the connection of a slot whose operation failed transiently, so the next use
+    /// reconnects.
+    pub(crate) async fn discard(&self, slot_idx: usize) {
+        if let Some(slot) = self.slots.get(slot_idx) {
+            slot.lock().await.conn = None;
+        }
+    }
+
+    /// Opens and binds one connection.
+    async fn connect(&self) -> Result<Conn, DirectoryError> {
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(self.config.timeout)
+            .set_starttls(self.config.starttls);
+        if let Some(tls) = &self.tls {
+            settings = settings.set_config(tls.clone());
+        }
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
+            .await
+            .map_err(DirectoryError::from)?;
+        let driver = tokio::spawn(async move {
+            if let Err(err) = conn.drive().await {
+                tracing::debug!(error = %err, "directory connection closed");
+            }
+        });
+        let conn = Conn {
+            ldap: ldap.clone(),
+            driver,
+        };
+        ldap.with_timeout(self.config.timeout);
+        ldap.simple_bind(
+            &self.config.bind_dn,
+            self.config.bind_password.expose_secret(),
+        )
+        .await
+        .map_err(DirectoryError::from)?
+        .success()
+        .map_err(DirectoryError::from)?;
+        tracing::debug!(url = %self.config.url, "directory connection bound");
+        Ok(conn)
+    }
+}
+
+/// A handle borrowed from the pool, with the slot it came from.
+pub(crate) struct PooledLdap {
+    pub(crate) ldap: Ldap,
+    pub(crate) slot_idx: usize,
+}
+
+/// A rustls client configuration trusting the certificates in `ca_file`.
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, DirectoryError> {
+    let pem = std::fs::read(ca_file)
+        .map_err(|err| DirectoryError::Client(format!("read {}: {err}", ca_file.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert
+            .map_err(|err| DirectoryError::Client(format!("parse {}: {err}", ca_file.display())))?;
+        roots
+            .add(cert)
+            .map_err(|err| DirectoryError::Client(format!("load {}: {err}", ca_file.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(DirectoryError::Client(format!(
+            "{} holds no certificate",
+            ca_file.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|err| DirectoryError::Client(format!("tls setup: {err}")))
+}

@@ -1,0 +1,189 @@
+//! The `scim2ldap` command: parses arguments, sets up logging, binds, notifies systemd and
+//! forwards signals; everything else is in the library (`scim2ldap::run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "scim2ldap",
+    version,
+    about = "SCIM 2.0 provisioning into an LDAP directory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SCIM until SIGTERM or SIGINT.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the configuration and the directory (bind, base DNs, schema); exit 1 on any problem.
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Start a throwaway local OpenLDAP and serve SCIM on it, with a fresh token.
+    Demo {
+        /// Address for the SCIM listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random 256-bit token and the `sha256:` line for the config.
+    New,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Token {
+            command: TokenCommand::New,
+        } => {
+            let token = scim2ldap::http::new_token();
+            println!("token:  {}", token.plaintext);
+            println!("config: bearer_tokens = [\"{}\"]", token.hash_line);
+            println!(
+                "Give the token to the identity provider; keep only the sha256 line in the config."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => demo(&listen),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("scim2ldap: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn serve(config_path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = scim2ldap::config::load(&config_path, None)?;
+    init_tracing(&config.log);
+    runtime()?.block_on(async move {
+        let listener = scim2ldap::http::bind(config.server.listen)
+            .await
+            .with_context(|| format!("bind {}", config.server.listen))?;
+        let watchdog = watchdog_task();
+        let result = scim2ldap::run(config, listener, shutdown_signal(), || {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        })
+        .await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        watchdog.abort();
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime is alive.
+fn watchdog_task() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut usec = 0u64;
+        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            return;
+        }
+        let period = std::time::Duration::from_micros(usec / 2);
+        loop {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(period).await;
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(signal) => signal,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn check(config_path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match scim2ldap::config::load(&config_path, None) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let problems = runtime()?.block_on(scim2ldap::check::check_directory(&config));
+    if problems.is_empty() {
+        println!(
+            "ok: configuration valid, directory reachable, bind works, base DNs and schema present"
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s):", problems.len());
+        for problem in problems {
+            eprintln!("  - {problem}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+    init_tracing(&scim2ldap::config::LogConfig {
+        format: scim2ldap::config::LogFormat::Text,
+        level: "info".to_string(),
+    });
+    let listen: std::net::SocketAddr = listen.parse().context("--listen must be address:port")?;
+    runtime()?.block_on(scim2ldap::demo::run(listen, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr: human-readable on a terminal, JSON when configured or under journald.
+fn init_tracing(log: &scim2ldap::config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    if log.format == scim2ldap::config::LogFormat::Json || under_journald {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}

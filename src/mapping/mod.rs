@@ -1,0 +1,844 @@
+//! SCIM resource <-> LDAP entry, driven by config. Pure: no I/O, no clock.
+//!
+//! A mapping is a list of rules `ldap attribute <- sources`; a source is a SCIM path
+//! (`emails[type eq "work"].value`), a template (`{name.givenName} {name.familyName}`) or a
+//! reference to another provisioned user (`dn:manager.value`), and the first source that yields a
+//! value wins. `project` turns a resource into the entry the directory should hold (DN included,
+//! deactivation included), and `diff` gives the smallest modify from one projection to another.
+
+pub mod config;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::config::{Flavor, Problems};
+use crate::directory::escape;
+use crate::directory::Mod;
+use crate::scim::path::{get_ci, resolve, values_of, PatchPath};
+use crate::scim::schema::{ResourceSchema, ENTERPRISE_USER_URN};
+use config::{RawGroupMapping, RawSource, RawUserMapping};
+
+/// Where a mapped value comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The values at a SCIM path.
+    Path(PatchPath),
+    /// Literal text with `{path}` placeholders; yields nothing when any placeholder is empty.
+    Template(Vec<TemplatePart>),
+    /// The DN of the provisioned user whose SCIM id is at this path.
+    DnRef(PatchPath),
+}
+
+/// A piece of a template.
+#[derive(Debug, Clone)]
+pub enum TemplatePart {
+    /// Text copied as is.
+    Literal(String),
+    /// The first value at a path.
+    Field(PatchPath),
+}
+
+/// One LDAP attribute and where its values come from.
+#[derive(Debug, Clone)]
+pub struct AttrRule {
+    /// The LDAP attribute, spelled as configured.
+    pub ldap_attr: String,
+    /// Sources tried in order.
+    pub sources: Vec<Source>,
+}
+
+/// What `DELETE /Users/{id}` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Delete the entry.
+    Delete,
+    /// Only disable it; the SCIM resource is gone all the same.
+    Disable,
+}
+
+/// What a create does when the entry exists in the directory but not in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// Take the entry over and bring it to the requested state.
+    Adopt,
+    /// Answer 409.
+    Conflict,
+}
+
+/// What a suspension does to group memberships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDisableGroups {
+    /// Keep them.
+    Keep,
+    /// Remove the user from every group in the directory (the cache keeps them, to restore).
+    Remove,
+}
+
+/// How `active: false` is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deactivate {
+    /// OpenLDAP ppolicy: `pwdAccountLockedTime: 000001010000Z`, a permanent administrative lock.
+    PpolicyLock,
+    /// 389-DS / FreeIPA: `nsAccountLock: TRUE`.
+    NsAccountLock,
+    /// Active Directory: `userAccountControl` 514 (bit 2 set) instead of 512.
+    AdUserAccountControl,
+    /// Set `attr` to `value` while disabled; remove it when enabled.
+    Attribute {
+        /// The attribute.
+        attr: String,
+        /// Its value while disabled.
+        value: String,
+    },
+    /// Move the entry under `disabled_base_dn` while disabled.
+    Move {
+        /// Where disabled entries live.
+        disabled_base_dn: String,
+    },
+}
+
+/// The validated `[users]` section.
+#[derive(Debug, Clone)]
+pub struct UserMapping {
+    /// Where user entries live.
+    pub base_dn: String,
+    /// Object classes of a new entry.
+    pub object_classes: Vec<String>,
+    /// RDN attribute, valued from `userName`.
+    pub rdn_attribute: String,
+    /// Attribute that receives the SCIM id, if any.
+    pub id_attribute: Option<String>,
+    /// Mapping rules.
+    pub rules: Vec<AttrRule>,
+    /// DELETE behaviour.
+    pub on_delete: OnDelete,
+    /// Behaviour for an existing entry on create.
+    pub on_existing: OnExisting,
+    /// Suspension and memberships.
+    pub on_disable_groups: OnDisableGroups,
+    /// Deactivation strategy.
+    pub deactivate: Deactivate,
+}
+
+/// Group object class, which decides the member attribute and its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupClass {
+    /// `groupOfNames` / `member` (user DNs).
+    GroupOfNames,
+    /// `groupOfUniqueNames` / `uniqueMember` (user DNs).
+    GroupOfUniqueNames,
+    /// `posixGroup` / `memberUid` (user names).
+    PosixGroup,
+}
+
+impl GroupClass {
+    /// The object class name.
+    pub fn object_class(self) -> &'static str {
+        match self {
+            GroupClass::GroupOfNames => "groupOfNames",
+            GroupClass::GroupOfUniqueNames => "groupOfUniqueNames",
+            GroupClass::PosixGroup => "posixGroup",
+        }
+    }
+
+    /// The attribute holding members.
+    pub fn member_attribute(self) -> &'static str {
+        match self {
+            GroupClass::GroupOfNames => "member",
+            GroupClass::GroupOfUniqueNames => "uniqueMember",
+            GroupClass::PosixGroup => "memberUid",
+        }
+    }
+
+    /// True when the schema requires at least one member.
+    pub fn needs_placeholder(self) -> bool {
+        !matches!(self, GroupClass::PosixGroup)
+    }
+}
+
+/// The validated `[groups]` section.
+#[derive(Debug, Clone)]
+pub struct GroupMapping {
+    /// Where group entries live.
+    pub base_dn: String,
+    /// The structural class.
+    pub class: GroupClass,
+    /// Further object classes.
+    pub extra_object_classes: Vec<String>,
+    /// RDN attribute, valued from `displayName`.
+    pub rdn_attribute: String,
+    /// Attribute that receives the SCIM id, if any.
+    pub id_attribute: Option<String>,
+    /// Member DN an empty group holds.
+    pub placeholder_member: String,
+    /// Mapping rules besides the RDN and members.
+    pub rules: Vec<AttrRule>,
+}
+
+/// The entry a resource should be: its DN and attribute values (objectClass included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    /// Full DN.
+    pub dn: String,
+    /// Attribute name (as configured) to values, in a stable order.
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+impl Projection {
+    /// The attributes as a list, for an LDAP add.
+    pub fn to_add_attrs(&self) -> Vec<(String, Vec<String>)> {
+        self.attrs
+            .iter()
+            .filter(|(_, values)| !values.is_empty())
+            .map(|(attr, values)| (attr.clone(), values.clone()))
+            .collect()
+    }
+
+    fn values(&self, attr: &str) -> Option<&Vec<String>> {
+        self.attrs
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(attr))
+            .map(|(_, values)| values)
+    }
+}
+
+/// The parent of `dn` (everything after the first unescaped comma).
+pub fn parent_dn(dn: &str) -> &str {
+    let bytes = dn.as_bytes();
+    let mut idx = 0;
+    while idx < bytes.len() {
+        match bytes[idx] {
+            b'\\' => idx += 2,
+            b',' => return &dn[idx + 1..],
+            _ => idx += 1,
+        }
+    }
+    ""
+}
+
+/// The RDN of `dn` (everything before the first unescaped comma).
+pub fn rdn(dn: &str) -> &str {
+    let parent = parent_dn(dn);
+    if parent.is_empty() {
+        dn
+    } else {
+        &dn[..dn.len() - parent.len() - 1]
+    }
+}
+
+/// Attributes the deactivation strategies write; never configurable as mapping targets.
+const PPOLICY_LOCK_ATTR: &str = "pwdAccountLockedTime";
+const PPOLICY_LOCK_VALUE: &str = "000001010000Z";
+
+impl UserMapping {
+    /// Validates `[users]` for `flavor`, recording every problem.
+    pub(crate) fn from_raw(
+        raw: RawUserMapping,
+        flavor: Option<Flavor>,
+        problems: &mut Problems,
+    ) -> Option<UserMapping> {
+        let base_dn = problems.require(
+            "users.base_dn",
+            raw.base_dn.filter(|dn| !dn.trim().is_empty()),
+        );
+        let flavor = flavor.unwrap_or(Flavor::OpenLdap);
+        let object_classes = raw.object_classes.unwrap_or_else(|| match flavor {
+            Flavor::ActiveDirectory => vec![
+                "top".into(),
+                "person".into(),
+                "organizationalPerson".into(),
+                "user".into(),
+            ],
+            _ => vec!["inetOrgPerson".into()],
+        });
+        let rdn_attribute = raw.rdn_attribute.unwrap_or_else(|| match flavor {
+            Flavor::ActiveDirectory => "cn".to_string(),
+            _ => "uid".to_string(),
+        });
+        let (id_attribute, object_classes) =
+            with_id_class(raw.id_attribute, raw.id_object_class, object_classes);
+        let on_delete = choose(
+            problems,
+            "users.on_delete",
+            raw.on_delete.as_deref(),
+            &[("delete", OnDelete::Delete), ("disable", OnDelete::Disable)],
+        );
+        let on_existing = choose(
+            problems,
+            "users.on_existing",
+            raw.on_existing.as_deref(),
+            &[
+                ("adopt", OnExisting::Adopt),
+                ("conflict", OnExisting::Conflict),
+            ],
+        );
+        let on_disable_groups = choose(
+            problems,
+            "users.on_disable_groups",
+            raw.on_disable_groups.as_deref(),
+            &[
+                ("keep", OnDisableGroups::Keep),
+                ("remove", OnDisableGroups::Remove),
+            ],
+        );
+        let deactivate = match raw.deactivate.as_deref().unwrap_or("lock") {
+            "lock" => Some(match flavor {
+                Flavor::OpenLdap => Deactivate::PpolicyLock,
+                Flavor::Ds389 => Deactivate::NsAccountLock,
+                Flavor::ActiveDirectory => Deactivate::AdUserAccountControl,
+                Flavor::Generic => {
+                    problems.push("`users.deactivate`: the generic flavor has no lock; use `attribute` or `move`");
+                    Deactivate::PpolicyLock
+                }
+            }),
+            "attribute" => match (raw.deactivate_attribute, raw.deactivate_value) {
+                (Some(attr), Some(value)) => Some(Deactivate::Attribute { attr, value }),
+                _ => {
+                    problems.push("`users.deactivate = \"attribute\"` needs `users.deactivate_attribute` and `users.deactivate_value`");
+                    None
+                }
+            },
+            "move" => match raw.disabled_base_dn {
+                Some(disabled_base_dn) => Some(Deactivate::Move { disabled_base_dn }),
+                None => {
+                    problems.push("`users.deactivate = \"move\"` needs `users.disabled_base_dn`");
+                    None
+                }
+            },
+            other => {
+                problems.push(format!(
+                    "`users.deactivate`: `{other}` is not one of lock, attribute, move"
+                ));
+                None
+            }
+        };
+        let rules = build_rules(
+            "users.attributes",
+            default_user_rules(flavor),
+            raw.attributes,
+            &rdn_attribute,
+            problems,
+        );
+        Some(UserMapping {
+            base_dn: base_dn?,
+            object_classes,
+            rdn_attribute,
+            id_attribute,
+            rules,
+            on_delete: on_delete?,
+            on_existing: on_existing?,
+            on_disable_groups: on_disable_groups?,
+            deactivate: deactivate?,
+        })
+    }
+
+    /// Every object class and attribute this mapping writes (for `scim2ldap check`).
+    pub fn ldap_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut attrs: Vec<String> = self
+            .rules
+            .iter()
+            .map(|rule| rule.ldap_attr.clone())
+            .collect();
+        attrs.push(self.rdn_attribute.clone());
+        attrs.extend(self.id_attribute.clone());
+        match &self.deactivate {
+            Deactivate::PpolicyLock => attrs.push(PPOLICY_LOCK_ATTR.to_string()),
+            Deactivate::NsAccountLock => attrs.push("nsAccountLock".to_string()),
+            Deactivate::AdUserAccountControl => attrs.push("userAccountControl".to_string()),
+            Deactivate::Attribute { attr, .. } => attrs.push(attr.clone()),
+            Deactivate::Move { .. } => {}
+        }
+        (self.object_classes.clone(), attrs)
+    }
+
+    /// The SCIM ids a projection of `resource` needs DNs for (`dn:` sources).
+    pub fn dn_refs(&self, resource: &Value, schema: &ResourceSchema) -> Vec<String> {
+        self.rules
+            .iter()
+            .flat_map(|rule| &rule.sources)
+            .filter_map(|source| match source {
+                Source::DnRef(path) => Some(values_at(resource, path, schema)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The DN of the user `user_name`, enabled or (with `Deactivate::Move`) disabled.
+    pub fn dn(&self, user_name: &str, active: bool) -> String {
+        let parent = match (&self.deactivate, active) {
+            (Deactivate::Move { disabled_base_dn }, false) => disabled_base_dn,
+            _ => &self.base_dn,
+        };
+        escape::child_dn(&self.rdn_attribute, user_name, parent)
+    }
+
+    /// The entry `resource` should be. `id` is the SCIM id; `dns` resolves `dn:` references.
+    pub fn project(
+        &self,
+        id: &str,
+        resource: &Value,
+        schema: &ResourceSchema,
+        dns: &HashMap<String, String>,
+    ) -> Projection {
+        let user_name = resource
+            .get("userName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let active = resource
+            .get("active")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let mut attrs = BTreeMap::new();
+        attrs.insert("objectClass".to_string(), self.object_classes.clone());
+        apply_rules(&self.rules, resource, schema, dns, &mut attrs);
+        attrs.insert(self.rdn_attribute.clone(), vec![user_name.to_string()]);
+        if let Some(id_attr) = &self.id_attribute {
+            attrs.insert(id_attr.clone(), vec![id.to_string()]);
+        }
+        match &self.deactivate {
+            Deactivate::PpolicyLock => {
+                attrs.insert(
+                    PPOLICY_LOCK_ATTR.to_string(),
+                    lock_values(active, PPOLICY_LOCK_VALUE),
+                );
+            }
+            Deactivate::NsAccountLock => {
+                attrs.insert("nsAccountLock".to_string(), lock_values(active, "TRUE"));
+            }
+            Deactivate::AdUserAccountControl => {
+                // 512 = NORMAL_ACCOUNT; 514 adds ACCOUNTDISABLE (bit 2).
+                let value = if active { "512" } else { "514" };
+                attrs.insert("userAccountControl".to_string(), vec![value.to_string()]);
+            }
+            Deactivate::Attribute { attr, value } => {
+                attrs.insert(attr.clone(), lock_values(active, value));
+            }
+            Deactivate::Move { .. } => {}
+        }
+        Projection {
+            dn: self.dn(user_name, active),
+            attrs,
+        }
+    }
+}
+
+fn lock_values(active: bool, value: &str) -> Vec<String> {
+    if active {
+        Vec::new()
+    } else {
+        vec![value.to_string()]
+    }
+}
+
+impl GroupMapping {
+    /// Validates `[groups]`, recording every problem.
+    pub(crate) fn from_raw(raw: RawGroupMapping, problems: &mut Problems) -> Option<GroupMapping> {
+        let base_dn = problems.require(
+            "groups.base_dn",
+            raw.base_dn.filter(|dn| !dn.trim().is_empty()),
+        );
+        let class = choose(
+            problems,
+            "groups.object_class",
+            raw.object_class.as_deref(),
+            &[
+                ("groupOfNames", GroupClass::GroupOfNames),
+                ("groupOfUniqueNames", GroupClass::GroupOfUniqueNames),
+                ("posixGroup", GroupClass::PosixGroup),
+            ],
+        );
+        let rdn_attribute = raw.rdn_attribute.unwrap_or_else(|| "cn".to_string());
+        let (id_attribute, extra_object_classes) = with_id_class(
+            raw.id_attribute,
+            raw.id_object_class,
+            raw.object_classes.unwrap_or_default(),
+        );
+        let placeholder_member = raw.placeholder_member.unwrap_or_else(|| {
+            format!("cn=placeholder,{}", base_dn.as_deref().unwrap_or_default())
+        });
+        let rules = build_rules(
+            "groups.attributes",
+            Vec::new(),
+            raw.attributes,
+            &rdn_attribute,
+            problems,
+        );
+        Some(GroupMapping {
+            base_dn: base_dn?,
+            class: class?,
+            extra_object_classes,
+            rdn_attribute,
+            id_attribute,
+            placeholder_member,
+            rules,
+        })
+    }
+
+    /// The DN of the group named `display_name`.
+    pub fn dn(&self, display_name: &str) -> String {
+        escape::child_dn(&self.rdn_attribute, display_name, &self.base_dn)
+    }
+
+    /// Object classes of a new group entry.
+    pub fn object_classes(&self) -> Vec<String> {
+        let mut classes = vec![self.class.object_class().to_string()];
+        classes.extend(self.extra_object_classes.iter().cloned());
+        classes
+    }
+
+    /// The entry `resource` should be, without its members (they are written one by one).
+    pub fn project(&self, id: &str, resource: &Value, schema: &ResourceSchema) -> Projection {
+        let display_name = resource
+            .get("displayName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut attrs = BTreeMap::new();
+        attrs.insert("objectClass".to_string(), self.object_classes());
+        apply_rules(&self.rules, resource, schema, &HashMap::new(), &mut attrs);
+        attrs.insert(self.rdn_attribute.clone(), vec![display_name.to_string()]);
+        if let Some(id_attr) = &self.id_attribute {
+            attrs.insert(id_attr.clone(), vec![id.to_string()]);
+        }
+        Projection {
+            dn: self.dn(display_name),
+            attrs,
+        }
+    }
+
+    /// Every object class and attribute this mapping writes (for `scim2ldap check`).
+    pub fn ldap_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut attrs: Vec<String> = self
+            .rules
+            .iter()
+            .map(|rule| rule.ldap_attr.clone())
+            .collect();
+        attrs.push(self.rdn_attribute.clone());
+        attrs.push(self.class.member_attribute().to_string());
+        attrs.extend(self.id_attribute.clone());
+        (self.object_classes(), attrs)
+    }
+}
+
+fn with_id_class(
+    id_attribute: Option<String>,
+    id_object_class: Option<String>,
+    mut object_classes: Vec<String>,
+) -> (Option<String>, Vec<String>) {
+    if id_attribute.is_some() {
+        let class = id_object_class.unwrap_or_else(|| "scimResource".to_string());
+        if !object_classes
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(&class))
+        {
+            object_classes.push(class);
+        }
+    }
+    (id_attribute, object_classes)
+}
+
+fn choose<T: Copy>(
+    problems: &mut Problems,
+    key: &str,
+    value: Option<&str>,
+    options: &[(&str, T)],
+) -> Option<T> {
+    let Some(value) = value else {
+        return options.first().map(|(_, option)| *option);
+    };
+    match options
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+    {
+        Some((_, option)) => Some(*option),
+        None => {
+            let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+            problems.push(format!(
+                "`{key}`: `{value}` is not one of {}",
+                names.join(", ")
+            ));
+            None
+        }
+    }
+}
+
+/// The default rules for `inetOrgPerson` (and the AD `user` class).
+fn default_user_rules(flavor: Flavor) -> Vec<(String, RawSource)> {
+    let enterprise = |attr: &str| format!("{ENTERPRISE_USER_URN}:{attr}");
+    let many = |sources: &[&str]| RawSource::Many(sources.iter().map(|s| s.to_string()).collect());
+    let one = |source: &str| RawSource::One(source.to_string());
+    let mut rules = vec![
+        ("givenName".to_string(), one("name.givenName")),
+        ("sn".to_string(), many(&["name.familyName", "userName"])),
+        ("displayName".to_string(), one("displayName")),
+        (
+            "mail".to_string(),
+            many(&[
+                "emails[primary eq true].value",
+                "emails[type eq \"work\"].value",
+                "emails.value",
+            ]),
+        ),
+        (
+            "telephoneNumber".to_string(),
+            one("phoneNumbers[type eq \"work\"].value"),
+        ),
+        (
+            "mobile".to_string(),
+            one("phoneNumbers[type eq \"mobile\"].value"),
+        ),
+        ("title".to_string(), one("title")),
+        (
+            "employeeNumber".to_string(),
+            one(&enterprise("employeeNumber")),
+        ),
+        (
+            "manager".to_string(),
+            one(&format!("dn:{}", enterprise("manager.value"))),
+        ),
+    ];
+    if flavor != Flavor::ActiveDirectory {
+        rules.push((
+            "cn".to_string(),
+            many(&[
+                "name.formatted",
+                "{name.givenName} {name.familyName}",
+                "displayName",
+                "userName",
+            ]),
+        ));
+        rules.push(("preferredLanguage".to_string(), one("preferredLanguage")));
+        rules.push((
+            "departmentNumber".to_string(),
+            one(&enterprise("department")),
+        ));
+        rules.push(("o".to_string(), one(&enterprise("organization"))));
+        rules.push(("employeeType".to_string(), one("userType")));
+    } else {
+        rules.push(("department".to_string(), one(&enterprise("department"))));
+        rules.push(("company".to_string(), one(&enterprise("organization"))));
+    }
+    rules
+}
+
+/// Merges configured rules over defaults (`""` removes one) and parses every source.
+fn build_rules(
+    key: &str,
+    defaults: Vec<(String, RawSource)>,
+    configured: Option<BTreeMap<String, RawSource>>,
+    rdn_attribute: &str,
+    problems: &mut Problems,
+) -> Vec<AttrRule> {
+    let mut merged: Vec<(String, RawSource)> = defaults;
+    for (ldap_attr, source) in configured.unwrap_or_default() {
+        merged.retain(|(name, _)| !name.eq_ignore_ascii_case(&ldap_attr));
+        merged.push((ldap_attr, source));
+    }
+    let mut rules = Vec::new();
+    for (ldap_attr, raw_source) in merged {
+        if ldap_attr.eq_ignore_ascii_case(rdn_attribute)
+            || ldap_attr.eq_ignore_ascii_case("objectClass")
+        {
+            problems.push(format!(
+                "`{key}.{ldap_attr}`: this attribute is written by scim2ldap itself"
+            ));
+            continue;
+        }
+        let texts = match raw_source {
+            RawSource::One(text) => vec![text],
+            RawSource::Many(texts) => texts,
+        };
+        let texts: Vec<String> = texts
+            .into_iter()
+            .filter(|text| !text.trim().is_empty())
+            .collect();
+        if texts.is_empty() {
+            continue; // "" removes a default mapping.
+        }
+        let mut sources = Vec::new();
+        for text in texts {
+            match parse_source(&text) {
+                Ok(source) => sources.push(source),
+                Err(err) => problems.push(format!("`{key}.{ldap_attr}`: `{text}`: {err}")),
+            }
+        }
+        rules.push(AttrRule { ldap_attr, sources });
+    }
+    rules
+}
+
+/// Parses one source text.
+pub fn parse_source(text: &str) -> Result<Source, String> {
+    let text = text.trim();
+    if let Some(path) = text.strip_prefix("dn:") {
+        return PatchPath::parse(path.trim())
+            .map(Source::DnRef)
+            .map_err(|err| err.detail);
+    }
+    if !text.contains('{') {
+        return PatchPath::parse(text)
+            .map(Source::Path)
+            .map_err(|err| err.detail);
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Literal(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or("a `{` in the template is not closed")?;
+        let path = PatchPath::parse(after[..close].trim()).map_err(|err| err.detail)?;
+        parts.push(TemplatePart::Field(path));
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("a `}` in the template has no `{`".to_string());
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    Ok(Source::Template(parts))
+}
+
+fn apply_rules(
+    rules: &[AttrRule],
+    resource: &Value,
+    schema: &ResourceSchema,
+    dns: &HashMap<String, String>,
+    attrs: &mut BTreeMap<String, Vec<String>>,
+) {
+    for rule in rules {
+        let values = rule
+            .sources
+            .iter()
+            .map(|source| source_values(source, resource, schema, dns))
+            .find(|values| !values.is_empty())
+            .unwrap_or_default();
+        attrs.insert(rule.ldap_attr.clone(), values);
+    }
+}
+
+fn source_values(
+    source: &Source,
+    resource: &Value,
+    schema: &ResourceSchema,
+    dns: &HashMap<String, String>,
+) -> Vec<String> {
+    match source {
+        Source::Path(path) => values_at(resource, path, schema),
+        Source::DnRef(path) => values_at(resource, path, schema)
+            .into_iter()
+            .filter_map(|id| dns.get(&id).cloned())
+            .collect(),
+        Source::Template(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match part {
+                    TemplatePart::Literal(literal) => text.push_str(literal),
+                    TemplatePart::Field(path) => {
+                        match values_at(resource, path, schema).into_iter().next() {
+                            Some(value) => text.push_str(&value),
+                            None => return Vec::new(),
+                        }
+                    }
+                }
+            }
+            let text = text.trim().to_string();
+            if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![text]
+            }
+        }
+    }
+}
+
+/// The values at `path` as LDAP strings: strings as they are (empty ones skipped, since
+/// OneLogin renders an empty parameter as `""`), booleans as `TRUE`/`FALSE`, numbers in decimal.
+pub fn values_at(resource: &Value, path: &PatchPath, schema: &ResourceSchema) -> Vec<String> {
+    let Some(resolved) = resolve(schema, path.attr_path()) else {
+        return Vec::new();
+    };
+    let Some(value) = resolved.value(resource) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (selected, sub): (Vec<&Value>, Option<&str>) = match path {
+        PatchPath::Attr(attr_path) => (values_of(value).collect(), attr_path.sub.as_deref()),
+        PatchPath::ValuePath {
+            filter, sub_attr, ..
+        } => (
+            values_of(value)
+                .filter(|element| filter.matches_value(element, &resolved.attr))
+                .collect(),
+            sub_attr.as_deref(),
+        ),
+    };
+    for element in selected {
+        let leaf = match (sub, element) {
+            (Some(sub), Value::Object(object)) => get_ci(object, sub),
+            (None, Value::Object(object)) => get_ci(object, "value"),
+            (Some(_), _) => None,
+            (None, other) => Some(other),
+        };
+        for leaf in leaf.into_iter().flat_map(values_of) {
+            match leaf {
+                Value::String(text) if !text.trim().is_empty() => out.push(text.clone()),
+                Value::Bool(flag) => out.push(if *flag { "TRUE" } else { "FALSE" }.to_string()),
+                Value::Number(number) => out.push(number.to_string()),
+                _ => {}
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The modify that takes the entry from `old` to `new` (same DN assumed; renames are separate).
+///
+/// Each changed attribute becomes one `Replace` with its full new value set (empty deletes it):
+/// replace is idempotent, so a replayed or retried write does no harm. `objectClass` only ever
+/// gains classes, and the RDN attribute is left to the rename.
+pub fn diff(old: &Projection, new: &Projection, rdn_attribute: &str) -> Vec<Mod> {
+    let mut mods = Vec::new();
+    for (attr, new_values) in &new.attrs {
+        if attr.eq_ignore_ascii_case(rdn_attribute) {
+            continue;
+        }
+        let old_values = old.values(attr).cloned().unwrap_or_default();
+        if attr.eq_ignore_ascii_case("objectClass") {
+            let added: Vec<String> = new_values
+                .iter()
+                .filter(|class| !old_values.iter().any(|old| old.eq_ignore_ascii_case(class)))
+                .cloned()
+                .collect();
+            if !added.is_empty() {
+                mods.push(Mod::Add(attr.clone(), added));
+            }
+            continue;
+        }
+        if !same_set(&old_values, new_values) {
+            mods.push(Mod::Replace(attr.clone(), new_values.clone()));
+        }
+    }
+    for (attr, old_values) in &old.attrs {
+        if new.values(attr).is_none()
+            && !old_values.is_empty()
+            && !attr.eq_ignore_ascii_case("objectClass")
+        {
+            mods.push(Mod::Replace(attr.clone(), Vec::new()));
+        }
+    }
+    mods
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|value| b.contains(value))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::config::RawUserMapping;
+use super::*;
+use crate::config::{Flavor, Problems};
+use crate::directory::Mod;
+
+fn schema() -> ResourceSchema {
+    crate::scim::discovery::Discovery::load(
+        "/scim/v2",
+        crate::scim::discovery::Capabilities { max_results: 10 },
+    )
+    .expect("schemas load")
+    .user_schema()
+    .clone()
+}
+
+fn mapping(flavor: Flavor, edit: impl FnOnce(&mut RawUserMapping)) -> UserMapping {
+    let mut raw = RawUserMapping {
+        base_dn: Some("ou=people,dc=example,dc=com".to_string()),
+        ..RawUserMapping::default()
+    };
+    edit(&mut raw);
+    let mut problems = Problems::default();
+    let mapping = UserMapping::from_raw(raw, Some(flavor), &mut problems);
+    assert!(problems.0.is_empty(), "{:?}", problems.0);
+    mapping.expect("mapping")
+}
+
+/// The modify that deactivating `user` produces under `mapping`.
+#[track_caller]
+fn check_deactivation(mapping: &UserMapping, expected: &[Mod]) {
+    let schema = schema();
+    let user =
+        json!({"userName": "bjensen", "name": {"givenName": "Barbara", "familyName": "Jensen"}});
+    let mut disabled = user.clone();
+    disabled["active"] = json!(false);
+    let before = mapping.project("id-1", &user, &schema, &HashMap::new());
+    let after = mapping.project("id-1", &disabled, &schema, &HashMap::new());
+    assert_eq!(diff(&before, &after, &mapping.rdn_attribute), expected);
+    // Reactivation undoes exactly that.
+    let undo = diff(&after, &before, &mapping.rdn_attribute);
+    assert_eq!(undo.len(), expected.len());
+}
+
+#[test]
+fn each_flavor_deactivates_with_its_own_modify() {
+    check_deactivation(
+        &mapping(Flavor::OpenLdap, |_| {}),
+        &[Mod::Replace(
+            "pwdAccountLockedTime".into(),
+            vec!["000001010000Z".into()],
+        )],
+    );
+    check_deactivation(
+        &mapping(Flavor::Ds389, |_| {}),
+        &[Mod::Replace("nsAccountLock".into(), vec!["TRUE".into()])],
+    );
+    check_deactivation(
+        &mapping(Flavor::ActiveDirectory, |_| {}),
+        &[Mod::Replace(
+            "userAccountControl".into(),
+            vec!["514".into()],
+        )],
+    );
+    check_deactivation(
+        &mapping(Flavor::Generic, |raw| {
+            raw.deactivate = Some("attribute".into());
+            raw.deactivate_attribute = Some("employeeType".into());
+            raw.deactivate_value = Some("disabled".into());
+            raw.attributes = Some(
+                [(
+                    "employeeType".to_string(),
+                    config::RawSource::One(String::new()),
+                )]
+                .into(),
+            );
+        }),
+        &[Mod::Replace("employeeType".into(), vec!["disabled".into()])],
+    );
+    let moving = mapping(Flavor::OpenLdap, |raw| {
+        raw.deactivate = Some("move".into());
+        raw.disabled_base_dn = Some("ou=disabled,dc=example,dc=com".into());
+    });
+    let schema = schema();
+    let off = moving.project(
+        "id",
+        &json!({"userName": "a,b", "active": false}),
+        &schema,
+        &HashMap::new(),
+    );
+    assert_eq!(off.dn, r"uid=a\2cb,ou=disabled,dc=example,dc=com");
+    assert_eq!(parent_dn(&off.dn), "ou=disabled,dc=example,dc=com");
+    assert_eq!(rdn(&off.dn), r"uid=a\2cb");
+}
+
+#[track_caller]
+fn check_values(resource: Value, attr: &str, expected: &[&str]) {
+    let projection =
+        mapping(Flavor::OpenLdap, |_| {}).project("id-1", &resource, &schema(), &HashMap::new());
+    let values: Vec<&str> = projection
+        .attrs
+        .get(attr)
+        .map(|v| v.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(values, expected, "{attr} of {resource}");
+}
+
+#[test]
+fn default_rules_pick_fallbacks_and_skip_empty_values() {
+    check_values(
+        json!({"userName": "u", "name": {"givenName": "A", "familyName": "B"}}),
+        "cn",
+        &["A B"],
+    );
+    check_values(
+        json!({"userName": "u", "name": {"formatted": "Dr A B"}}),
+        "cn",
+        &["Dr A B"],
+    );
+    check_values(
+        json!({"userName": "u", "displayName": "Disp"}),
+        "cn",
+        &["Disp"],
+    );
+    check_values(json!({"userName": "u"}), "cn", &["u"]);
+    check_values(json!({"userName": "u"}), "sn", &["u"]);
+    check_values(json!({"userName": "u", "title": ""}), "title", &[]);
+    let emails = json!([
+        {"value": "home@x", "type": "home"},
+        {"value": "work@x", "type": "work"},
+        {"value": "primary@x", "type": "other", "primary": true},
+    ]);
+    check_values(
+        json!({"userName": "u", "emails": emails}),
+        "mail",
+        &["primary@x"],
+    );
+    check_values(
+        json!({"userName": "u", "emails": [{"value": "home@x", "type": "home"}, {"value": "work@x", "type": "work"}]}),
+        "mail",
+        &["work@x"],
+    );
+    check_values(
+        json!({"userName": "u", "phoneNumbers": [{"value": "1", "type": "work"}, {"value": "2", "type": "mobile"}]}),
+        "mobile",
+        &["2"],
+    );
+    check_values(
+        json!({"userName": "u", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"}}),
+        "departmentNumber",
+        &["D"],
+    );
+}
+
+#[test]
+fn diff_replaces_only_what_changed_and_never_the_rdn() {
+    let m = mapping(Flavor::OpenLdap, |_| {});
+    let schema = schema();
+    let old = m.project(
+        "i",
+        &json!({"userName": "u", "title": "A", "displayName": "D"}),
+        &schema,
+        &HashMap::new(),
+    );
+    let new = m.project(
+        "i",
+        &json!({"userName": "v", "title": "B"}),
+        &schema,
+        &HashMap::new(),
+    );
+    let mut mods = diff(&old, &new, "uid");
+    mods.sort_by(|a, b| a.attr().cmp(b.attr()));
+    assert_eq!(
+        mods,
+        [
+            Mod::Replace("cn".into(), vec!["v".into()]),
+            Mod::Replace("displayName".into(), vec![]),
+            Mod::Replace("sn".into(), vec!["v".into()]),
+            Mod::Replace("title".into(), vec!["B".into()]),
+        ]
+    );
+    assert!(diff(&old, &old, "uid").is_empty());
+}
+
+#[test]
+fn sources_parse_paths_templates_and_references() {
+    assert!(matches!(
+        parse_source("name.givenName"),
+        Ok(Source::Path(_))
+    ));
+    assert!(matches!(
+        parse_source("dn:manager.value"),
+        Ok(Source::DnRef(_))
+    ));
+    assert!(
+        matches!(parse_source("{name.givenName}.{name.familyName}@example.com"), Ok(Source::Template(parts)) if parts.len() == 4)
+    );
+    assert!(parse_source("{name.givenName").is_err());
+    assert!(parse_source("name.").is_err());
+}

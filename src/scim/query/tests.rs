@@ -1,0 +1,72 @@
+use serde_json::json;
+
+use super::*;
+use crate::scim::test_schema::user as user_schema;
+
+#[track_caller]
+fn check_projection(query: &str, resource: serde_json::Value, expected: serde_json::Value) {
+    let list_query = ListQuery::from_query_string(query).expect("query parses");
+    assert_eq!(list_query.project(resource, &user_schema()), expected);
+}
+
+#[test]
+fn projection_keeps_always_returned_and_drops_never_returned() {
+    let user = json!({"id": "1", "userName": "u", "title": "t", "password": "p", "name": {"givenName": "g", "familyName": "f"}});
+    check_projection(
+        "attributes=title",
+        user.clone(),
+        json!({"id": "1", "title": "t"}),
+    );
+    check_projection(
+        "attributes=name.givenName",
+        user.clone(),
+        json!({"id": "1", "name": {"givenName": "g"}}),
+    );
+    check_projection(
+        "excludedAttributes=title,name",
+        user.clone(),
+        json!({"id": "1", "userName": "u"}),
+    );
+    check_projection(
+        "excludedAttributes=id",
+        user.clone(),
+        json!({"id": "1", "userName": "u", "title": "t", "name": {"givenName": "g", "familyName": "f"}}),
+    );
+}
+
+#[test]
+fn query_parameters_parse_with_tolerance() {
+    let query = ListQuery::from_query_string(
+        "filter=userName+eq+%22x%22&startIndex=0&count=-5&sortOrder=Descending&",
+    )
+    .expect("parses");
+    assert_eq!(query.start_index, 1);
+    assert_eq!(query.count, Some(0));
+    assert_eq!(query.sort_order, SortOrder::Descending);
+    assert!(query.filter.is_some());
+    assert!(ListQuery::from_query_string("count=many").is_err());
+    assert!(
+        ListQuery::from_search_request(&json!({"schemas": ["urn:x"], "filter": "a pr"})).is_err()
+    );
+}
+
+#[test]
+fn sort_is_stable_and_puts_missing_values_last() {
+    let mut resources = vec![
+        json!({"userName": "b"}),
+        json!({"title": "none"}),
+        json!({"userName": "A"}),
+        json!({"userName": "a", "n": 2}),
+    ];
+    sort(
+        &mut resources,
+        &AttrPath::new("userName"),
+        SortOrder::Ascending,
+        &user_schema(),
+    );
+    let names: Vec<String> = resources
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap_or("-").to_string() + r.get("n").map_or("", |_| "2"))
+        .collect();
+    assert_eq!(names, ["A", "a2", "b", "-"]);
+}

@@ -1,0 +1,408 @@
+//! Group use cases. Membership changes are single-value adds and deletes on the group entry,
+//! decided from the request and the membership table, never from the whole member list, so a
+//! change costs the same in a group of ten and of fifty thousand.
+
+use serde_json::Value;
+
+use super::plan::{DirOp, Plan, PlannedResource};
+use super::users::{external_id_of, push_modify, push_rename};
+use super::{check_if_match, now, Conditions, Service, ServiceError};
+use crate::scim::patch::{members_delta, MembersDelta, PatchRequest};
+use crate::scim::validate::validate_resource;
+use crate::scim::ScimError;
+use crate::store::{Kind, StoredResource};
+
+/// A member to write: SCIM id and the value that stands for it in the group entry.
+struct Member {
+    id: String,
+    value: String,
+}
+
+impl Service {
+    /// `POST /Groups`.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn create_group(&self, doc: Value) -> Result<StoredResource, ServiceError> {
+        let schema = self.discovery.group_schema();
+        let validated = validate_resource(&doc, schema)?;
+        self.note_ignored(&validated.ignored);
+        let (mut group_doc, member_ids) = split_members(validated.doc);
+        let display_name = display_name_of(&group_doc)?;
+        let _name_lock = self
+            .claim_name(
+                Kind::Group,
+                &StoredResource::none(Kind::Group),
+                &display_name,
+            )
+            .await?;
+        let members = self.resolve_members(&member_ids).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let projection = self.config.groups.project(&id, &group_doc, schema);
+        let mut attrs = projection.to_add_attrs();
+        let member_values: Vec<String> =
+            if members.is_empty() && self.config.groups.class.needs_placeholder() {
+                vec![self.config.groups.placeholder_member.clone()]
+            } else {
+                members.iter().map(|member| member.value.clone()).collect()
+            };
+        if !member_values.is_empty() {
+            attrs.push((
+                self.config.groups.class.member_attribute().to_string(),
+                member_values,
+            ));
+        }
+        let mut plan = Plan::new();
+        plan.ops.push(DirOp::Add {
+            dn: projection.dn.clone(),
+            attrs,
+            adopt: self.config.users.on_existing == crate::mapping::OnExisting::Adopt,
+        });
+        let created = now();
+        if let Some(object) = group_doc.as_object_mut() {
+            object.remove("members");
+        }
+        let stored = StoredResource {
+            id,
+            kind: Kind::Group,
+            name: display_name,
+            external_id: external_id_of(&group_doc),
+            dn: projection.dn,
+            entry_uuid: None,
+            version: 1,
+            created: created.clone(),
+            last_modified: created,
+            doc: group_doc,
+        };
+        plan.upsert = Some(PlannedResource::from(&stored));
+        plan.members_add = members
+            .iter()
+            .map(|member| (stored.id.clone(), member.id.clone()))
+            .collect();
+        let entry_uuid = self.execute(plan).await?;
+        tracing::info!(resource_id = %stored.id, n_members = members.len(), "group created");
+        Ok(StoredResource {
+            entry_uuid,
+            ..stored
+        })
+    }
+
+    /// `PUT /Groups/{id}`: replaces `displayName`, `externalId` and the whole member list.
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn replace_group(
+        &self,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+    ) -> Result<StoredResource, ServiceError> {
+        let validated = validate_resource(&doc, self.discovery.group_schema())?;
+        self.note_ignored(&validated.ignored);
+        let (group_doc, member_ids) = split_members(validated.doc);
+        let delta = MembersDelta {
+            replace: Some(member_ids),
+            ..MembersDelta::default()
+        };
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::Group, id).await?;
+        check_if_match(conditions, old.version)?;
+        self.update_group(old, group_doc, delta).await
+    }
+
+    /// `PATCH /Groups/{id}`. Requests that touch only `members`, `displayName` and
+    /// `externalId` (every shape the IdPs send) never read the member list.
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn patch_group(
+        &self,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+    ) -> Result<StoredResource, ServiceError> {
+        let request = PatchRequest::from_json(&doc)?;
+        let schema = self.discovery.group_schema();
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::Group, id).await?;
+        check_if_match(conditions, old.version)?;
+        let (new_doc, delta) = match members_delta(&request) {
+            Some(delta) => {
+                let other = PatchRequest {
+                    operations: delta.other_ops.clone(),
+                };
+                let outcome = crate::scim::patch::apply(&old.doc, &other, schema)?;
+                self.note_ignored(&outcome.ignored);
+                (outcome.resource, delta)
+            }
+            None => {
+                // A general PATCH (a filter over members, say): apply it to the full resource.
+                let mut full = old.doc.clone();
+                let members: Vec<Value> = self
+                    .store
+                    .members(&old.id)
+                    .await?
+                    .into_iter()
+                    .map(|member_id| serde_json::json!({ "value": member_id }))
+                    .collect();
+                if let Some(object) = full.as_object_mut() {
+                    object.insert("members".to_string(), Value::Array(members));
+                }
+                let outcome = crate::scim::patch::apply(&full, &request, schema)?;
+                self.note_ignored(&outcome.ignored);
+                let (group_doc, member_ids) = split_members(outcome.resource);
+                let delta = MembersDelta {
+                    replace: Some(member_ids),
+                    ..MembersDelta::default()
+                };
+                (group_doc, delta)
+            }
+        };
+        let validated = validate_resource(&new_doc, schema)?;
+        let (group_doc, _) = split_members(validated.doc);
+        self.update_group(old, group_doc, delta).await
+    }
+
+    /// Writes a group change: rename, attributes, and the member delta.
+    async fn update_group(
+        &self,
+        old: StoredResource,
+        new_doc: Value,
+        delta: MembersDelta,
+    ) -> Result<StoredResource, ServiceError> {
+        let schema = self.discovery.group_schema();
+        let new_name = display_name_of(&new_doc)?;
+        let _name_lock = self.claim_name(Kind::Group, &old, &new_name).await?;
+        // Work out which ids really change, from the membership table alone.
+        let (to_add, to_remove) = match &delta.replace {
+            Some(wanted) => {
+                let current = self.store.members(&old.id).await?;
+                let to_add: Vec<String> = wanted
+                    .iter()
+                    .filter(|id| !current.contains(id))
+                    .cloned()
+                    .collect();
+                let to_remove: Vec<String> = current
+                    .iter()
+                    .filter(|id| !wanted.contains(id))
+                    .cloned()
+                    .collect();
+                (to_add, to_remove)
+            }
+            None if delta.remove_all => {
+                let current = self.store.members(&old.id).await?;
+                let present = self.store.members_among(&old.id, delta.add.clone()).await?;
+                let to_add: Vec<String> = delta
+                    .add
+                    .iter()
+                    .filter(|id| !present.contains(id))
+                    .cloned()
+                    .collect();
+                let to_remove: Vec<String> = current
+                    .into_iter()
+                    .filter(|id| !delta.add.contains(id))
+                    .collect();
+                (to_add, to_remove)
+            }
+            None => {
+                let present_added = self.store.members_among(&old.id, delta.add.clone()).await?;
+                let to_add: Vec<String> = delta
+                    .add
+                    .iter()
+                    .filter(|id| !present_added.contains(id))
+                    .cloned()
+                    .collect();
+                let to_remove = self
+                    .store
+                    .members_among(&old.id, delta.remove.clone())
+                    .await?;
+                (to_add, to_remove)
+            }
+        };
+        let adds = self.resolve_members(&to_add).await?;
+        if new_doc == old.doc && adds.is_empty() && to_remove.is_empty() {
+            return Ok(old);
+        }
+        let old_projection = self.config.groups.project(&old.id, &old.doc, schema);
+        let new_projection = self.config.groups.project(&old.id, &new_doc, schema);
+        let mut plan = Plan::new();
+        push_rename(&mut plan, &old.dn, &new_projection.dn);
+        push_modify(
+            &mut plan,
+            &old_projection,
+            &new_projection,
+            &self.config.groups.rdn_attribute,
+        );
+        let group_dn = new_projection.dn.clone();
+        let member_attr = self.config.groups.class.member_attribute().to_string();
+        let needs_placeholder = self.config.groups.class.needs_placeholder();
+        let removes = self.member_values(&to_remove).await?;
+        // The group ends up empty when every current member goes and none arrives.
+        let ends_empty = adds.is_empty()
+            && !to_remove.is_empty()
+            && !self
+                .store
+                .has_members_besides(&old.id, to_remove.clone())
+                .await?;
+        let starts_empty =
+            !adds.is_empty() && !self.store.has_members_besides(&old.id, Vec::new()).await?;
+        if needs_placeholder && ends_empty {
+            plan.ops.push(DirOp::AddValue {
+                dn: group_dn.clone(),
+                attr: member_attr.clone(),
+                value: self.config.groups.placeholder_member.clone(),
+            });
+        }
+        for member in &adds {
+            plan.ops.push(DirOp::AddValue {
+                dn: group_dn.clone(),
+                attr: member_attr.clone(),
+                value: member.value.clone(),
+            });
+        }
+        for member in &removes {
+            plan.ops.push(DirOp::DeleteValue {
+                dn: group_dn.clone(),
+                attr: member_attr.clone(),
+                value: member.value.clone(),
+            });
+        }
+        if needs_placeholder && starts_empty {
+            plan.ops.push(DirOp::DeleteValue {
+                dn: group_dn.clone(),
+                attr: member_attr.clone(),
+                value: self.config.groups.placeholder_member.clone(),
+            });
+        }
+        let stored = StoredResource {
+            name: new_name,
+            external_id: external_id_of(&new_doc),
+            dn: group_dn,
+            version: old.version + 1,
+            last_modified: now(),
+            doc: new_doc,
+            ..old
+        };
+        plan.upsert = Some(PlannedResource::from(&stored));
+        plan.members_add = adds
+            .iter()
+            .map(|member| (stored.id.clone(), member.id.clone()))
+            .collect();
+        plan.members_remove = to_remove
+            .iter()
+            .map(|member_id| (stored.id.clone(), member_id.clone()))
+            .collect();
+        self.execute(plan).await?;
+        tracing::info!(resource_id = %stored.id, n_added = adds.len(), n_removed = to_remove.len(), "group updated");
+        Ok(stored)
+    }
+
+    /// `DELETE /Groups/{id}`.
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn delete_group(
+        &self,
+        id: &str,
+        conditions: &Conditions,
+    ) -> Result<(), ServiceError> {
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::Group, id).await?;
+        check_if_match(conditions, old.version)?;
+        let mut plan = Plan::new();
+        plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
+        plan.delete = Some(old.id.clone());
+        self.execute(plan).await?;
+        tracing::info!(resource_id = %old.id, "group deleted");
+        Ok(())
+    }
+
+    /// Removes user `member_id` (whose value in group entries is `member_value`) from `group`,
+    /// keeping a `groupOfNames` valid with the placeholder when it was the last member.
+    pub(crate) async fn plan_member_removal(
+        &self,
+        plan: &mut Plan,
+        group: &StoredResource,
+        member_id: &str,
+        member_value: &str,
+    ) -> Result<(), ServiceError> {
+        let member_attr = self.config.groups.class.member_attribute().to_string();
+        if self.config.groups.class.needs_placeholder()
+            && !self
+                .store
+                .has_members_besides(&group.id, vec![member_id.to_string()])
+                .await?
+        {
+            plan.ops.push(DirOp::AddValue {
+                dn: group.dn.clone(),
+                attr: member_attr.clone(),
+                value: self.config.groups.placeholder_member.clone(),
+            });
+        }
+        plan.ops.push(DirOp::DeleteValue {
+            dn: group.dn.clone(),
+            attr: member_attr,
+            value: member_value.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Looks up users to add; every id must be a provisioned user, or nothing is done.
+    async fn resolve_members(&self, ids: &[String]) -> Result<Vec<Member>, ServiceError> {
+        let mut members = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.store.get(Kind::User, id).await? {
+                Some(user) => members.push(Member {
+                    id: user.id.clone(),
+                    value: self.member_value_of(&user.name, &user.dn),
+                }),
+                None => unknown.push(id.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            let shown: Vec<&str> = unknown.iter().take(10).copied().collect();
+            return Err(ScimError::invalid_value(format!(
+                "members are not provisioned users: {}{}",
+                shown.join(", "),
+                if unknown.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ))
+            .into());
+        }
+        Ok(members)
+    }
+
+    /// The member values of users being removed (a user gone from the cache is skipped).
+    async fn member_values(&self, ids: &[String]) -> Result<Vec<Member>, ServiceError> {
+        let mut members = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(user) = self.store.get(Kind::User, id).await? {
+                members.push(Member {
+                    id: user.id.clone(),
+                    value: self.member_value_of(&user.name, &user.dn),
+                });
+            }
+        }
+        Ok(members)
+    }
+}
+
+/// Takes `members` out of a validated group document, returning the document and member ids.
+fn split_members(mut doc: Value) -> (Value, Vec<String>) {
+    let members = doc
+        .as_object_mut()
+        .and_then(|object| object.remove("members"))
+        .unwrap_or(Value::Null);
+    let mut ids = Vec::new();
+    for member in crate::scim::path::values_of(&members) {
+        if let Some(id) = member.get("value").and_then(Value::as_str) {
+            if !ids.iter().any(|known: &String| known == id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    (doc, ids)
+}
+
+fn display_name_of(doc: &Value) -> Result<String, ServiceError> {
+    match doc.get("displayName").and_then(Value::as_str) {
+        Some(name) if !name.trim().is_empty() => Ok(name.to_string()),
+        _ => Err(ScimError::invalid_value("`displayName` is required").into()),
+    }
+}

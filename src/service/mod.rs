@@ -1,0 +1,494 @@
+//! The use cases: create, get, list, replace, patch and delete for users and groups.
+//!
+//! With `reconcile`, the only caller of `directory` and `store`, and the place that orders their
+//! writes (DESIGN.md §3): validate, project, record the intent, apply it to the directory, commit
+//! the new state and clear the intent in one transaction. Writes to one resource are serialized
+//! by a per-resource lock; different resources run in parallel.
+
+mod groups;
+mod locks;
+mod plan;
+mod render;
+mod users;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::directory::{Directory, DirectoryError};
+use crate::scim::discovery::{Capabilities, Discovery};
+use crate::scim::query::{sort, ListQuery, LIST_RESPONSE_URN};
+use crate::scim::ScimError;
+use crate::store::{self, IndexedField, Kind, Store, StoreError, StoredResource};
+
+pub use plan::replay_intents;
+
+/// Seconds an IdP is told to wait after the directory was unavailable.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Largest page a list returns (`filter.maxResults` in `/ServiceProviderConfig`).
+pub const MAX_RESULTS: usize = 1000;
+
+/// A failure of a use case.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Already protocol-shaped (validation, filter, patch errors).
+    #[error("{0}")]
+    Scim(ScimError),
+    /// No resource with this id.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `User` or `Group`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A unique attribute value is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` named another version.
+    #[error("version mismatch")]
+    PreconditionFailed,
+    /// The directory failed.
+    #[error("{0}")]
+    Directory(#[from] DirectoryError),
+    /// The cache failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<ScimError> for ServiceError {
+    fn from(err: ScimError) -> ServiceError {
+        ServiceError::Scim(err)
+    }
+}
+
+/// The one place that decides what a client sees for a failure.
+impl From<ServiceError> for ScimError {
+    fn from(err: ServiceError) -> ScimError {
+        match err {
+            ServiceError::Scim(scim) => scim,
+            ServiceError::NotFound { kind, id } => {
+                ScimError::not_found(format!("{kind} `{id}` does not exist"))
+            }
+            ServiceError::Conflict(detail) => ScimError::uniqueness(detail),
+            ServiceError::PreconditionFailed => ScimError::precondition_failed(
+                "the resource has changed since the version named in If-Match; read it again",
+            ),
+            ServiceError::Directory(dir_err) if dir_err.is_transient() => {
+                tracing::warn!(error = %dir_err, "directory unavailable");
+                ScimError::unavailable(RETRY_AFTER_SECS)
+            }
+            ServiceError::Directory(DirectoryError::ConstraintViolation(text)) => {
+                tracing::info!(error = %text, "directory constraint violation");
+                ScimError::uniqueness(
+                    "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry",
+                )
+            }
+            ServiceError::Directory(DirectoryError::AlreadyExists(text)) => {
+                tracing::info!(error = %text, "entry exists in the directory");
+                ScimError::uniqueness(
+                    "an entry with this name exists in the directory but was not provisioned through SCIM, and users.on_existing = \"conflict\"",
+                )
+            }
+            ServiceError::Directory(DirectoryError::SchemaViolation { rc, text }) => {
+                tracing::warn!(rc, error = %text, "directory schema violation");
+                ScimError::invalid_value(
+                    "the directory's schema refused the resulting entry; check the attribute mapping and values (the server log has the directory's reason)",
+                )
+            }
+            ServiceError::Directory(dir_err) => {
+                tracing::error!(error = %dir_err, "directory operation failed");
+                ScimError::internal()
+            }
+            ServiceError::Store(StoreError::NameTaken { kind, name }) => ScimError::uniqueness(
+                format!("a {kind} named `{name}` exists already (names ignore case)"),
+            ),
+            ServiceError::Store(store_err) => {
+                tracing::error!(error = %store_err, "cache operation failed");
+                ScimError::internal()
+            }
+        }
+    }
+}
+
+/// `If-Match` / `If-None-Match` of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// `If-Match` header value.
+    pub if_match: Option<String>,
+    /// `If-None-Match` header value.
+    pub if_none_match: Option<String>,
+}
+
+/// A resource as replied: the rendered body, its ETag and location.
+#[derive(Debug, Clone)]
+pub struct ResourceReply {
+    /// The JSON resource, projected.
+    pub body: Value,
+    /// `W/"<version>"`.
+    pub etag: String,
+    /// `meta.location`.
+    pub location: String,
+}
+
+/// The service: directory, cache, schemas, mapping and locks.
+pub struct Service {
+    config: Arc<Config>,
+    directory: Arc<Directory>,
+    store: Store,
+    discovery: Discovery,
+    locks: locks::KeyedLocks,
+    /// Unknown attribute names already logged.
+    ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Service {
+    /// Wires the service together.
+    pub fn new(
+        config: Arc<Config>,
+        directory: Arc<Directory>,
+        store: Store,
+    ) -> Result<Service, String> {
+        let discovery = Discovery::load(
+            &config.server.base_path,
+            Capabilities {
+                max_results: MAX_RESULTS,
+            },
+        )
+        .map_err(|err| err.to_string())?;
+        Ok(Service {
+            config,
+            directory,
+            store,
+            discovery,
+            locks: locks::KeyedLocks::default(),
+            ignored_names: Default::default(),
+        })
+    }
+
+    /// The discovery documents.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Ready when the directory answers and the cache is open.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.directory
+            .ping()
+            .await
+            .map_err(|err| format!("directory: {err}"))?;
+        self.store
+            .ping()
+            .await
+            .map_err(|err| format!("cache: {err}"))
+    }
+
+    fn schema(&self, kind: Kind) -> &crate::scim::schema::ResourceSchema {
+        match kind {
+            Kind::User => self.discovery.user_schema(),
+            Kind::Group => self.discovery.group_schema(),
+        }
+    }
+
+    fn location(&self, kind: Kind, id: &str) -> String {
+        let collection = match kind {
+            Kind::User => "Users",
+            Kind::Group => "Groups",
+        };
+        format!("{}/{collection}/{id}", self.config.server.base_path)
+    }
+
+    /// `POST /Users` or `POST /Groups`.
+    pub async fn create(
+        &self,
+        kind: Kind,
+        doc: Value,
+        projection: &ListQuery,
+    ) -> Result<ResourceReply, ScimError> {
+        let stored = match kind {
+            Kind::User => self.create_user(doc).await,
+            Kind::Group => self.create_group(doc).await,
+        }?;
+        Ok(self.reply(stored, projection, true).await?)
+    }
+
+    /// `GET /Users/{id}` or `GET /Groups/{id}`.
+    pub async fn get(
+        &self,
+        kind: Kind,
+        id: &str,
+        projection: &ListQuery,
+    ) -> Result<ResourceReply, ScimError> {
+        let stored = self.load(kind, id).await?;
+        let with_members = !excludes_members(kind, projection);
+        Ok(self.reply(stored, projection, with_members).await?)
+    }
+
+    /// `PUT /Users/{id}` or `PUT /Groups/{id}`.
+    pub async fn replace(
+        &self,
+        kind: Kind,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+        projection: &ListQuery,
+    ) -> Result<ResourceReply, ScimError> {
+        let stored = match kind {
+            Kind::User => self.replace_user(id, doc, conditions).await,
+            Kind::Group => self.replace_group(id, doc, conditions).await,
+        }?;
+        Ok(self.reply(stored, projection, true).await?)
+    }
+
+    /// `PATCH /Users/{id}` or `PATCH /Groups/{id}`. A user is answered with the resource (200);
+    /// a group with no body (204, RFC 7644 §3.5.2), unless `attributes` or
+    /// `excludedAttributes` ask for one, so that a member change never costs a read of the
+    /// whole member list.
+    pub async fn patch(
+        &self,
+        kind: Kind,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+        projection: &ListQuery,
+    ) -> Result<Option<ResourceReply>, ScimError> {
+        let stored = match kind {
+            Kind::User => self.patch_user(id, doc, conditions).await,
+            Kind::Group => self.patch_group(id, doc, conditions).await,
+        }?;
+        let asked = !projection.attributes.is_empty() || !projection.excluded_attributes.is_empty();
+        if kind == Kind::Group && !asked {
+            return Ok(None);
+        }
+        let with_members = !excludes_members(kind, projection);
+        Ok(Some(self.reply(stored, projection, with_members).await?))
+    }
+
+    /// `DELETE /Users/{id}` or `DELETE /Groups/{id}`.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        id: &str,
+        conditions: &Conditions,
+    ) -> Result<(), ScimError> {
+        match kind {
+            Kind::User => self.delete_user(id, conditions).await,
+            Kind::Group => self.delete_group(id, conditions).await,
+        }
+        .map_err(ScimError::from)
+    }
+
+    /// `GET /Users`, `GET /Groups`, and the `.search` endpoints (`kind` None searches both).
+    ///
+    /// Indexed filters (`id`, `userName`/`displayName`, `externalId` eq) are answered from the
+    /// cache's indexes; any other filter is evaluated over the cached resources.
+    pub async fn list(&self, kind: Option<Kind>, query: &ListQuery) -> Result<Value, ScimError> {
+        let kinds = match kind {
+            Some(kind) => vec![kind],
+            None => vec![Kind::User, Kind::Group],
+        };
+        let count = query.count.unwrap_or(MAX_RESULTS).min(MAX_RESULTS);
+        let start = query.start_index.max(1);
+        let mut matched: Vec<Value> = Vec::new();
+        let mut total = 0usize;
+        for kind in kinds {
+            let schema = self.schema(kind);
+            if let Some(filter) = &query.filter {
+                filter.validate(schema)?;
+            }
+            let indexed = query
+                .filter
+                .as_ref()
+                .and_then(|filter| indexed_lookup(filter, kind));
+            let candidates: Vec<StoredResource> = match (&query.filter, indexed) {
+                (_, Some((field, value))) => self
+                    .store
+                    .find(kind, field, &value)
+                    .await
+                    .map_err(ServiceError::from)?,
+                (None, None) if query.sort_by.is_none() => {
+                    // Plain paging: read only the page, count the rest.
+                    let n_kind = self.store.count(kind).await.map_err(ServiceError::from)?;
+                    let offset = (start - 1).saturating_sub(total);
+                    let limit = count.saturating_sub(matched.len());
+                    let page = self
+                        .store
+                        .page(kind, offset, limit)
+                        .await
+                        .map_err(ServiceError::from)?;
+                    total += n_kind;
+                    for stored in page {
+                        let with_members = !excludes_members(kind, query);
+                        matched.push(self.render(stored, with_members).await?);
+                    }
+                    continue;
+                }
+                _ => self.store.list(kind).await.map_err(ServiceError::from)?,
+            };
+            let with_members = !excludes_members(kind, query);
+            let mut rendered = Vec::with_capacity(candidates.len());
+            for stored in candidates {
+                let resource = self.render(stored, with_members).await?;
+                if query
+                    .filter
+                    .as_ref()
+                    .is_none_or(|filter| filter.matches(&resource, schema))
+                {
+                    rendered.push(resource);
+                }
+            }
+            if let Some(sort_by) = &query.sort_by {
+                sort(&mut rendered, sort_by, query.sort_order, schema);
+            }
+            let offset = (start - 1).saturating_sub(total);
+            total += rendered.len();
+            let limit = count.saturating_sub(matched.len());
+            matched.extend(rendered.into_iter().skip(offset).take(limit));
+        }
+        let resources: Vec<Value> = matched
+            .into_iter()
+            .map(|resource| {
+                let kind = if resource["meta"]["resourceType"] == "Group" {
+                    Kind::Group
+                } else {
+                    Kind::User
+                };
+                query.project(resource, self.schema(kind))
+            })
+            .collect();
+        Ok(json!({
+            "schemas": [LIST_RESPONSE_URN],
+            "totalResults": total,
+            "startIndex": start,
+            "itemsPerPage": resources.len(),
+            "Resources": resources,
+        }))
+    }
+
+    /// Takes the lock of `name` for `kind` and checks that no resource but `owner` holds it
+    /// (names ignore case). Returns no lock when `owner` already has that name.
+    async fn claim_name(
+        &self,
+        kind: Kind,
+        owner: &StoredResource,
+        name: &str,
+    ) -> Result<Option<locks::KeyGuard<'_>>, ServiceError> {
+        if !owner.id.is_empty() && store::name_key(name) == store::name_key(&owner.name) {
+            return Ok(None);
+        }
+        let guard = self
+            .locks
+            .lock(format!("{}-name:{}", kind.as_str(), store::name_key(name)))
+            .await;
+        let taken = self.store.find(kind, IndexedField::Name, name).await?;
+        if taken.iter().any(|other| other.id != owner.id) {
+            let attr = match kind {
+                Kind::User => "userName",
+                Kind::Group => "displayName",
+            };
+            return Err(ServiceError::Conflict(format!(
+                "a {} with {attr} `{name}` exists already ({attr} ignores case)",
+                kind.as_str().to_lowercase()
+            )));
+        }
+        Ok(Some(guard))
+    }
+
+    async fn load(&self, kind: Kind, id: &str) -> Result<StoredResource, ServiceError> {
+        self.store
+            .get(kind, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind: kind.as_str(),
+                id: id.to_string(),
+            })
+    }
+
+    async fn reply(
+        &self,
+        stored: StoredResource,
+        projection: &ListQuery,
+        with_members: bool,
+    ) -> Result<ResourceReply, ServiceError> {
+        let kind = stored.kind;
+        let etag = render::etag(stored.version);
+        let location = self.location(kind, &stored.id);
+        let body = self.render(stored, with_members).await?;
+        Ok(ResourceReply {
+            body: projection.project(body, self.schema(kind)),
+            etag,
+            location,
+        })
+    }
+}
+
+/// The cache index that answers `filter` for `kind` outright, if any.
+fn indexed_lookup(
+    filter: &crate::scim::filter::Filter,
+    kind: Kind,
+) -> Option<(IndexedField, String)> {
+    let (path, value) = filter.as_simple_eq()?;
+    if path.urn.is_some() || path.sub.is_some() {
+        return None;
+    }
+    let name = path.name.as_str();
+    let field = if name.eq_ignore_ascii_case("id") {
+        IndexedField::Id
+    } else if name.eq_ignore_ascii_case("externalId") {
+        IndexedField::ExternalId
+    } else if (kind == Kind::User && name.eq_ignore_ascii_case("userName"))
+        || (kind == Kind::Group && name.eq_ignore_ascii_case("displayName"))
+    {
+        IndexedField::Name
+    } else {
+        return None;
+    };
+    Some((field, value.to_string()))
+}
+
+/// True when the request leaves `members` out, so a large group's list need not be read.
+fn excludes_members(kind: Kind, query: &ListQuery) -> bool {
+    if kind != Kind::Group {
+        return false;
+    }
+    let named = |paths: &[crate::scim::path::AttrPath]| {
+        paths
+            .iter()
+            .any(|path| path.name.eq_ignore_ascii_case("members"))
+    };
+    named(&query.excluded_attributes) || (!query.attributes.is_empty() && !named(&query.attributes))
+}
+
+/// Checks `If-Match` against the stored version.
+fn check_if_match(conditions: &Conditions, version: i64) -> Result<(), ServiceError> {
+    match &conditions.if_match {
+        Some(list) if !crate::http::etag_matches(list, &render::etag(version)) => {
+            Err(ServiceError::PreconditionFailed)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Now, as RFC 3339 with seconds precision.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|now| {
+            now.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

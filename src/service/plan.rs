@@ -1,0 +1,366 @@
+//! Write plans: the directory operations of one write, recorded as an intent before they run
+//! and replayed at start-up if the process stopped before the cache commit.
+//!
+//! Every operation is idempotent on replay: an add whose entry exists becomes a modify to the
+//! planned state, a value add or delete that is already done counts as done, a delete of a
+//! missing entry is done, and a rename whose source is gone but whose target exists is done.
+//! The plan is a private persistence format of the intent table, hence its serde derives.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Service, ServiceError};
+use crate::directory::{Directory, DirectoryError, Mod};
+use crate::store::{Commit, Kind, StoredResource};
+
+/// One directory operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum DirOp {
+    /// Add an entry; if the DN exists, adopt it (replace the planned attributes) when `adopt`.
+    Add {
+        dn: String,
+        attrs: Vec<(String, Vec<String>)>,
+        adopt: bool,
+    },
+    /// Replace attributes (`(attr, values)`, empty values delete) and add object classes.
+    Modify {
+        dn: String,
+        replace: Vec<(String, Vec<String>)>,
+        add_classes: Vec<String>,
+    },
+    /// Rename `dn` to `new_rdn` under `new_parent`.
+    Rename {
+        dn: String,
+        new_rdn: String,
+        new_parent: Option<String>,
+        new_dn: String,
+    },
+    /// Delete an entry.
+    Delete { dn: String },
+    /// Add one value to one attribute.
+    AddValue {
+        dn: String,
+        attr: String,
+        value: String,
+    },
+    /// Delete one value from one attribute.
+    DeleteValue {
+        dn: String,
+        attr: String,
+        value: String,
+    },
+}
+
+/// What a write does: directory operations, then the cache commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    /// Directory operations, in order.
+    pub ops: Vec<DirOp>,
+    /// The resource as it will be cached (None for a delete).
+    pub upsert: Option<PlannedResource>,
+    /// The resource id to forget (a delete).
+    pub delete: Option<String>,
+    /// Membership rows to add and remove, and a group whose rows are cleared first.
+    pub members_add: Vec<(String, String)>,
+    pub members_remove: Vec<(String, String)>,
+    pub members_clear: Option<String>,
+}
+
+/// A `StoredResource` in the plan's persistence format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PlannedResource {
+    pub id: String,
+    pub group: bool,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub dn: String,
+    pub entry_uuid: Option<String>,
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+    pub doc: serde_json::Value,
+}
+
+impl From<&StoredResource> for PlannedResource {
+    fn from(stored: &StoredResource) -> PlannedResource {
+        PlannedResource {
+            id: stored.id.clone(),
+            group: stored.kind == Kind::Group,
+            name: stored.name.clone(),
+            external_id: stored.external_id.clone(),
+            dn: stored.dn.clone(),
+            entry_uuid: stored.entry_uuid.clone(),
+            version: stored.version,
+            created: stored.created.clone(),
+            last_modified: stored.last_modified.clone(),
+            doc: stored.doc.clone(),
+        }
+    }
+}
+
+impl From<PlannedResource> for StoredResource {
+    fn from(planned: PlannedResource) -> StoredResource {
+        StoredResource {
+            id: planned.id,
+            kind: if planned.group {
+                Kind::Group
+            } else {
+                Kind::User
+            },
+            name: planned.name,
+            external_id: planned.external_id,
+            dn: planned.dn,
+            entry_uuid: planned.entry_uuid,
+            version: planned.version,
+            created: planned.created,
+            last_modified: planned.last_modified,
+            doc: planned.doc,
+        }
+    }
+}
+
+impl Plan {
+    /// An empty plan.
+    pub(crate) fn new() -> Plan {
+        Plan {
+            ops: Vec::new(),
+            upsert: None,
+            delete: None,
+            members_add: Vec::new(),
+            members_remove: Vec::new(),
+            members_clear: None,
+        }
+    }
+
+    fn into_commit(self, intent_seq: i64, entry_uuid: Option<String>) -> Commit {
+        Commit {
+            intent_seq: Some(intent_seq),
+            upsert: self.upsert.map(|planned| {
+                let mut stored = StoredResource::from(planned);
+                if entry_uuid.is_some() {
+                    stored.entry_uuid = entry_uuid;
+                }
+                stored
+            }),
+            delete: self.delete,
+            members_add: self.members_add,
+            members_remove: self.members_remove,
+            members_clear: self.members_clear,
+        }
+    }
+}
+
+/// Test hook: with `SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY=1` in the environment the process
+/// exits right after the directory write and before the cache commit, as a SIGKILL there would.
+/// Integration tests use it to prove that intents are replayed; it is read once per process.
+fn crash_after_directory() -> bool {
+    static CRASH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CRASH.get_or_init(|| {
+        std::env::var_os("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY").is_some_and(|v| v == "1")
+    })
+}
+
+impl Service {
+    /// Records `plan` as an intent, applies it to the directory, and commits it; on a
+    /// directory failure the intent is dropped and nothing is committed.
+    pub(crate) async fn execute(&self, plan: Plan) -> Result<Option<String>, ServiceError> {
+        self.execute_then(plan, || async { Ok(()) }).await
+    }
+
+    /// As `execute`, running `then` after the plan's directory operations and before the
+    /// commit (a password change, which is never part of a stored plan).
+    pub(crate) async fn execute_then<F, Fut>(
+        &self,
+        plan: Plan,
+        then: F,
+    ) -> Result<Option<String>, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), DirectoryError>>,
+    {
+        let resource_id = plan
+            .upsert
+            .as_ref()
+            .map(|planned| planned.id.clone())
+            .or_else(|| plan.delete.clone())
+            .unwrap_or_default();
+        let text = serde_json::to_string(&plan).map_err(|err| {
+            ServiceError::Store(crate::store::StoreError::Open {
+                path: Default::default(),
+                reason: format!("encode plan: {err}"),
+            })
+        })?;
+        let seq = self.store.record_intent(&resource_id, text).await?;
+        let applied = match apply_ops(
+            &self.directory,
+            &plan.ops,
+            self.config.ldap.flavor.entry_id_attribute(),
+            false,
+        )
+        .await
+        {
+            Ok(entry_uuid) => then().await.map(|()| entry_uuid),
+            Err(err) => Err(err),
+        };
+        match applied {
+            Ok(entry_uuid) => {
+                if crash_after_directory() {
+                    tracing::error!("test hook: exiting between directory write and cache commit");
+                    std::process::exit(86);
+                }
+                self.store
+                    .commit(plan.into_commit(seq, entry_uuid.clone()))
+                    .await?;
+                Ok(entry_uuid)
+            }
+            Err(err) => {
+                // The IdP is told nothing changed; a partly applied plan is repaired by
+                // reconciliation from the cache, which still holds the previous state.
+                let drop_intent = Commit {
+                    intent_seq: Some(seq),
+                    ..Commit::default()
+                };
+                if let Err(store_err) = self.store.commit(drop_intent).await {
+                    tracing::error!(error = %store_err, "could not drop a failed intent");
+                }
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Applies `ops` in order; returns the directory id of an added entry when the server told it.
+async fn apply_ops(
+    directory: &Directory,
+    ops: &[DirOp],
+    id_attr: &str,
+    replay: bool,
+) -> Result<Option<String>, DirectoryError> {
+    let mut entry_uuid = None;
+    for op in ops {
+        match op {
+            DirOp::Add { dn, attrs, adopt } => {
+                match directory.add_returning(dn, attrs, id_attr).await {
+                    Ok(id) => entry_uuid = id,
+                    Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
+                        tracing::info!(dn = %dn, "entry exists; adopting it");
+                        let mods: Vec<Mod> = attrs
+                            .iter()
+                            .map(|(attr, values)| {
+                                if attr.eq_ignore_ascii_case("objectClass") {
+                                    Mod::Add(attr.clone(), Vec::new())
+                                } else {
+                                    Mod::Replace(attr.clone(), values.clone())
+                                }
+                            })
+                            .filter(|m| !matches!(m, Mod::Add(_, values) if values.is_empty()))
+                            .collect();
+                        let classes: Vec<String> = attrs
+                            .iter()
+                            .filter(|(attr, _)| attr.eq_ignore_ascii_case("objectClass"))
+                            .flat_map(|(_, values)| values.clone())
+                            .collect();
+                        add_missing_classes(directory, dn, &classes).await?;
+                        directory.modify(dn, &mods).await?;
+                        entry_uuid = directory
+                            .read(dn, &[id_attr])
+                            .await?
+                            .and_then(|entry| entry.first(id_attr).map(str::to_string));
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            DirOp::Modify {
+                dn,
+                replace,
+                add_classes,
+            } => {
+                add_missing_classes(directory, dn, add_classes).await?;
+                let mods: Vec<Mod> = replace
+                    .iter()
+                    .map(|(attr, values)| Mod::Replace(attr.clone(), values.clone()))
+                    .collect();
+                directory.modify(dn, &mods).await?;
+            }
+            DirOp::Rename {
+                dn,
+                new_rdn,
+                new_parent,
+                new_dn,
+            } => match directory.rename(dn, new_rdn, new_parent.as_deref()).await {
+                Ok(()) => {}
+                Err(DirectoryError::NoSuchObject(_))
+                    if directory.read(new_dn, &["1.1"]).await?.is_some() => {}
+                Err(err) => return Err(err),
+            },
+            DirOp::Delete { dn } => directory.delete(dn).await?,
+            DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
+            DirOp::DeleteValue { dn, attr, value } => {
+                directory.delete_value(dn, attr, value).await?
+            }
+        }
+    }
+    Ok(entry_uuid)
+}
+
+/// Adds the object classes an entry lacks (adding one it has would fail the whole modify).
+async fn add_missing_classes(
+    directory: &Directory,
+    dn: &str,
+    classes: &[String],
+) -> Result<(), DirectoryError> {
+    if classes.is_empty() {
+        return Ok(());
+    }
+    let entry = directory.read(dn, &["objectClass"]).await?;
+    let have = entry
+        .map(|entry| entry.values("objectClass").to_vec())
+        .unwrap_or_default();
+    let missing: Vec<String> = classes
+        .iter()
+        .filter(|class| !have.iter().any(|have| have.eq_ignore_ascii_case(class)))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    directory
+        .modify(dn, &[Mod::Add("objectClass".to_string(), missing)])
+        .await
+}
+
+/// Finishes the intents a previous run left behind, oldest first; run before serving.
+///
+/// Fails when the directory is unreachable: serving before the replay could reorder writes.
+pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
+    let intents = service.store.pending_intents().await?;
+    let n_intents = intents.len();
+    for intent in intents {
+        let plan: Plan = match serde_json::from_str(&intent.plan) {
+            Ok(plan) => plan,
+            Err(err) => {
+                tracing::error!(seq = intent.seq, error = %err, "unreadable intent dropped; reconciliation will repair");
+                service
+                    .store
+                    .commit(Commit {
+                        intent_seq: Some(intent.seq),
+                        ..Commit::default()
+                    })
+                    .await?;
+                continue;
+            }
+        };
+        tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
+        let entry_uuid = apply_ops(
+            &service.directory,
+            &plan.ops,
+            service.config.ldap.flavor.entry_id_attribute(),
+            true,
+        )
+        .await?;
+        service
+            .store
+            .commit(plan.into_commit(intent.seq, entry_uuid))
+            .await?;
+    }
+    Ok(n_intents)
+}

@@ -1,0 +1,89 @@
+//! Rendering a cached resource for the wire: `id`, `schemas`, `meta`, and for users the
+//! read-only `groups`, for groups the `members`, both read from the membership table.
+
+use serde_json::{json, Map, Value};
+
+use super::{Service, ServiceError};
+use crate::scim::schema::{GROUP_URN, USER_URN};
+use crate::store::{Kind, StoredResource};
+
+/// The ETag of a version: weak, since the rendering is not byte-stable.
+pub(crate) fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+impl Service {
+    /// The resource as a client sees it; `with_members` false leaves a group's members out.
+    pub(crate) async fn render(
+        &self,
+        stored: StoredResource,
+        with_members: bool,
+    ) -> Result<Value, ServiceError> {
+        let kind = stored.kind;
+        let location = self.location(kind, &stored.id);
+        let mut object = match stored.doc {
+            Value::Object(object) => object,
+            _ => Map::new(),
+        };
+        let mut schemas = vec![Value::from(match kind {
+            Kind::User => USER_URN,
+            Kind::Group => GROUP_URN,
+        })];
+        schemas.extend(
+            object
+                .keys()
+                .filter(|key| key.starts_with("urn:"))
+                .map(|key| Value::from(key.as_str())),
+        );
+        object.insert("schemas".to_string(), Value::Array(schemas));
+        object.insert("id".to_string(), Value::from(stored.id.as_str()));
+        match kind {
+            Kind::User => {
+                if !object.contains_key("active") {
+                    object.insert("active".to_string(), Value::Bool(true));
+                }
+                let groups = self.store.groups_of(&stored.id).await?;
+                if !groups.is_empty() {
+                    let groups: Vec<Value> = groups
+                        .into_iter()
+                        .map(|(group_id, display)| {
+                            json!({
+                                "value": group_id,
+                                "$ref": self.location(Kind::Group, &group_id),
+                                "display": display,
+                                "type": "direct",
+                            })
+                        })
+                        .collect();
+                    object.insert("groups".to_string(), Value::Array(groups));
+                }
+            }
+            Kind::Group if with_members => {
+                let members = self.store.members(&stored.id).await?;
+                let members: Vec<Value> = members
+                    .into_iter()
+                    .map(|member_id| {
+                        json!({
+                            "value": member_id,
+                            "$ref": self.location(Kind::User, &member_id),
+                            "type": "User",
+                        })
+                    })
+                    .collect();
+                object.insert("members".to_string(), Value::Array(members));
+            }
+            Kind::Group => {}
+        }
+        object.insert(
+            "meta".to_string(),
+            json!({
+                "resourceType": kind.as_str(),
+                "created": stored.created,
+                "lastModified": stored.last_modified,
+                "location": location,
+                "version": etag(stored.version),
+            }),
+        );
+        Ok(Value::Object(object))
+    }
+}

@@ -1,0 +1,391 @@
+//! User use cases: create, replace, patch, delete, with deactivation and memberships.
+
+use std::collections::HashMap;
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+use super::plan::{DirOp, Plan, PlannedResource};
+use super::{check_if_match, now, Conditions, Service, ServiceError};
+use crate::mapping::{diff, parent_dn, rdn, OnDelete, OnDisableGroups, OnExisting, Projection};
+use crate::scim::patch::PatchRequest;
+use crate::scim::validate::validate_resource;
+use crate::store::{Kind, StoredResource};
+
+impl Service {
+    /// `POST /Users`.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn create_user(&self, doc: Value) -> Result<StoredResource, ServiceError> {
+        let schema = self.discovery.user_schema();
+        let validated = validate_resource(&doc, schema)?;
+        self.note_ignored(&validated.ignored);
+        let user_name = user_name_of(&validated.doc)?;
+        let _name_lock = self
+            .claim_name(Kind::User, &StoredResource::none(Kind::User), &user_name)
+            .await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let created = now();
+        let dns = self.resolve_refs(&validated.doc).await?;
+        let projection = self.config.users.project(&id, &validated.doc, schema, &dns);
+        let mut plan = Plan::new();
+        plan.ops.push(DirOp::Add {
+            dn: projection.dn.clone(),
+            attrs: projection.to_add_attrs(),
+            adopt: self.config.users.on_existing == OnExisting::Adopt,
+        });
+        let stored = StoredResource {
+            id,
+            kind: Kind::User,
+            name: user_name,
+            external_id: external_id_of(&validated.doc),
+            dn: projection.dn.clone(),
+            entry_uuid: None,
+            version: 1,
+            created: created.clone(),
+            last_modified: created,
+            doc: validated.doc,
+        };
+        plan.upsert = Some(PlannedResource::from(&stored));
+        let password = validated
+            .password
+            .map(|password| (projection.dn.clone(), SecretString::from(password)));
+        let entry_uuid = self.execute_with_password(plan, password).await?;
+        tracing::info!(resource_id = %stored.id, "user created");
+        Ok(StoredResource {
+            entry_uuid,
+            ..stored
+        })
+    }
+
+    /// `PUT /Users/{id}`: a full replace of the mapped attributes; `active` absent means
+    /// unchanged (OneLogin and Okta templates may omit it).
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn replace_user(
+        &self,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+    ) -> Result<StoredResource, ServiceError> {
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::User, id).await?;
+        check_if_match(conditions, old.version)?;
+        let validated = validate_resource(&doc, self.discovery.user_schema())?;
+        self.note_ignored(&validated.ignored);
+        let mut new_doc = validated.doc;
+        if new_doc.get("active").is_none() {
+            if let (Some(active), Some(object)) =
+                (old.doc.get("active").cloned(), new_doc.as_object_mut())
+            {
+                object.insert("active".to_string(), active);
+            }
+        }
+        self.update_user(old, new_doc, validated.password).await
+    }
+
+    /// `PATCH /Users/{id}`.
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn patch_user(
+        &self,
+        id: &str,
+        doc: Value,
+        conditions: &Conditions,
+    ) -> Result<StoredResource, ServiceError> {
+        let request = PatchRequest::from_json(&doc)?;
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::User, id).await?;
+        check_if_match(conditions, old.version)?;
+        let schema = self.discovery.user_schema();
+        let outcome = crate::scim::patch::apply(&old.doc, &request, schema)?;
+        self.note_ignored(&outcome.ignored);
+        let validated = validate_resource(&outcome.resource, schema)?;
+        self.update_user(old, validated.doc, validated.password)
+            .await
+    }
+
+    /// Writes the change from `old` to `new_doc` (rename, attributes, activation, password).
+    async fn update_user(
+        &self,
+        old: StoredResource,
+        new_doc: Value,
+        password: Option<String>,
+    ) -> Result<StoredResource, ServiceError> {
+        let schema = self.discovery.user_schema();
+        let new_name = user_name_of(&new_doc)?;
+        let _name_lock = self.claim_name(Kind::User, &old, &new_name).await?;
+        if new_doc == old.doc && password.is_none() {
+            return Ok(old);
+        }
+        let old_dns = self.resolve_refs(&old.doc).await?;
+        let new_dns = self.resolve_refs(&new_doc).await?;
+        let old_projection = self
+            .config
+            .users
+            .project(&old.id, &old.doc, schema, &old_dns);
+        let new_projection = self
+            .config
+            .users
+            .project(&old.id, &new_doc, schema, &new_dns);
+        let mut plan = Plan::new();
+        let current_dn = old.dn.clone();
+        push_rename(&mut plan, &current_dn, &new_projection.dn);
+        push_modify(
+            &mut plan,
+            &old_projection,
+            &new_projection,
+            &self.config.users.rdn_attribute,
+        );
+        let old_active = is_active(&old.doc);
+        let new_active = is_active(&new_doc);
+        self.plan_membership_moves(
+            &mut plan,
+            &old,
+            &new_name,
+            &new_projection.dn,
+            old_active,
+            new_active,
+        )
+        .await?;
+        let stored = StoredResource {
+            name: new_name,
+            external_id: external_id_of(&new_doc),
+            dn: new_projection.dn.clone(),
+            version: old.version + 1,
+            last_modified: now(),
+            doc: new_doc,
+            ..old
+        };
+        plan.upsert = Some(PlannedResource::from(&stored));
+        let password =
+            password.map(|password| (new_projection.dn.clone(), SecretString::from(password)));
+        self.execute_with_password(plan, password).await?;
+        tracing::info!(resource_id = %stored.id, version = stored.version, "user updated");
+        Ok(stored)
+    }
+
+    /// `DELETE /Users/{id}`: removes the user from its groups in the directory, then deletes
+    /// or disables the entry (`users.on_delete`).
+    #[tracing::instrument(skip_all, fields(resource_id = %id))]
+    pub(crate) async fn delete_user(
+        &self,
+        id: &str,
+        conditions: &Conditions,
+    ) -> Result<(), ServiceError> {
+        let _lock = self.locks.lock(format!("id:{id}")).await;
+        let old = self.load(Kind::User, id).await?;
+        check_if_match(conditions, old.version)?;
+        let mut plan = Plan::new();
+        let member_value = self.member_value_of(&old.name, &old.dn);
+        for (group_id, _) in self.store.groups_of(&old.id).await? {
+            if let Some(group) = self.store.get(Kind::Group, &group_id).await? {
+                self.plan_member_removal(&mut plan, &group, &old.id, &member_value)
+                    .await?;
+            }
+        }
+        match self.config.users.on_delete {
+            OnDelete::Delete => plan.ops.push(DirOp::Delete { dn: old.dn.clone() }),
+            OnDelete::Disable => {
+                let schema = self.discovery.user_schema();
+                let dns = self.resolve_refs(&old.doc).await?;
+                let old_projection = self.config.users.project(&old.id, &old.doc, schema, &dns);
+                let mut disabled_doc = old.doc.clone();
+                if let Some(object) = disabled_doc.as_object_mut() {
+                    object.insert("active".to_string(), Value::Bool(false));
+                }
+                let new_projection =
+                    self.config
+                        .users
+                        .project(&old.id, &disabled_doc, schema, &dns);
+                push_rename(&mut plan, &old.dn, &new_projection.dn);
+                push_modify(
+                    &mut plan,
+                    &old_projection,
+                    &new_projection,
+                    &self.config.users.rdn_attribute,
+                );
+            }
+        }
+        plan.delete = Some(old.id.clone());
+        self.execute(plan).await?;
+        tracing::info!(resource_id = %old.id, "user deleted");
+        Ok(())
+    }
+
+    /// Runs `plan` and sets `password` (dn, secret) after its directory operations and before
+    /// its commit, so a failed password change leaves nothing committed.
+    async fn execute_with_password(
+        &self,
+        plan: Plan,
+        password: Option<(String, SecretString)>,
+    ) -> Result<Option<String>, ServiceError> {
+        match password {
+            None => self.execute(plan).await,
+            Some((dn, password)) => {
+                let directory = self.directory.clone();
+                self.execute_then(plan, move || async move {
+                    directory.set_password(&dn, &password).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// DNs of the users that `dn:` mapping sources name (a manager), from the cache.
+    pub(crate) async fn resolve_refs(
+        &self,
+        doc: &Value,
+    ) -> Result<HashMap<String, String>, ServiceError> {
+        let mut dns = HashMap::new();
+        for ref_id in self.config.users.dn_refs(doc, self.discovery.user_schema()) {
+            match self.store.get(Kind::User, &ref_id).await? {
+                Some(user) => {
+                    dns.insert(ref_id, user.dn);
+                }
+                None => {
+                    tracing::debug!(ref_id = %ref_id, "referenced user is not provisioned; not mapped")
+                }
+            }
+        }
+        Ok(dns)
+    }
+
+    /// The member attribute value that stands for a user in a group entry.
+    pub(crate) fn member_value_of(&self, user_name: &str, user_dn: &str) -> String {
+        match self.config.groups.class {
+            crate::mapping::GroupClass::PosixGroup => user_name.to_string(),
+            _ => user_dn.to_string(),
+        }
+    }
+
+    /// When the user's member value changes (rename, move) or it is suspended or reactivated
+    /// under `on_disable_groups = "remove"`, rewrites its value in each group's entry.
+    async fn plan_membership_moves(
+        &self,
+        plan: &mut Plan,
+        old: &StoredResource,
+        new_name: &str,
+        new_dn: &str,
+        old_active: bool,
+        new_active: bool,
+    ) -> Result<(), ServiceError> {
+        let remove_when_disabled = self.config.users.on_disable_groups == OnDisableGroups::Remove;
+        let old_value = self.member_value_of(&old.name, &old.dn);
+        let new_value = self.member_value_of(new_name, new_dn);
+        let was_in_directory = old_active || !remove_when_disabled;
+        let is_in_directory = new_active || !remove_when_disabled;
+        if old_value == new_value && was_in_directory == is_in_directory {
+            return Ok(());
+        }
+        let member_attr = self.config.groups.class.member_attribute();
+        for (group_id, _) in self.store.groups_of(&old.id).await? {
+            let Some(group) = self.store.get(Kind::Group, &group_id).await? else {
+                continue;
+            };
+            if self.config.groups.class.needs_placeholder() && !is_in_directory {
+                // The group may hold no other member in the directory; the placeholder keeps
+                // it valid and goes when a member is next added.
+                plan.ops.push(DirOp::AddValue {
+                    dn: group.dn.clone(),
+                    attr: member_attr.to_string(),
+                    value: self.config.groups.placeholder_member.clone(),
+                });
+            }
+            if was_in_directory {
+                plan.ops.push(DirOp::DeleteValue {
+                    dn: group.dn.clone(),
+                    attr: member_attr.to_string(),
+                    value: old_value.clone(),
+                });
+            }
+            if is_in_directory {
+                plan.ops.push(DirOp::AddValue {
+                    dn: group.dn.clone(),
+                    attr: member_attr.to_string(),
+                    value: new_value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs each unknown attribute name once per process, so an admin can map it.
+    pub(crate) fn note_ignored(&self, ignored: &[String]) {
+        if ignored.is_empty() {
+            return;
+        }
+        let mut seen = self
+            .ignored_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for name in ignored {
+            if seen.insert(name.to_ascii_lowercase()) {
+                tracing::info!(attribute = %name, "attribute not in the schema; ignored (map it in the config to keep it)");
+            }
+        }
+    }
+}
+
+/// Adds a rename to `plan` when the DN changes (beyond letter case).
+pub(crate) fn push_rename(plan: &mut Plan, old_dn: &str, new_dn: &str) {
+    if old_dn.eq_ignore_ascii_case(new_dn) {
+        return;
+    }
+    let old_parent = parent_dn(old_dn);
+    let new_parent = parent_dn(new_dn);
+    plan.ops.push(DirOp::Rename {
+        dn: old_dn.to_string(),
+        new_rdn: rdn(new_dn).to_string(),
+        new_parent: (!old_parent.eq_ignore_ascii_case(new_parent)).then(|| new_parent.to_string()),
+        new_dn: new_dn.to_string(),
+    });
+}
+
+/// Adds the attribute changes from `old` to `new` (on `new`'s DN) to `plan`.
+pub(crate) fn push_modify(
+    plan: &mut Plan,
+    old: &Projection,
+    new: &Projection,
+    rdn_attribute: &str,
+) {
+    let mods = diff(old, new, rdn_attribute);
+    if mods.is_empty() {
+        return;
+    }
+    let mut replace = Vec::new();
+    let mut add_classes = Vec::new();
+    for change in mods {
+        match change {
+            crate::directory::Mod::Add(attr, values)
+                if attr.eq_ignore_ascii_case("objectClass") =>
+            {
+                add_classes.extend(values)
+            }
+            crate::directory::Mod::Replace(attr, values) => replace.push((attr, values)),
+            crate::directory::Mod::Add(attr, values)
+            | crate::directory::Mod::Delete(attr, values) => {
+                replace.push((attr, values));
+            }
+        }
+    }
+    plan.ops.push(DirOp::Modify {
+        dn: new.dn.clone(),
+        replace,
+        add_classes,
+    });
+}
+
+fn user_name_of(doc: &Value) -> Result<String, ServiceError> {
+    match doc.get("userName").and_then(Value::as_str) {
+        Some(name) if !name.trim().is_empty() => Ok(name.to_string()),
+        _ => Err(crate::scim::ScimError::invalid_value("`userName` is required").into()),
+    }
+}
+
+pub(crate) fn external_id_of(doc: &Value) -> Option<String> {
+    doc.get("externalId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn is_active(doc: &Value) -> bool {
+    doc.get("active").and_then(Value::as_bool).unwrap_or(true)
+}

@@ -1,0 +1,660 @@
+//! The reconciliation cache: what the IdP last asked for, in SQLite (WAL), crash-safe.
+//!
+//! Only this module touches the database file. It holds each resource as the IdP last set it
+//! (never a password), its DN and directory id, its version, indexes for the names IdPs filter
+//! on, the group membership table (one row per member, never a blob), and the intent log of
+//! writes that were started but not yet committed. Writes go through one writer thread that
+//! commits whatever is queued in one transaction (group commit); reads use their own
+//! connections, which WAL lets run beside the writer.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+/// A store failure. Always a server-side fault: the client sees 500 and the log has this text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed.
+    #[error("cache database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document could not be decoded.
+    #[error("cache document of {id} is corrupt: {source}")]
+    Corrupt {
+        /// The resource id.
+        id: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A second resource of the same kind wanted an existing name.
+    #[error("{kind} name `{name}` is taken")]
+    NameTaken {
+        /// `User` or `Group`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The writer thread is gone (shutdown).
+    #[error("cache writer stopped")]
+    WriterGone,
+    /// The database file could not be opened or prepared.
+    #[error("cache {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Resource kinds the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A SCIM User.
+    User,
+    /// A SCIM Group.
+    Group,
+}
+
+impl Kind {
+    /// The SCIM resource type name, also the value in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::User => "User",
+            Kind::Group => "Group",
+        }
+    }
+}
+
+/// One cached resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// SCIM id.
+    pub id: String,
+    /// User or Group.
+    pub kind: Kind,
+    /// `userName` or `displayName`.
+    pub name: String,
+    /// `externalId`, when the IdP sent one.
+    pub external_id: Option<String>,
+    /// Where the entry is in the directory.
+    pub dn: String,
+    /// The directory's own id of the entry (`entryUUID`), when known.
+    pub entry_uuid: Option<String>,
+    /// Incremented on every change; the ETag is derived from it.
+    pub version: i64,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// RFC 3339 time of the last change.
+    pub last_modified: String,
+    /// The resource as the IdP last set it, without `meta`, `members`, `groups` and `password`.
+    pub doc: serde_json::Value,
+}
+
+impl StoredResource {
+    /// A placeholder owner for a resource not created yet (empty id).
+    pub fn none(kind: Kind) -> StoredResource {
+        StoredResource {
+            id: String::new(),
+            kind,
+            name: String::new(),
+            external_id: None,
+            dn: String::new(),
+            entry_uuid: None,
+            version: 0,
+            created: String::new(),
+            last_modified: String::new(),
+            doc: serde_json::Value::Null,
+        }
+    }
+}
+
+/// An indexed lookup the cache answers without a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedField {
+    /// `id`.
+    Id,
+    /// `userName` / `displayName`, ignoring case.
+    Name,
+    /// `externalId`, exact.
+    ExternalId,
+}
+
+/// A write recorded before the directory is touched, so it can be finished after a crash.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    /// Sequence number, assigned by the store.
+    pub seq: i64,
+    /// The resource being written.
+    pub resource_id: String,
+    /// Opaque plan, written and read by the service.
+    pub plan: String,
+}
+
+/// Everything one write changes in the cache, applied in one transaction.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// The intent this finishes, removed in the same transaction.
+    pub intent_seq: Option<i64>,
+    /// Insert or replace this resource.
+    pub upsert: Option<StoredResource>,
+    /// Delete this resource and every membership row naming it.
+    pub delete: Option<String>,
+    /// (group id, member id) rows to add.
+    pub members_add: Vec<(String, String)>,
+    /// (group id, member id) rows to remove.
+    pub members_remove: Vec<(String, String)>,
+    /// Remove every member row of this group first (a full replace of the list).
+    pub members_clear: Option<String>,
+}
+
+enum Job {
+    Intent {
+        resource_id: String,
+        plan: String,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
+    Commit {
+        commit: Box<Commit>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Most jobs one writer transaction takes.
+const MAX_BATCH: usize = 512;
+/// Read connections kept open.
+const N_READERS: usize = 4;
+
+/// The cache: one writer thread, a few read connections.
+#[derive(Clone)]
+pub struct Store {
+    writer: std::sync::mpsc::SyncSender<Job>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Store {
+    /// Opens (creating when needed) the cache at `path` and starts its writer thread.
+    ///
+    /// Fails when the file cannot be opened, is not a scim2ldap cache, or is from a newer version.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|err| open_err(err.to_string()))?;
+        }
+        let mut writer_conn = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
+        schema::prepare(&mut writer_conn).map_err(|err| open_err(err.to_string()))?;
+        let mut readers = Vec::with_capacity(N_READERS);
+        for _ in 0..N_READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|err| open_err(err.to_string()))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            readers.push(Mutex::new(conn));
+        }
+        let (sender, receiver) = std::sync::mpsc::sync_channel(4096);
+        std::thread::Builder::new()
+            .name("cache-writer".to_string())
+            .spawn(move || writer_loop(writer_conn, receiver))
+            .map_err(|err| open_err(err.to_string()))?;
+        Ok(Store {
+            writer: sender,
+            readers: Arc::new(readers),
+            next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
+    }
+
+    /// Records an intent (durable against a process crash) and returns its sequence number.
+    pub async fn record_intent(&self, resource_id: &str, plan: String) -> Result<i64, StoreError> {
+        let (reply, receive) = oneshot::channel();
+        self.send(Job::Intent {
+            resource_id: resource_id.to_string(),
+            plan,
+            reply,
+        })?;
+        receive.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Applies `commit` in one transaction, durable (fsync) before it returns.
+    pub async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let (reply, receive) = oneshot::channel();
+        self.send(Job::Commit {
+            commit: Box::new(commit),
+            reply,
+        })?;
+        receive.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        // The channel is bounded; a full channel blocks this task briefly, which is the
+        // back-pressure we want when the disk is slower than the requests.
+        self.writer.send(job).map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs `read` on a reader connection off the async threads.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let idx = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[idx].lock().map_err(|_| StoreError::Open {
+                path: PathBuf::new(),
+                reason: "reader lock poisoned".to_string(),
+            })?;
+            read(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Intents left by a run that stopped between recording and committing, oldest first.
+    pub async fn pending_intents(&self) -> Result<Vec<Intent>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT seq, resource_id, plan FROM intents ORDER BY seq")?;
+            let rows = stmt.query_map([], |row| {
+                Ok(Intent {
+                    seq: row.get(0)?,
+                    resource_id: row.get(1)?,
+                    plan: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The resource `id` of `kind`, if cached.
+    pub async fn get(&self, kind: Kind, id: &str) -> Result<Option<StoredResource>, StoreError> {
+        let mut found = self.find(kind, IndexedField::Id, id).await?;
+        Ok(found.pop())
+    }
+
+    /// Resources of `kind` whose `field` equals `value` (names ignore case).
+    pub async fn find(
+        &self,
+        kind: Kind,
+        field: IndexedField,
+        value: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let value = match field {
+            IndexedField::Name => name_key(value),
+            IndexedField::Id | IndexedField::ExternalId => value.to_string(),
+        };
+        self.read(move |conn| {
+            let sql = match field {
+                IndexedField::Id => "SELECT * FROM resources WHERE kind = ?1 AND id = ?2",
+                IndexedField::Name => "SELECT * FROM resources WHERE kind = ?1 AND name_key = ?2",
+                IndexedField::ExternalId => {
+                    "SELECT * FROM resources WHERE kind = ?1 AND external_id = ?2 ORDER BY seq"
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![kind.as_str(), value], row_to_raw)?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+
+    /// Every resource of `kind`, in creation order (stable for paging).
+    pub async fn list(&self, kind: Kind) -> Result<Vec<StoredResource>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT * FROM resources WHERE kind = ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![kind.as_str()], row_to_raw)?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+
+    /// A page of `kind` in creation order: `offset` rows skipped, at most `limit` returned.
+    pub async fn page(
+        &self,
+        kind: Kind,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT * FROM resources WHERE kind = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![kind.as_str(), limit as i64, offset as i64],
+                row_to_raw,
+            )?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+
+    /// How many resources of `kind` are cached.
+    pub async fn count(&self, kind: Kind) -> Result<usize, StoreError> {
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM resources WHERE kind = ?1")?
+                .query_row(params![kind.as_str()], |row| row.get(0))?;
+            Ok(n as usize)
+        })
+        .await
+    }
+
+    /// The member ids of group `group_id`.
+    pub async fn members(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        let group_id = group_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT member_id FROM members WHERE group_id = ?1 ORDER BY member_id",
+            )?;
+            let rows = stmt.query_map(params![group_id], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    /// Which of `member_ids` are members of `group_id` now.
+    pub async fn members_among(
+        &self,
+        group_id: &str,
+        member_ids: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let group_id = group_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM members WHERE group_id = ?1 AND member_id = ?2")?;
+            let mut present = Vec::new();
+            for member_id in member_ids {
+                if stmt.exists(params![group_id, member_id])? {
+                    present.push(member_id);
+                }
+            }
+            Ok(present)
+        })
+        .await
+    }
+
+    /// True when group `group_id` has a member other than those in `excluded`; reads at most
+    /// `excluded.len() + 1` rows, whatever the group's size.
+    pub async fn has_members_besides(
+        &self,
+        group_id: &str,
+        excluded: Vec<String>,
+    ) -> Result<bool, StoreError> {
+        let group_id = group_id.to_string();
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1 LIMIT ?2")?;
+            let rows = stmt.query_map(params![group_id, excluded.len() as i64 + 1], |row| {
+                row.get::<_, String>(0)
+            })?;
+            for row in rows {
+                if !excluded.contains(&row?) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    /// How many members group `group_id` has.
+    pub async fn member_count(&self, group_id: &str) -> Result<usize, StoreError> {
+        let group_id = group_id.to_string();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM members WHERE group_id = ?1")?
+                .query_row(params![group_id], |row| row.get(0))?;
+            Ok(n as usize)
+        })
+        .await
+    }
+
+    /// The groups `member_id` belongs to, as (group id, displayName).
+    pub async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let member_id = member_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.id, r.name FROM members m JOIN resources r ON r.id = m.group_id \
+                 WHERE m.member_id = ?1 ORDER BY r.name",
+            )?;
+            let rows = stmt.query_map(params![member_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The case-folded form of a name, for the unique name index.
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+struct RawRow {
+    id: String,
+    kind: String,
+    name: String,
+    external_id: Option<String>,
+    dn: String,
+    entry_uuid: Option<String>,
+    version: i64,
+    created: String,
+    last_modified: String,
+    doc: String,
+}
+
+fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: row.get("id")?,
+        kind: row.get("kind")?,
+        name: row.get("name")?,
+        external_id: row.get("external_id")?,
+        dn: row.get("dn")?,
+        entry_uuid: row.get("entry_uuid")?,
+        version: row.get("version")?,
+        created: row.get("created")?,
+        last_modified: row.get("last_modified")?,
+        doc: row.get("doc")?,
+    })
+}
+
+impl RawRow {
+    fn decode(self) -> Result<StoredResource, StoreError> {
+        let doc = serde_json::from_str(&self.doc).map_err(|source| StoreError::Corrupt {
+            id: self.id.clone(),
+            source,
+        })?;
+        Ok(StoredResource {
+            kind: if self.kind == "Group" {
+                Kind::Group
+            } else {
+                Kind::User
+            },
+            id: self.id,
+            name: self.name,
+            external_id: self.external_id,
+            dn: self.dn,
+            entry_uuid: self.entry_uuid,
+            version: self.version,
+            created: self.created,
+            last_modified: self.last_modified,
+            doc,
+        })
+    }
+}
+
+/// Sends a job's result once its batch has committed (or failed, with the reason).
+type Reply = Box<dyn FnOnce(Option<&str>)>;
+
+fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+}
+
+/// Runs a batch in one transaction; each job in its own savepoint so one failure fails only it.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    // Intents only need to survive a process crash (WAL without fsync does); a commit must
+    // survive power loss too, or reconciliation would undo an acknowledged change.
+    let has_commit = batch.iter().any(|job| matches!(job, Job::Commit { .. }));
+    let sync = if has_commit { "FULL" } else { "NORMAL" };
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let result = (|| -> rusqlite::Result<()> {
+        conn.pragma_update(None, "synchronous", sync)?;
+        let mut tx = conn.transaction()?;
+        for job in batch {
+            let savepoint = tx.savepoint()?;
+            match job {
+                Job::Intent {
+                    resource_id,
+                    plan,
+                    reply,
+                } => {
+                    let result = savepoint
+                        .execute(
+                            "INSERT INTO intents (resource_id, plan) VALUES (?1, ?2)",
+                            params![resource_id, plan],
+                        )
+                        .map(|_| savepoint.last_insert_rowid())
+                        .map_err(StoreError::from);
+                    finish(savepoint, result, reply, &mut replies)?;
+                }
+                Job::Commit { commit, reply } => {
+                    let result = apply_commit(&savepoint, &commit);
+                    finish(savepoint, result, reply, &mut replies)?;
+                }
+            }
+        }
+        tx.commit()
+    })();
+    let failure = result.err().map(|err| err.to_string());
+    for reply in replies {
+        reply(failure.as_deref());
+    }
+}
+
+/// Keeps or rolls back one job's savepoint and queues its reply until the batch commits.
+fn finish<T: Send + 'static>(
+    mut savepoint: rusqlite::Savepoint<'_>,
+    result: Result<T, StoreError>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    replies: &mut Vec<Reply>,
+) -> rusqlite::Result<()> {
+    match result {
+        Ok(value) => {
+            savepoint.commit()?;
+            replies.push(Box::new(move |failure| {
+                let _ = reply.send(match failure {
+                    None => Ok(value),
+                    Some(reason) => Err(StoreError::Open {
+                        path: PathBuf::new(),
+                        reason: reason.to_string(),
+                    }),
+                });
+            }));
+        }
+        Err(err) => {
+            // Undo this job's statements; the savepoint is then released empty.
+            savepoint.rollback()?;
+            savepoint.commit()?;
+            replies.push(Box::new(move |_| {
+                let _ = reply.send(Err(err));
+            }));
+        }
+    }
+    Ok(())
+}
+
+fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+    if let Some(id) = &commit.delete {
+        conn.execute(
+            "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1",
+            params![id],
+        )?;
+        conn.execute("DELETE FROM resources WHERE id = ?1", params![id])?;
+    }
+    if let Some(resource) = &commit.upsert {
+        let doc = resource.doc.to_string();
+        let result = conn.execute(
+            "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, name_key = excluded.name_key, \
+             external_id = excluded.external_id, dn = excluded.dn, entry_uuid = excluded.entry_uuid, \
+             version = excluded.version, last_modified = excluded.last_modified, doc = excluded.doc",
+            params![
+                resource.id,
+                resource.kind.as_str(),
+                resource.name,
+                name_key(&resource.name),
+                resource.external_id,
+                resource.dn,
+                resource.entry_uuid,
+                resource.version,
+                resource.created,
+                resource.last_modified,
+                doc
+            ],
+        );
+        if let Err(rusqlite::Error::SqliteFailure(err, _)) = &result {
+            if err.code == rusqlite::ErrorCode::ConstraintViolation {
+                return Err(StoreError::NameTaken {
+                    kind: resource.kind.as_str(),
+                    name: resource.name.clone(),
+                });
+            }
+        }
+        result?;
+    }
+    if let Some(group_id) = &commit.members_clear {
+        conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?;
+    }
+    {
+        let mut remove =
+            conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2")?;
+        for (group_id, member_id) in &commit.members_remove {
+            remove.execute(params![group_id, member_id])?;
+        }
+        let mut add = conn.prepare_cached(
+            "INSERT OR IGNORE INTO members (group_id, member_id) VALUES (?1, ?2)",
+        )?;
+        for (group_id, member_id) in &commit.members_add {
+            add.execute(params![group_id, member_id])?;
+        }
+    }
+    if let Some(seq) = commit.intent_seq {
+        conn.execute("DELETE FROM intents WHERE seq = ?1", params![seq])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+//! The cache's SQL schema and its version; opening prepares or checks it.
+
+use rusqlite::Connection;
+
+/// Bumped on every incompatible change of the tables below.
+const SCHEMA_VERSION: i64 = 1;
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS resources (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    external_id TEXT,
+    dn TEXT NOT NULL,
+    entry_uuid TEXT,
+    version INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    last_modified TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS resources_name ON resources (kind, name_key);
+CREATE INDEX IF NOT EXISTS resources_external_id ON resources (kind, external_id);
+CREATE INDEX IF NOT EXISTS resources_dn ON resources (dn);
+CREATE TABLE IF NOT EXISTS members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id);
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    resource_id TEXT NOT NULL,
+    plan TEXT NOT NULL
+);
+";
+
+/// Sets WAL mode and creates the tables, or checks that an existing file has our version.
+pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "cache schema version {version} is newer than this scim2ldap ({SCHEMA_VERSION})"
+        )));
+    }
+    conn.execute_batch(TABLES)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! Groups: every member PATCH shape the IdPs send, checked in the group's `member` values, the
+//! users' `memberOf`, and a legacy application's membership search.
+
+use serde_json::{json, Value};
+
+use crate::support::{user_body, values, TestServer};
+
+async fn user(server: &TestServer, name: &str) -> String {
+    server
+        .post("/Users", user_body(name, name, "Member"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn members_of(server: &TestServer, cn: &str) -> Vec<String> {
+    let entry = server.entry(&server.group_dn(cn)).expect("group entry");
+    let mut members: Vec<String> = values(&entry, "member")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    members.sort();
+    members
+}
+
+/// What a legacy application asks: is `uid` in the group?
+fn in_group(server: &TestServer, uid: &str, cn: &str) -> bool {
+    let filter = format!("(&(uid={uid})(memberOf={}))", server.group_dn(cn));
+    !server.search(&server.slapd.people_dn(), &filter).is_empty()
+}
+
+fn ops(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_member_patch_shape_lands_in_the_directory() {
+    let server = TestServer::start().await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    let cid = user(&server, "cid").await;
+    let placeholder = server.slapd.placeholder_dn();
+
+    // Entra creates groups empty.
+    let group = server
+        .post("/Groups", json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineers", "externalId": "ext-1"}))
+        .await
+        .expect(201);
+    let gid = group["id"].as_str().unwrap().to_string();
+    assert_eq!(group["members"], json!([]));
+    assert_eq!(members_of(&server, "Engineers"), [placeholder.as_str()]);
+
+    // a. add with a value list (Entra: capitalised op, no $ref).
+    server
+        .patch(&format!("/Groups/{gid}"), ops(json!([{"op": "Add", "path": "members", "value": [{"value": ann}, {"value": ben}]}])))
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Engineers"),
+        [server.user_dn("ann"), server.user_dn("ben")]
+    );
+    assert!(in_group(&server, "ann", "Engineers") && in_group(&server, "ben", "Engineers"));
+
+    // b. remove with a filter path (Okta).
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": format!("members[value eq \"{ann}\"]")}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(members_of(&server, "Engineers"), [server.user_dn("ben")]);
+    assert!(!in_group(&server, "ann", "Engineers"));
+
+    // c. remove with path "members" and a value list: only those go (Entra's default).
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "Add", "path": "members", "value": [{"value": cid}]}])),
+        )
+        .await
+        .expect(204);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "Remove", "path": "members", "value": [{"value": ben}]}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(members_of(&server, "Engineers"), [server.user_dn("cid")]);
+
+    // d. replace the whole list (Okta).
+    server
+        .patch(&format!("/Groups/{gid}"), ops(json!([{"op": "replace", "path": "members", "value": [{"value": ann}, {"value": ben}]}])))
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Engineers"),
+        [server.user_dn("ann"), server.user_dn("ben")]
+    );
+    assert!(!in_group(&server, "cid", "Engineers"));
+
+    // Several ops in one request, and a path-less replace with displayName and an id to ignore.
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([
+                {"op": "remove", "path": format!("members[value eq \"{ann}\"]")},
+                {"op": "add", "path": "members", "value": [{"value": cid}]},
+                {"op": "replace", "value": {"id": gid, "displayName": "Platform Engineers"}},
+            ])),
+        )
+        .await
+        .expect(204);
+    assert!(server.entry(&server.group_dn("Engineers")).is_none());
+    assert_eq!(
+        members_of(&server, "Platform Engineers"),
+        [server.user_dn("ben"), server.user_dn("cid")]
+    );
+    assert!(in_group(&server, "ben", "Platform Engineers"));
+
+    // Unknown members: 400 naming them, nothing applied.
+    let error = server
+        .patch(&format!("/Groups/{gid}"), ops(json!([
+            {"op": "add", "path": "members", "value": [{"value": ann}, {"value": "no-such-user"}]},
+        ])))
+        .await
+        .expect(400);
+    assert_eq!(error["scimType"], "invalidValue");
+    assert!(error["detail"].as_str().unwrap().contains("no-such-user"));
+    assert!(!in_group(&server, "ann", "Platform Engineers"));
+
+    // Remove everyone: the placeholder keeps the entry valid and is never shown.
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": "members"}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Platform Engineers"),
+        [placeholder.as_str()]
+    );
+    let fetched = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    assert_eq!(fetched["members"], json!([]));
+    assert_eq!(fetched["displayName"], "Platform Engineers");
+    // The placeholder goes when a real member arrives.
+    server
+        .patch(&format!("/Groups/{gid}"), ops(json!([{"op": "add", "path": "members", "value": "string-form-is-refused-if-unknown"}])))
+        .await
+        .expect(400);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "add", "path": "members", "value": ann}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Platform Engineers"),
+        [server.user_dn("ann")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_show_their_groups_and_leave_them_when_deleted() {
+    let server = TestServer::start().await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    let group = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Staff", "members": [{"value": ann}, {"value": ben}]}),
+        )
+        .await
+        .expect(201);
+    let gid = group["id"].as_str().unwrap();
+    assert_eq!(group["members"].as_array().unwrap().len(), 2);
+    let solo = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Solo", "members": [{"value": ann}]}),
+        )
+        .await
+        .expect(201);
+
+    let ann_user = server.get(&format!("/Users/{ann}")).await.expect(200);
+    let groups: Vec<&str> = ann_user["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["display"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["Solo", "Staff"]);
+    let without = server
+        .get(&format!("/Groups/{gid}?excludedAttributes=members"))
+        .await
+        .expect(200);
+    assert!(without.get("members").is_none());
+
+    server.delete(&format!("/Users/{ann}")).await.expect(204);
+    assert_eq!(members_of(&server, "Staff"), [server.user_dn("ben")]);
+    assert_eq!(members_of(&server, "Solo"), [server.slapd.placeholder_dn()]);
+    let solo = server
+        .get(&format!("/Groups/{}", solo["id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(solo["members"], json!([]));
+
+    // Renaming a user keeps its memberships.
+    server
+        .patch(
+            &format!("/Users/{ben}"),
+            ops(json!([{"op": "replace", "path": "userName", "value": "benjamin"}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(members_of(&server, "Staff"), [server.user_dn("benjamin")]);
+    assert!(in_group(&server, "benjamin", "Staff"));
+
+    // PUT replaces the member list; DELETE removes the entry.
+    server
+        .put(
+            &format!("/Groups/{gid}"),
+            json!({"displayName": "Staff", "members": []}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        members_of(&server, "Staff"),
+        [server.slapd.placeholder_dn()]
+    );
+    server.delete(&format!("/Groups/{gid}")).await.expect(204);
+    assert!(server.entry(&server.group_dn("Staff")).is_none());
+    server.get(&format!("/Groups/{gid}")).await.expect(404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_names_are_unique_and_filterable() {
+    let server = TestServer::start().await;
+    server
+        .post("/Groups", json!({"displayName": "Admins"}))
+        .await
+        .expect(201);
+    server
+        .post("/Groups", json!({"displayName": "admins"}))
+        .await
+        .expect(409);
+    let found = server
+        .get("/Groups?filter=displayName eq \"ADMINS\"&excludedAttributes=members")
+        .await
+        .expect(200);
+    assert_eq!(found["totalResults"], 1);
+    let all = server
+        .post(
+            "/.search",
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(all["totalResults"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspension_can_remove_memberships_and_reactivation_restores_them() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\non_disable_groups = \"remove\"\n")
+    })
+    .await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    server
+        .post(
+            "/Groups",
+            json!({"displayName": "Ops", "members": [{"value": ann}, {"value": ben}]}),
+        )
+        .await
+        .expect(201);
+    let off = ops(json!([{"op": "replace", "path": "active", "value": false}]));
+    let on = ops(json!([{"op": "replace", "path": "active", "value": true}]));
+    server
+        .patch(&format!("/Users/{ann}"), off)
+        .await
+        .expect(200);
+    assert!(!in_group(&server, "ann", "Ops"));
+    assert!(in_group(&server, "ben", "Ops"));
+    // The IdP still sees the membership; the directory gets it back on reactivation.
+    let group = server
+        .get("/Groups?filter=displayName eq \"Ops\"")
+        .await
+        .expect(200);
+    assert_eq!(
+        group["Resources"][0]["members"].as_array().unwrap().len(),
+        2
+    );
+    server.patch(&format!("/Users/{ann}"), on).await.expect(200);
+    assert!(in_group(&server, "ann", "Ops"));
+}

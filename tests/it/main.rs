@@ -1,0 +1,10 @@
+//! Integration tests: the daemon in-process on `127.0.0.1:0` against a real `slapd` that each
+//! test starts in a temp dir on a free port.
+
+// Test helpers outside `#[test]` functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod foundation;
+mod groups;
+mod support;
+mod users;

@@ -1,0 +1,281 @@
+//! Test support: a throwaway `slapd`, the daemon on `127.0.0.1:0` in this process, an HTTP
+//! client, and reading the directory back (search, bind) to assert what it holds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use scim2ldap::demo::slapd::{Slapd, SlapdOptions};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// One directory entry: attribute name (lowercased) to values.
+pub type Attrs = BTreeMap<String, Vec<String>>;
+
+/// A reply: status, headers, JSON body (Null when empty or not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        self.body
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// The daemon on a fresh directory.
+pub struct TestServer {
+    pub slapd: Slapd,
+    pub base: String,
+    pub root: String,
+    pub token: String,
+    pub config_path: PathBuf,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), scim2ldap::RunError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The config text of a test server; `edit` may change it before it is loaded.
+pub fn test_config(slapd: &Slapd, token_hash: &str, cache: &std::path::Path) -> String {
+    scim2ldap::demo::config_toml(slapd, "127.0.0.1:0".parse().unwrap(), token_hash, cache)
+}
+
+impl TestServer {
+    /// A server with the default test configuration.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server whose config text `edit` may change (append keys, replace lines).
+    pub async fn start_with(edit: impl FnOnce(&mut String)) -> TestServer {
+        let slapd = Slapd::start(SlapdOptions::default()).expect("slapd starts");
+        TestServer::start_on(slapd, edit).await
+    }
+
+    /// A server on an existing directory.
+    pub async fn start_on(slapd: Slapd, edit: impl FnOnce(&mut String)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = scim2ldap::http::new_token();
+        let config_path = dir.path().join("config.toml");
+        let mut text = test_config(&slapd, &token.hash_line, &dir.path().join("cache.db"));
+        edit(&mut text);
+        std::fs::write(&config_path, &text).expect("write config");
+        let mut server = TestServer {
+            slapd,
+            base: String::new(),
+            root: String::new(),
+            token: token.plaintext,
+            config_path,
+            client: reqwest::Client::new(),
+            shutdown: None,
+            handle: None,
+            _dir: dir,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Starts the daemon on the current config file (again, after `stop_daemon`).
+    pub async fn launch(&mut self) {
+        let config = scim2ldap::config::load(&self.config_path, Some(Default::default()))
+            .expect("config loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (send, receive) = oneshot::channel::<()>();
+        let (ready_send, ready_receive) = oneshot::channel::<()>();
+        let handle = tokio::spawn(scim2ldap::run(
+            config,
+            listener,
+            async move {
+                let _ = receive.await;
+            },
+            move || {
+                let _ = ready_send.send(());
+            },
+        ));
+        ready_receive.await.expect("daemon becomes ready");
+        self.root = format!("http://{addr}");
+        self.base = format!("http://{addr}/scim/v2");
+        self.shutdown = Some(send);
+        self.handle = Some(handle);
+    }
+
+    /// Stops the daemon (not the directory) and waits for it.
+    pub async fn stop_daemon(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("daemon task").expect("daemon ran");
+        }
+    }
+
+    /// Sends a request with the token; `body` None sends none.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call_with(method, path, body, |req| req).await
+    }
+
+    /// As `call`, letting `edit` change the request (headers).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        edit: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Reply {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base, path)
+        };
+        let mut request = self.client.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/scim+json")
+                .body(body.to_string());
+        }
+        let response = edit(request).send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body read");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// The entry at `dn` as the directory holds it (user and operational attributes), or None.
+    pub fn entry(&self, dn: &str) -> Option<Attrs> {
+        match self.slapd.ldapsearch(dn, "(objectClass=*)", &["*", "+"]) {
+            Ok(text) => parse_ldif(&text).into_iter().next().map(|(_, attrs)| attrs),
+            Err(err) if err.ldap_code() == Some(32) => None,
+            Err(err) => panic!("search {dn}: {err}"),
+        }
+    }
+
+    /// Entries under `base` matching `filter`, by DN.
+    pub fn search(&self, base: &str, filter: &str) -> Vec<(String, Attrs)> {
+        parse_ldif(
+            &self
+                .slapd
+                .ldapsearch(base, filter, &["*", "+"])
+                .expect("search"),
+        )
+    }
+
+    /// The DN of user `uid` under ou=people.
+    pub fn user_dn(&self, uid: &str) -> String {
+        format!("uid={uid},{}", self.slapd.people_dn())
+    }
+
+    /// The DN of group `cn` under ou=groups.
+    pub fn group_dn(&self, cn: &str) -> String {
+        format!("cn={cn},{}", self.slapd.groups_dn())
+    }
+
+    /// Whether a legacy application could bind as `dn` with `password`.
+    pub fn can_bind(&self, dn: &str, password: &str) -> bool {
+        self.slapd
+            .user_can_bind(dn, password)
+            .expect("bind attempt")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Values of `attr` (any case) in `attrs`.
+pub fn values<'a>(attrs: &'a Attrs, attr: &str) -> Vec<&'a str> {
+    attrs
+        .get(&attr.to_ascii_lowercase())
+        .map(|values| values.iter().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Parses `-LLL` unwrapped LDIF into (dn, attrs); base64 (`::`) values are decoded.
+pub fn parse_ldif(text: &str) -> Vec<(String, Attrs)> {
+    let mut entries = Vec::new();
+    for block in text.split("\n\n") {
+        let mut dn = String::new();
+        let mut attrs = Attrs::new();
+        for line in block.lines() {
+            let (name, value) = if let Some((name, value)) = line.split_once(":: ") {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .expect("base64");
+                (name, String::from_utf8_lossy(&bytes).into_owned())
+            } else if let Some((name, value)) = line.split_once(": ") {
+                (name, value.to_string())
+            } else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("dn") {
+                dn = value;
+            } else {
+                attrs
+                    .entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(value);
+            }
+        }
+        if !dn.is_empty() {
+            entries.push((dn, attrs));
+        }
+    }
+    entries
+}
+
+/// A user body as OneLogin's default v2 template renders it.
+pub fn user_body(user_name: &str, given: &str, family: &str) -> Value {
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": user_name,
+        "name": {"givenName": given, "familyName": family},
+        "emails": [{"value": format!("{user_name}@example.com"), "type": "work", "primary": true}],
+    })
+}

@@ -1,0 +1,679 @@
+//! Users: every lifecycle the IdPs drive, checked in the directory after each step (search the
+//! entry, bind as the user).
+
+use serde_json::{json, Value};
+
+use crate::support::{user_body, values, TestServer};
+
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+fn with_password(mut body: Value, password: &str) -> Value {
+    body["password"] = json!(password);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onelogin_lifecycle_create_put_suspend_reactivate_delete() {
+    let server = TestServer::start().await;
+    let dn = server.user_dn("jdoe");
+    // Lookup before create.
+    let found = server
+        .get("/Users?filter=userName%20eq%20%22jdoe%22&")
+        .await
+        .expect(200);
+    assert_eq!(found["totalResults"], 0);
+    // OneLogin's legacy URNs, emails as one object, enterprise attributes under the short URN.
+    let body = json!({
+        "schemas": ["urn:scim:schemas:core:2.0", "urn:scim:schemas:extension:enterprise:2.0"],
+        "userName": "jdoe",
+        "name": {"givenName": "John", "familyName": " Doe"},
+        "emails": {"value": "jdoe@example.com", "type": "work", "primary": true},
+        "title": "Engineer",
+        "password": "Initial-Pass-1",
+        "urn:scim:schemas:extension:enterprise:2.0": {"department": "R&D", "employeeNumber": "42", "manager": {"managerId": ""}},
+    });
+    let created = server.post("/Users", body.clone()).await.expect(201);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["meta"]["resourceType"], "User");
+    assert!(created.get("password").is_none());
+    let entry = server.entry(&dn).expect("entry created");
+    assert_eq!(values(&entry, "givenName"), ["John"]);
+    assert_eq!(values(&entry, "sn"), [" Doe"]);
+    assert_eq!(values(&entry, "cn"), ["John  Doe"]);
+    assert_eq!(values(&entry, "mail"), ["jdoe@example.com"]);
+    assert_eq!(values(&entry, "title"), ["Engineer"]);
+    assert_eq!(values(&entry, "departmentNumber"), ["R&D"]);
+    assert_eq!(values(&entry, "employeeNumber"), ["42"]);
+    assert_eq!(values(&entry, "scimId"), [id.as_str()]);
+    assert!(server.can_bind(&dn, "Initial-Pass-1"));
+
+    // Full PUT with a changed title: visible in the directory; password untouched.
+    let mut update = body.clone();
+    update["title"] = json!("Staff Engineer");
+    update.as_object_mut().unwrap().remove("password");
+    let updated = server
+        .put(&format!("/Users/{id}?"), update.clone())
+        .await
+        .expect(200);
+    assert_eq!(updated["title"], "Staff Engineer");
+    assert_eq!(
+        values(&server.entry(&dn).unwrap(), "title"),
+        ["Staff Engineer"]
+    );
+    assert!(server.can_bind(&dn, "Initial-Pass-1"));
+
+    // Suspend: PUT with active false (and as the string some templates render).
+    for inactive in [json!(false), json!("false")] {
+        let mut suspend = update.clone();
+        suspend["active"] = inactive;
+        let suspended = server
+            .put(&format!("/Users/{id}"), suspend)
+            .await
+            .expect(200);
+        assert_eq!(suspended["active"], false);
+        assert!(
+            !server.can_bind(&dn, "Initial-Pass-1"),
+            "a suspended user cannot bind"
+        );
+        assert_eq!(
+            values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime"),
+            ["000001010000Z"]
+        );
+        // Still readable and listable.
+        let listed = server
+            .get("/Users?filter=active eq false")
+            .await
+            .expect(200);
+        assert_eq!(listed["totalResults"], 1);
+    }
+
+    // A PUT without `active` leaves it as it is.
+    server
+        .put(&format!("/Users/{id}"), update.clone())
+        .await
+        .expect(200);
+    assert!(!server.can_bind(&dn, "Initial-Pass-1"));
+
+    // Reactivate.
+    let mut reactivate = update.clone();
+    reactivate["active"] = json!(true);
+    server
+        .put(&format!("/Users/{id}"), reactivate)
+        .await
+        .expect(200);
+    assert!(server.can_bind(&dn, "Initial-Pass-1"));
+    assert!(values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime").is_empty());
+
+    // Delete.
+    server.delete(&format!("/Users/{id}")).await.expect(204);
+    assert!(server.entry(&dn).is_none());
+    server.get(&format!("/Users/{id}")).await.expect(404);
+    server.delete(&format!("/Users/{id}")).await.expect(404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn okta_create_with_password_and_pathless_deactivate() {
+    let server = TestServer::start().await;
+    let dn = server.user_dn("okta.user@example.com");
+    let created = server
+        .post(
+            "/Users",
+            with_password(
+                user_body("okta.user@example.com", "Okta", "User"),
+                "Okta-Pass-1",
+            ),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    assert!(server.can_bind(&dn, "Okta-Pass-1"));
+    let patch = |active: bool| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "value": {"active": active}}],
+        })
+    };
+    let patched = server
+        .patch(&format!("/Users/{id}"), patch(false))
+        .await
+        .expect(200);
+    assert_eq!(patched["active"], false);
+    assert!(!server.can_bind(&dn, "Okta-Pass-1"));
+    server
+        .patch(&format!("/Users/{id}"), patch(true))
+        .await
+        .expect(200);
+    assert!(server.can_bind(&dn, "Okta-Pass-1"));
+    // Okta changes a password with PATCH.
+    let password = json!({"Operations": [{"op": "replace", "value": {"password": "Okta-Pass-2"}}]});
+    let reply = server
+        .patch(&format!("/Users/{id}"), password)
+        .await
+        .expect(200);
+    assert!(reply.get("password").is_none());
+    assert!(server.can_bind(&dn, "Okta-Pass-2"));
+    assert!(!server.can_bind(&dn, "Okta-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entra_patch_with_capitalised_ops_string_booleans_and_value_paths() {
+    let server = TestServer::start().await;
+    let dn = server.user_dn("entra.user");
+    let created = server
+        .post(
+            "/Users",
+            with_password(user_body("entra.user", "Entra", "User"), "Entra-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let patch = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [
+            {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "new.mail@example.com"},
+            {"op": "Replace", "path": "name.familyName", "value": "Userson"},
+            {"op": "Add", "path": format!("{ENTERPRISE}:department"), "value": "Sales"},
+            {"op": "Add", "path": "phoneNumbers[type eq \"mobile\"].value", "value": "+1 555 0100"},
+        ],
+    });
+    let patched = server
+        .patch(&format!("/Users/{id}"), patch)
+        .await
+        .expect(200);
+    assert_eq!(patched["emails"][0]["value"], "new.mail@example.com");
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "mail"), ["new.mail@example.com"]);
+    assert_eq!(values(&entry, "sn"), ["Userson"]);
+    assert_eq!(values(&entry, "departmentNumber"), ["Sales"]);
+    assert_eq!(values(&entry, "mobile"), ["+1 555 0100"]);
+
+    let disable = json!({"Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
+    let patched = server
+        .patch(&format!("/Users/{id}"), disable)
+        .await
+        .expect(200);
+    assert_eq!(patched["active"], false);
+    assert!(!server.can_bind(&dn, "Entra-Pass-1"));
+    // The flag's form: one path-less replace with dotted and URN keys.
+    let flagged = json!({"Operations": [{"op": "replace", "value": {
+        "active": true,
+        "name.givenName": "Entrada",
+        format!("{ENTERPRISE}:employeeNumber"): "7",
+    }}]});
+    server
+        .patch(&format!("/Users/{id}"), flagged)
+        .await
+        .expect(200);
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "givenName"), ["Entrada"]);
+    assert_eq!(values(&entry, "employeeNumber"), ["7"]);
+    assert!(server.can_bind(&dn, "Entra-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usernames_are_unique_ignoring_case_and_filters_ignore_case() {
+    let server = TestServer::start().await;
+    server
+        .post("/Users", user_body("Alice", "Alice", "A"))
+        .await
+        .expect(201);
+    let conflict = server
+        .post("/Users", user_body("alice", "Alice", "B"))
+        .await
+        .expect(409);
+    assert_eq!(conflict["scimType"], "uniqueness");
+    let found = server
+        .get("/Users?filter=userName eq \"ALICE\"")
+        .await
+        .expect(200);
+    assert_eq!(found["totalResults"], 1);
+    assert_eq!(
+        server
+            .search(&server.slapd.people_dn(), "(uid=alice)")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_requests_are_refused_and_write_nothing() {
+    let server = TestServer::start().await;
+    let cases = [
+        (json!({"name": {"givenName": "No"}}), "invalidValue"),
+        (json!({"userName": 42.5, "active": "maybe"}), "invalidValue"),
+        (
+            json!({"userName": "typed", "active": "maybe"}),
+            "invalidValue",
+        ),
+        (json!({"userName": "typed", "emails": [42]}), "invalidValue"),
+        (
+            json!({"userName": "typed", "name": "not an object"}),
+            "invalidValue",
+        ),
+        (
+            json!({"schemas": ["urn:example:custom:1.0"], "userName": "urn"}),
+            "invalidValue",
+        ),
+        (
+            json!({"userName": "ext", "urn:example:custom:1.0": {"x": 1}}),
+            "invalidValue",
+        ),
+        (json!({"userName": "nul\u{0}byte"}), "invalidValue"),
+    ];
+    for (body, scim_type) in cases {
+        let error = server.post("/Users", body.clone()).await.expect(400);
+        assert_eq!(error["scimType"], scim_type, "{body}");
+    }
+    let raw = server
+        .call_with(reqwest::Method::POST, "/Users", None, |r| {
+            r.header("content-type", "application/json")
+                .body("{not json")
+        })
+        .await
+        .expect(400);
+    assert_eq!(raw["scimType"], "invalidSyntax");
+    assert_eq!(server.get("/Users").await.expect(200)["totalResults"], 0);
+    assert!(server
+        .search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)")
+        .is_empty());
+
+    // Unknown attributes inside a known schema are ignored (OneLogin sends extras).
+    let created = server
+        .post("/Users", json!({"userName": "extra", "nickName2": "x", "urn:scim:schemas:extension:enterprise:2.0": {"manager": {"managerId": "m-1"}}}))
+        .await
+        .expect(201);
+    assert!(created.get("nickName2").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dn_and_filter_metacharacters_in_usernames_stay_values() {
+    let server = TestServer::start().await;
+    let names = [
+        "a,ou=admins",
+        "x)(uid=*",
+        "#lead",
+        " trailing ",
+        "\"q\"",
+        "back\\slash",
+        "jürgen",
+        "semi;colon+plus<>",
+    ];
+    for name in names {
+        // No mail here: `mail` is IA5String, and a non-ASCII address is the directory's to refuse.
+        let created = server
+            .post(
+                "/Users",
+                json!({"userName": name, "name": {"familyName": "Char"}}),
+            )
+            .await;
+        let created = created.expect(201);
+        assert_eq!(created["userName"], name);
+        let found = server
+            .get(&format!(
+                "/Users?filter={}",
+                urlencode(&format!("userName eq {}", json!(name)))
+            ))
+            .await
+            .expect(200);
+        assert_eq!(found["totalResults"], 1, "{name}");
+    }
+    let entries = server.search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)");
+    assert_eq!(entries.len(), names.len());
+    for (dn, attrs) in &entries {
+        assert!(
+            dn.ends_with(&format!(",{}", server.slapd.people_dn())),
+            "{dn}"
+        );
+        assert_eq!(
+            dn.matches("ou=").count(),
+            1,
+            "one level below ou=people: {dn}"
+        );
+        assert!(names.contains(&values(attrs, "uid")[0]), "{dn}");
+    }
+    assert!(server
+        .search(server.slapd.suffix(), "(ou=admins)")
+        .is_empty());
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_username_change_renames_the_entry() {
+    let server = TestServer::start().await;
+    let created = server
+        .post(
+            "/Users",
+            with_password(user_body("old.name", "Re", "Name"), "Rename-1"),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let patch = json!({"Operations": [{"op": "replace", "path": "userName", "value": "new.name"}]});
+    server
+        .patch(&format!("/Users/{id}"), patch)
+        .await
+        .expect(200);
+    assert!(server.entry(&server.user_dn("old.name")).is_none());
+    let entry = server.entry(&server.user_dn("new.name")).expect("renamed");
+    assert_eq!(values(&entry, "uid"), ["new.name"]);
+    assert_eq!(values(&entry, "scimId"), [id]);
+    assert!(server.can_bind(&server.user_dn("new.name"), "Rename-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etags_guard_writes_and_reads() {
+    let server = TestServer::start().await;
+    let created = server.post("/Users", user_body("etag", "E", "Tag")).await;
+    let etag = created.header("etag").unwrap();
+    let id = created.expect(201)["id"].as_str().unwrap().to_string();
+    let not_modified = server
+        .call_with(reqwest::Method::GET, &format!("/Users/{id}"), None, |r| {
+            r.header("if-none-match", etag.clone())
+        })
+        .await;
+    assert_eq!(not_modified.status.as_u16(), 304);
+    let patch = json!({"Operations": [{"op": "replace", "path": "title", "value": "T"}]});
+    let stale = server
+        .call_with(
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch.clone()),
+            |r| r.header("if-match", "W/\"999\""),
+        )
+        .await;
+    stale.expect(412);
+    assert!(values(&server.entry(&server.user_dn("etag")).unwrap(), "title").is_empty());
+    let fresh = server
+        .call_with(
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch),
+            |r| r.header("if-match", etag.clone()),
+        )
+        .await;
+    assert_eq!(fresh.header("etag").as_deref(), Some("W/\"2\""));
+    fresh.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_page_sort_and_project() {
+    let server = TestServer::start().await;
+    for (name, title) in [("carol", "b"), ("alice", "c"), ("bob", "a")] {
+        let mut body = user_body(name, name, "X");
+        body["title"] = json!(title);
+        server.post("/Users", body).await.expect(201);
+    }
+    let page = server.get("/Users?startIndex=1&count=2").await.expect(200);
+    assert_eq!(page["totalResults"], 3);
+    assert_eq!(page["itemsPerPage"], 2);
+    let sorted = server
+        .get("/Users?sortBy=userName&sortOrder=descending&attributes=userName")
+        .await
+        .expect(200);
+    let names: Vec<&str> = sorted["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["carol", "bob", "alice"]);
+    let first = &sorted["Resources"][0];
+    assert!(first.get("title").is_none() && first.get("id").is_some());
+    let filtered = server
+        .get("/Users?filter=title%20eq%20%22a%22%20or%20(userName%20sw%20%22al%22%20and%20not%20(title%20eq%20%22z%22))")
+        .await
+        .expect(200);
+    assert_eq!(filtered["totalResults"], 2);
+    let search = server
+        .post("/Users/.search", json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName eq \"bob\"", "excludedAttributes": ["emails"]}))
+        .await
+        .expect(200);
+    assert_eq!(search["totalResults"], 1);
+    assert!(search["Resources"][0].get("emails").is_none());
+    let excluded = server
+        .get("/Users?excludedAttributes=name,emails&count=1")
+        .await
+        .expect(200);
+    assert!(excluded["Resources"][0].get("name").is_none());
+    server
+        .get("/Users?filter=userName%20zz%20%22x%22")
+        .await
+        .expect(400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_entry_is_adopted_or_refused() {
+    let server = TestServer::start().await;
+    let dn = server.user_dn("legacy");
+    server
+        .slapd
+        .ldapadd(&format!("dn: {dn}\nobjectClass: inetOrgPerson\nuid: legacy\ncn: Old Legacy\nsn: Legacy\ntitle: Old\n"))
+        .unwrap();
+    let mut body = user_body("legacy", "New", "Legacy");
+    body["title"] = json!("Adopted");
+    let created = server.post("/Users", body).await.expect(201);
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "title"), ["Adopted"]);
+    assert_eq!(values(&entry, "scimId"), [created["id"].as_str().unwrap()]);
+
+    let strict = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\non_existing = \"conflict\"\n")
+    })
+    .await;
+    let dn = strict.user_dn("legacy");
+    strict
+        .slapd
+        .ldapadd(&format!(
+            "dn: {dn}\nobjectClass: inetOrgPerson\nuid: legacy\ncn: L\nsn: L\n"
+        ))
+        .unwrap();
+    strict
+        .post("/Users", user_body("legacy", "New", "Legacy"))
+        .await
+        .expect(409);
+    assert_eq!(strict.get("/Users").await.expect(200)["totalResults"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deactivation_by_attribute_and_by_move() {
+    let by_attr = TestServer::start_with(|text| {
+        *text = text.replace(
+            "[users]\n",
+            "[users]\ndeactivate = \"attribute\"\ndeactivate_attribute = \"description\"\ndeactivate_value = \"disabled by scim2ldap\"\n",
+        )
+    })
+    .await;
+    let id = by_attr
+        .post("/Users", user_body("attr.user", "A", "U"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    let on = json!({"Operations": [{"op": "replace", "path": "active", "value": true}]});
+    by_attr
+        .patch(&format!("/Users/{id}"), off.clone())
+        .await
+        .expect(200);
+    let entry = by_attr.entry(&by_attr.user_dn("attr.user")).unwrap();
+    assert_eq!(values(&entry, "description"), ["disabled by scim2ldap"]);
+    assert!(values(&entry, "pwdAccountLockedTime").is_empty());
+    by_attr
+        .patch(&format!("/Users/{id}"), on.clone())
+        .await
+        .expect(200);
+    assert!(values(
+        &by_attr.entry(&by_attr.user_dn("attr.user")).unwrap(),
+        "description"
+    )
+    .is_empty());
+
+    let by_move = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\ndeactivate = \"move\"\n")
+    })
+    .await;
+    let created = by_move
+        .post(
+            "/Users",
+            with_password(user_body("moved", "M", "V"), "Move-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let enabled_dn = by_move.user_dn("moved");
+    let disabled_dn = format!("uid=moved,{}", by_move.slapd.disabled_dn());
+    by_move
+        .patch(&format!("/Users/{id}"), off)
+        .await
+        .expect(200);
+    assert!(by_move.entry(&enabled_dn).is_none());
+    assert!(by_move.entry(&disabled_dn).is_some());
+    assert!(!by_move.can_bind(&enabled_dn, "Move-Pass-1"));
+    by_move.patch(&format!("/Users/{id}"), on).await.expect(200);
+    assert!(by_move.entry(&disabled_dn).is_none());
+    assert!(by_move.can_bind(&enabled_dn, "Move-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_can_disable_instead() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n")
+    })
+    .await;
+    let id = server
+        .post(
+            "/Users",
+            with_password(user_body("leaver", "L", "Eaver"), "Leaver-Pass-1"),
+        )
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.delete(&format!("/Users/{id}")).await.expect(204);
+    server.get(&format!("/Users/{id}")).await.expect(404);
+    let dn = server.user_dn("leaver");
+    assert_eq!(
+        values(&server.entry(&dn).expect("kept"), "pwdAccountLockedTime"),
+        ["000001010000Z"]
+    );
+    assert!(!server.can_bind(&dn, "Leaver-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manager_is_written_as_the_managers_dn() {
+    let server = TestServer::start().await;
+    let boss = server
+        .post("/Users", user_body("boss", "B", "Oss"))
+        .await
+        .expect(201);
+    let mut body = user_body("report", "R", "Eport");
+    body[ENTERPRISE] = json!({"manager": {"value": boss["id"]}});
+    server.post("/Users", body).await.expect(201);
+    assert_eq!(
+        values(&server.entry(&server.user_dn("report")).unwrap(), "manager"),
+        [server.user_dn("boss")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_directory_write_and_commit_is_replayed() {
+    // The daemon runs as its own process here, so that the test hook can end it.
+    let mut server = TestServer::start().await;
+    let created = server
+        .post(
+            "/Users",
+            with_password(user_body("crash", "C", "Rash"), "Crash-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap().to_string();
+    server.stop_daemon().await;
+    let dn = server.user_dn("crash");
+    let binary = env!("CARGO_BIN_EXE_scim2ldap");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let spawn = |crash: bool| {
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["serve", "--config"])
+            .arg(&server.config_path)
+            .env("SCIM2LDAP__SERVER__LISTEN", listen.to_string())
+            .stderr(std::process::Stdio::null());
+        if crash {
+            command.env("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY", "1");
+        }
+        command.spawn().unwrap()
+    };
+    let base = format!("http://{listen}/scim/v2");
+    let client = reqwest::Client::new();
+    let wait_ready = || async {
+        for _ in 0..100 {
+            if client
+                .get(format!("http://{listen}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("daemon did not become ready");
+    };
+    let deactivate = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    let mut crashing = spawn(true);
+    wait_ready().await;
+    let reply = client
+        .patch(format!("{base}/Users/{id}"))
+        .bearer_auth(&server.token)
+        .json(&deactivate)
+        .send()
+        .await;
+    assert!(
+        reply.is_err() || reply.unwrap().status().is_server_error(),
+        "no reply was acknowledged"
+    );
+    assert_eq!(crashing.wait().unwrap().code(), Some(86));
+    // The directory has the change; the cache does not have it committed yet.
+    assert!(!server.can_bind(&dn, "Crash-Pass-1"));
+
+    let mut restarted = spawn(false);
+    wait_ready().await;
+    let user: Value = client
+        .get(format!("{base}/Users/{id}"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        user["active"], false,
+        "the intent was replayed into the cache"
+    );
+    // The IdP retries the same request: it succeeds.
+    let retry = client
+        .patch(format!("{base}/Users/{id}"))
+        .bearer_auth(&server.token)
+        .json(&deactivate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status().as_u16(), 200);
+    assert!(!server.can_bind(&dn, "Crash-Pass-1"));
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+}
