@@ -247,18 +247,19 @@ impl Service {
                 value: self.config.groups.placeholder_member.clone(),
             });
         }
-        for member in &adds {
-            plan.ops.push(DirOp::AddValue {
+        // One modify per request, not per member: each directory write costs a disk sync.
+        if !adds.is_empty() {
+            plan.ops.push(DirOp::AddValues {
                 dn: group_dn.clone(),
                 attr: member_attr.clone(),
-                value: member.value.clone(),
+                values: adds.iter().map(|member| member.value.clone()).collect(),
             });
         }
-        for member in &removes {
-            plan.ops.push(DirOp::DeleteValue {
+        if !removes.is_empty() {
+            plan.ops.push(DirOp::DeleteValues {
                 dn: group_dn.clone(),
                 attr: member_attr.clone(),
-                value: member.value.clone(),
+                values: removes.iter().map(|member| member.value.clone()).collect(),
             });
         }
         if needs_placeholder && starts_empty {

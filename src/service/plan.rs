@@ -48,6 +48,19 @@ pub(crate) enum DirOp {
         attr: String,
         value: String,
     },
+    /// Add several values to one attribute in one modify; if one is there already, falls back
+    /// to one modify per value (so that the rest still land).
+    AddValues {
+        dn: String,
+        attr: String,
+        values: Vec<String>,
+    },
+    /// Delete several values in one modify, with the same fallback for one already gone.
+    DeleteValues {
+        dn: String,
+        attr: String,
+        values: Vec<String>,
+    },
 }
 
 /// What a write does: directory operations, then the cache commit.
@@ -190,17 +203,22 @@ impl Service {
             })
         })?;
         let seq = self.store.record_intent(&resource_id, text).await?;
-        let applied = match apply_ops(
-            &self.directory,
-            &plan.ops,
-            self.config.ldap.flavor.entry_id_attribute(),
-            false,
-        )
-        .await
-        {
-            Ok(entry_uuid) => then().await.map(|()| entry_uuid),
-            Err(err) => Err(err),
+        // The intent is in the WAL now (safe from a process crash); its fsync runs while the
+        // directory works, and the reply waits for both (see store/mod.rs on durability).
+        let directory_work = async {
+            let id_attr = self.config.ldap.flavor.entry_id_attribute();
+            match apply_ops(&self.directory, &plan.ops, id_attr, false).await {
+                Ok(entry_uuid) => then().await.map(|()| entry_uuid),
+                Err(err) => Err(err),
+            }
         };
+        let (applied, synced) = tokio::join!(directory_work, self.store.sync());
+        if let Err(sync_err) = synced {
+            // The directory may hold the change while the IdP is told it failed; the intent is
+            // in the WAL, so the next start replays it and both agree again.
+            tracing::error!(error = %sync_err, "cache fsync failed");
+            return Err(sync_err.into());
+        }
         match applied {
             Ok(entry_uuid) => {
                 if crash_after_directory() {
@@ -296,6 +314,32 @@ async fn apply_ops(
             DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
             DirOp::DeleteValue { dn, attr, value } => {
                 directory.delete_value(dn, attr, value).await?
+            }
+            DirOp::AddValues { dn, attr, values } => {
+                match directory
+                    .modify(dn, &[Mod::Add(attr.clone(), values.clone())])
+                    .await
+                {
+                    Err(DirectoryError::ValueExists(_)) => {
+                        for value in values {
+                            directory.add_value(dn, attr, value).await?;
+                        }
+                    }
+                    other => other?,
+                }
+            }
+            DirOp::DeleteValues { dn, attr, values } => {
+                match directory
+                    .modify(dn, &[Mod::Delete(attr.clone(), values.clone())])
+                    .await
+                {
+                    Err(DirectoryError::NoSuchAttribute(_)) => {
+                        for value in values {
+                            directory.delete_value(dn, attr, value).await?;
+                        }
+                    }
+                    other => other?,
+                }
             }
         }
     }

@@ -6,6 +6,13 @@
 //! writes that were started but not yet committed. Writes go through one writer thread that
 //! commits whatever is queued in one transaction (group commit); reads use their own
 //! connections, which WAL lets run beside the writer.
+//!
+//! Durability: transactions run with `synchronous = NORMAL`, so a committed write survives the
+//! process being killed (it is in the WAL, in the OS page cache) but not by itself a power loss.
+//! Power-loss durability comes from `sync`: a second thread fsyncs the WAL file, batching every
+//! caller that waits at the time. The service calls it after recording an intent, in parallel
+//! with the directory write, and acknowledges only when both are done: after a power loss, an
+//! acknowledged write is either committed or its intent is on disk and is replayed.
 
 mod schema;
 
@@ -172,6 +179,7 @@ const N_READERS: usize = 4;
 #[derive(Clone)]
 pub struct Store {
     writer: std::sync::mpsc::SyncSender<Job>,
+    syncer: std::sync::mpsc::SyncSender<oneshot::Sender<Result<(), StoreError>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -206,7 +214,16 @@ impl Store {
             .name("cache-writer".to_string())
             .spawn(move || writer_loop(writer_conn, receiver))
             .map_err(|err| open_err(err.to_string()))?;
+        let (sync_sender, sync_receiver) = std::sync::mpsc::sync_channel(4096);
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
+        std::thread::Builder::new()
+            .name("cache-sync".to_string())
+            .spawn(move || sync_loop(&wal_path, sync_receiver))
+            .map_err(|err| open_err(err.to_string()))?;
         Ok(Store {
+            syncer: sync_sender,
             writer: sender,
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -224,7 +241,18 @@ impl Store {
         receive.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Applies `commit` in one transaction, durable (fsync) before it returns.
+    /// Makes everything written before this call durable against power loss: one fsync of the
+    /// WAL file, shared by every caller waiting at the time.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, receive) = oneshot::channel();
+        self.syncer
+            .send(reply)
+            .map_err(|_| StoreError::WriterGone)?;
+        receive.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Applies `commit` in one transaction; durable against a process crash when it returns
+    /// (see the module documentation for power loss).
     pub async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
         self.send(Job::Commit {
@@ -508,6 +536,50 @@ impl RawRow {
 /// Sends a job's result once its batch has committed (or failed, with the reason).
 type Reply = Box<dyn FnOnce(Option<&str>)>;
 
+/// Fsyncs the WAL for every batch of waiting callers. fsync flushes the file's data whichever
+/// descriptor asks, so this thread's own handle covers what the writer thread appended; pages
+/// already checkpointed into the database file were synced by SQLite itself.
+fn sync_loop(
+    wal_path: &Path,
+    requests: std::sync::mpsc::Receiver<oneshot::Sender<Result<(), StoreError>>>,
+) {
+    let mut wal: Option<std::fs::File> = None;
+    while let Ok(first) = requests.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        let result = (|| -> std::io::Result<()> {
+            if wal.is_none() {
+                wal = Some(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(wal_path)?,
+                );
+            }
+            match &wal {
+                Some(file) => file.sync_data(),
+                None => Ok(()),
+            }
+        })();
+        let failure = result.err().map(|err| {
+            // A WAL replaced behind our back (never expected) is reopened on the next sync.
+            wal = None;
+            format!("fsync {}: {err}", wal_path.display())
+        });
+        for reply in waiting {
+            let _ = reply.send(match &failure {
+                None => Ok(()),
+                Some(reason) => Err(StoreError::Open {
+                    path: wal_path.to_path_buf(),
+                    reason: reason.clone(),
+                }),
+            });
+        }
+    }
+}
+
 fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -523,13 +595,8 @@ fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
 
 /// Runs a batch in one transaction; each job in its own savepoint so one failure fails only it.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
-    // Intents only need to survive a process crash (WAL without fsync does); a commit must
-    // survive power loss too, or reconciliation would undo an acknowledged change.
-    let has_commit = batch.iter().any(|job| matches!(job, Job::Commit { .. }));
-    let sync = if has_commit { "FULL" } else { "NORMAL" };
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let result = (|| -> rusqlite::Result<()> {
-        conn.pragma_update(None, "synchronous", sync)?;
         let mut tx = conn.transaction()?;
         for job in batch {
             let savepoint = tx.savepoint()?;

@@ -299,3 +299,36 @@ async fn suspension_can_remove_memberships_and_reactivation_restores_them() {
     server.patch(&format!("/Users/{ann}"), on).await.expect(200);
     assert!(in_group(&server, "ann", "Ops"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adding_a_member_the_directory_already_has_counts_as_done() {
+    let server = TestServer::start().await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    let gid = server
+        .post("/Groups", json!({"displayName": "Ops"}))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Someone (or a replayed write) put ann in the group directly.
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n",
+            server.group_dn("Ops"),
+            server.user_dn("ann")
+        ))
+        .unwrap();
+    server
+        .patch(&format!("/Groups/{gid}"), ops(json!([{"op": "add", "path": "members", "value": [{"value": ann}, {"value": ben}]}])))
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Ops"),
+        [server.user_dn("ann"), server.user_dn("ben")]
+    );
+    let group = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    assert_eq!(group["members"].as_array().unwrap().len(), 2);
+}
