@@ -16,6 +16,11 @@ use serde_json::Value;
 use crate::support::{values, TestServer};
 
 #[tokio::test(flavor = "multi_thread")]
+async fn onelogin_fixtures_replay() {
+    replay_idp("onelogin").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn okta_fixtures_replay() {
     replay_idp("okta").await;
 }

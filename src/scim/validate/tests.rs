@@ -41,6 +41,11 @@ fn identity_provider_shapes_become_canonical() {
         json!({"userName": "u", "title": null, "nickName": "", "externalId": 12}),
         json!({"userName": "u", "externalId": "12"}),
     );
+    // OneLogin: a parameter rendered as "" beside a fixed `type` leaves no value behind.
+    check(
+        json!({"userName": "u", "phoneNumbers": [{"value": "", "type": "work"}, {"value": "1", "type": "mobile"}]}),
+        json!({"userName": "u", "phoneNumbers": [{"value": "1", "type": "mobile"}]}),
+    );
 }
 
 #[test]
