@@ -27,6 +27,18 @@ const LEGACY_URNS: &[(&str, Option<&str>)] = &[
         "urn:scim:schemas:extension:enterprise:1.0",
         Some(ENTERPRISE_USER_URN),
     ),
+    // Entra lists Microsoft's own group schema beside the core one when it creates a group, with
+    // no attributes under it: tests/fixtures/idp/entra/04-groups.json.
+    (
+        "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group",
+        None,
+    ),
+    // Entra's documented create example spells the enterprise URN without its last colon:
+    // tests/fixtures/idp/entra/tolerance-old-doc-example.json.
+    (
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0User",
+        Some(ENTERPRISE_USER_URN),
+    ),
 ];
 
 /// A validated document.

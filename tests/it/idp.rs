@@ -25,6 +25,11 @@ async fn okta_fixtures_replay() {
     replay_idp("okta").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn entra_fixtures_replay() {
+    replay_idp("entra").await;
+}
+
 fn fixture_dir(idp: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/idp")
