@@ -12,10 +12,11 @@ use super::path::get_ci;
 use super::schema::{AttrType, Attribute, Mutability, ResourceSchema, Schema, ENTERPRISE_USER_URN};
 use super::ScimError;
 
-/// Schema URNs that OneLogin (and older SCIM 1.1 templates) send, with the URN each stands for;
-/// `None` means a core alias that carries no attributes of its own.
-/// Fixtures: tests/fixtures/idp/onelogin.
+/// Schema URNs that identity providers send in place of the RFC 7643 ones, with the URN each
+/// stands for; `None` means a core alias that carries no attributes of its own.
 const LEGACY_URNS: &[(&str, Option<&str>)] = &[
+    // OneLogin's templates and older SCIM 1.1 ones:
+    // tests/fixtures/idp/onelogin/tolerance-legacy-urns.json.
     ("urn:scim:schemas:core:2.0", None),
     ("urn:scim:schemas:core:1.0", None),
     (
@@ -24,6 +25,18 @@ const LEGACY_URNS: &[(&str, Option<&str>)] = &[
     ),
     (
         "urn:scim:schemas:extension:enterprise:1.0",
+        Some(ENTERPRISE_USER_URN),
+    ),
+    // Entra lists Microsoft's own group schema beside the core one when it creates a group, with
+    // no attributes under it: tests/fixtures/idp/entra/04-groups.json.
+    (
+        "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group",
+        None,
+    ),
+    // Entra's documented create example spells the enterprise URN without its last colon:
+    // tests/fixtures/idp/entra/tolerance-old-doc-example.json.
+    (
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0User",
         Some(ENTERPRISE_USER_URN),
     ),
 ];
@@ -201,9 +214,17 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
             // OneLogin sends `emails` as one object (django-scim2 has the same branch).
             other => vec![other],
         };
+        let has_value_sub_attribute =
+            attr.ty == AttrType::Complex && attr.sub_attribute("value").is_some();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             if let Some(item) = coerce_single(item, attr, name)? {
+                // An item whose `value` was empty (a OneLogin parameter rendered as "" beside a
+                // fixed `type`) holds nothing worth keeping:
+                // tests/fixtures/idp/onelogin/03-readme-template.json.
+                if has_value_sub_attribute && item.get("value").is_none() {
+                    continue;
+                }
                 if !out.contains(&item) {
                     out.push(item);
                 }

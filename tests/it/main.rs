@@ -6,5 +6,6 @@
 
 mod foundation;
 mod groups;
+mod idp;
 mod support;
 mod users;

@@ -41,6 +41,28 @@ fn identity_provider_shapes_become_canonical() {
         json!({"userName": "u", "title": null, "nickName": "", "externalId": 12}),
         json!({"userName": "u", "externalId": "12"}),
     );
+    // OneLogin: a parameter rendered as "" beside a fixed `type` leaves no value behind.
+    check(
+        json!({"userName": "u", "phoneNumbers": [{"value": "", "type": "work"}, {"value": "1", "type": "mobile"}]}),
+        json!({"userName": "u", "phoneNumbers": [{"value": "1", "type": "mobile"}]}),
+    );
+    // Entra: Microsoft's group schema and the documented typo of the enterprise URN.
+    check(
+        json!({"userName": "u", "schemas": [
+            "urn:ietf:params:scim:schemas:core:2.0:User",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0User",
+        ]}),
+        json!({"userName": "u"}),
+    );
+    let validated = validate_resource(
+        &json!({"displayName": "g", "schemas": [
+            "urn:ietf:params:scim:schemas:core:2.0:Group",
+            "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group",
+        ]}),
+        &group(),
+    )
+    .expect("valid");
+    assert_eq!(validated.doc, json!({"displayName": "g"}));
 }
 
 #[test]
