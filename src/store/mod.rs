@@ -268,8 +268,24 @@ impl Store {
         self.writer.send(job).map_err(|_| StoreError::WriterGone)
     }
 
-    /// Runs `read` on a reader connection off the async threads.
+    /// Runs a point lookup (by a primary or unique index) on a free reader connection right
+    /// here: on a warm page cache it takes microseconds, less than the hop to a blocking thread
+    /// would. When every reader is busy (a long list), it goes to the blocking pool instead.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        for reader in self.readers.iter() {
+            if let Ok(conn) = reader.try_lock() {
+                return read(&conn);
+            }
+        }
+        self.read_blocking(read).await
+    }
+
+    /// Runs `read` on a reader connection off the async threads (scans, long lists).
+    async fn read_blocking<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -292,7 +308,7 @@ impl Store {
 
     /// Intents left by a run that stopped between recording and committing, oldest first.
     pub async fn pending_intents(&self) -> Result<Vec<Intent>, StoreError> {
-        self.read(|conn| {
+        self.read_blocking(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT seq, resource_id, plan FROM intents ORDER BY seq")?;
             let rows = stmt.query_map([], |row| {
@@ -341,7 +357,7 @@ impl Store {
 
     /// Every resource of `kind`, in creation order (stable for paging).
     pub async fn list(&self, kind: Kind) -> Result<Vec<StoredResource>, StoreError> {
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT * FROM resources WHERE kind = ?1 ORDER BY seq")?;
             let rows = stmt.query_map(params![kind.as_str()], row_to_raw)?;
@@ -357,7 +373,7 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT * FROM resources WHERE kind = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
             )?;
@@ -372,7 +388,7 @@ impl Store {
 
     /// How many resources of `kind` are cached.
     pub async fn count(&self, kind: Kind) -> Result<usize, StoreError> {
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             let n: i64 = conn
                 .prepare_cached("SELECT count(*) FROM resources WHERE kind = ?1")?
                 .query_row(params![kind.as_str()], |row| row.get(0))?;
@@ -384,7 +400,7 @@ impl Store {
     /// The member ids of group `group_id`.
     pub async fn members(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
         let group_id = group_id.to_string();
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT member_id FROM members WHERE group_id = ?1 ORDER BY member_id",
             )?;
@@ -442,7 +458,7 @@ impl Store {
     /// How many members group `group_id` has.
     pub async fn member_count(&self, group_id: &str) -> Result<usize, StoreError> {
         let group_id = group_id.to_string();
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             let n: i64 = conn
                 .prepare_cached("SELECT count(*) FROM members WHERE group_id = ?1")?
                 .query_row(params![group_id], |row| row.get(0))?;
@@ -533,9 +549,6 @@ impl RawRow {
     }
 }
 
-/// Sends a job's result once its batch has committed (or failed, with the reason).
-type Reply = Box<dyn FnOnce(Option<&str>)>;
-
 /// Fsyncs the WAL for every batch of waiting callers. fsync flushes the file's data whichever
 /// descriptor asks, so this thread's own handle covers what the writer thread appended; pages
 /// already checkpointed into the database file were synced by SQLite itself.
@@ -593,91 +606,82 @@ fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs a batch in one transaction; each job in its own savepoint so one failure fails only it.
+/// Runs a batch in one transaction. When a job fails (a name taken, say), the transaction is
+/// rolled back and each job runs alone, so that one failure fails only its own job; the common
+/// case pays for no savepoints.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
-    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-    let result = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction()?;
-        for job in batch {
-            let savepoint = tx.savepoint()?;
-            match job {
-                Job::Intent {
-                    resource_id,
-                    plan,
-                    reply,
-                } => {
-                    let result = savepoint
-                        .execute(
-                            "INSERT INTO intents (resource_id, plan) VALUES (?1, ?2)",
-                            params![resource_id, plan],
-                        )
-                        .map(|_| savepoint.last_insert_rowid())
-                        .map_err(StoreError::from);
-                    finish(savepoint, result, reply, &mut replies)?;
-                }
-                Job::Commit { commit, reply } => {
-                    let result = apply_commit(&savepoint, &commit);
-                    finish(savepoint, result, reply, &mut replies)?;
-                }
+    let outcome = (|| -> Result<Vec<Option<i64>>, StoreError> {
+        let tx = conn.transaction()?;
+        let mut done = Vec::with_capacity(batch.len());
+        for job in &batch {
+            done.push(apply_job(&tx, job)?);
+        }
+        tx.commit()?;
+        Ok(done)
+    })();
+    match outcome {
+        Ok(done) => {
+            for (job, seq) in batch.into_iter().zip(done) {
+                job.reply(Ok(seq));
             }
         }
-        tx.commit()
-    })();
-    let failure = result.err().map(|err| err.to_string());
-    for reply in replies {
-        reply(failure.as_deref());
+        Err(_) if batch.len() > 1 => {
+            for job in batch {
+                run_batch(conn, vec![job]);
+            }
+        }
+        Err(err) => {
+            for job in batch {
+                job.reply(Err(err));
+                break;
+            }
+        }
     }
 }
 
-/// Keeps or rolls back one job's savepoint and queues its reply until the batch commits.
-fn finish<T: Send + 'static>(
-    mut savepoint: rusqlite::Savepoint<'_>,
-    result: Result<T, StoreError>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-    replies: &mut Vec<Reply>,
-) -> rusqlite::Result<()> {
-    match result {
-        Ok(value) => {
-            savepoint.commit()?;
-            replies.push(Box::new(move |failure| {
-                let _ = reply.send(match failure {
-                    None => Ok(value),
-                    Some(reason) => Err(StoreError::Open {
-                        path: PathBuf::new(),
-                        reason: reason.to_string(),
-                    }),
-                });
-            }));
-        }
-        Err(err) => {
-            // Undo this job's statements; the savepoint is then released empty.
-            savepoint.rollback()?;
-            savepoint.commit()?;
-            replies.push(Box::new(move |_| {
-                let _ = reply.send(Err(err));
-            }));
+impl Job {
+    fn reply(self, result: Result<Option<i64>, StoreError>) {
+        match self {
+            Job::Intent { reply, .. } => {
+                let _ = reply.send(result.map(|seq| seq.unwrap_or_default()));
+            }
+            Job::Commit { reply, .. } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
         }
     }
-    Ok(())
+}
+
+/// Runs one job's statements; an intent yields its sequence number.
+fn apply_job(conn: &Connection, job: &Job) -> Result<Option<i64>, StoreError> {
+    match job {
+        Job::Intent {
+            resource_id, plan, ..
+        } => {
+            conn.prepare_cached("INSERT INTO intents (resource_id, plan) VALUES (?1, ?2)")?
+                .execute(params![resource_id, plan])?;
+            Ok(Some(conn.last_insert_rowid()))
+        }
+        Job::Commit { commit, .. } => apply_commit(conn, commit).map(|()| None),
+    }
 }
 
 fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(id) = &commit.delete {
-        conn.execute(
-            "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1",
-            params![id],
-        )?;
-        conn.execute("DELETE FROM resources WHERE id = ?1", params![id])?;
+        conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1")?
+            .execute(params![id])?;
+        conn.prepare_cached("DELETE FROM resources WHERE id = ?1")?
+            .execute(params![id])?;
     }
     if let Some(resource) = &commit.upsert {
         let doc = resource.doc.to_string();
-        let result = conn.execute(
+        let result = conn.prepare_cached(
             "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, name_key = excluded.name_key, \
              external_id = excluded.external_id, dn = excluded.dn, entry_uuid = excluded.entry_uuid, \
              version = excluded.version, last_modified = excluded.last_modified, doc = excluded.doc",
-            params![
+        )?.execute(params![
                 resource.id,
                 resource.kind.as_str(),
                 resource.name,
@@ -689,8 +693,7 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
                 resource.created,
                 resource.last_modified,
                 doc
-            ],
-        );
+            ]);
         if let Err(rusqlite::Error::SqliteFailure(err, _)) = &result {
             if err.code == rusqlite::ErrorCode::ConstraintViolation {
                 return Err(StoreError::NameTaken {
@@ -702,7 +705,8 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         result?;
     }
     if let Some(group_id) = &commit.members_clear {
-        conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?;
+        conn.prepare_cached("DELETE FROM members WHERE group_id = ?1")?
+            .execute(params![group_id])?;
     }
     {
         let mut remove =
@@ -718,7 +722,8 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         }
     }
     if let Some(seq) = commit.intent_seq {
-        conn.execute("DELETE FROM intents WHERE seq = ?1", params![seq])?;
+        conn.prepare_cached("DELETE FROM intents WHERE seq = ?1")?
+            .execute(params![seq])?;
     }
     Ok(())
 }

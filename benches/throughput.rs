@@ -1,0 +1,634 @@
+//! The benchmark: scim2ldap against the directory itself, in one run on one machine.
+//!
+//! Starts a throwaway `slapd` with fsync on (as in production) and the release daemon as its own
+//! process, then measures at concurrency 1, 8 and 32: raw LDAP through ldap3 (add, modify, lock,
+//! delete) and the same work through SCIM (POST, PUT, PATCH `active: false`, DELETE), printing
+//! ops/s, p50/p99 latency, the SCIM/raw ratio and the daemon's own CPU per operation. Then it
+//! onboards BENCH_USERS users (default 100,000), measures cached reads, builds a BENCH_GROUP
+//! member group (default 50,000) and compares one member change there with a 10-member group,
+//! and reports the daemon's memory.
+//!
+//! Run with `scripts/bench` (or `cargo bench --bench throughput`). Environment: `BENCH_N` (writes
+//! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ldap3::{LdapConnAsync, Mod};
+use scim2ldap::demo::slapd::{Slapd, SlapdOptions};
+use serde_json::{json, Value};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Latencies of one phase, and its wall time.
+struct Phase {
+    latencies: Vec<Duration>,
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+impl Phase {
+    fn ops_per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn cpu_per_op_us(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64)
+    }
+}
+
+/// Runs `n` operations `op(i)` with `concurrency` workers; times each.
+async fn run_phase<F, Fut>(n: usize, concurrency: usize, daemon_pid: Option<u32>, op: F) -> Phase
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = daemon_pid.map(process_cpu);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let op = op.clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                op(worker, i).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    let wall = started.elapsed();
+    let cpu = match (daemon_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(process_cpu(pid).saturating_sub(before)),
+        _ => None,
+    };
+    Phase {
+        latencies,
+        wall,
+        cpu,
+    }
+}
+
+/// User + system CPU time of a process, from /proc.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted from the state field as 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+/// (VmRSS, VmHWM) of a process in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+    root: String,
+    token: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
+    let token = scim2ldap::http::new_token();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config =
+        scim2ldap::demo::config_toml(slapd, listen, &token.hash_line, &dir.join("cache.db"));
+    let config = config.replace("pool_size = 4", "pool_size = 8");
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let root = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{root}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Daemon {
+                child,
+                base: format!("{root}/scim/v2"),
+                root,
+                token: token.plaintext,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("daemon did not become ready");
+}
+
+async fn ldap_pool(slapd: &Slapd, n: usize) -> Vec<ldap3::Ldap> {
+    let mut pool = Vec::new();
+    for _ in 0..n {
+        let (conn, mut ldap) = LdapConnAsync::new(&slapd.url()).await.unwrap();
+        ldap3::drive!(conn);
+        ldap.simple_bind(&slapd.admin_dn(), slapd.admin_password())
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        pool.push(ldap);
+    }
+    pool
+}
+
+fn user_doc(name: &str, title: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": name,
+        "name": {"givenName": "Bench", "familyName": name},
+        "emails": [{"value": format!("{name}@example.com"), "type": "work", "primary": true}],
+        "title": title,
+    })
+}
+
+/// Sends one SCIM request; panics on a status other than `expected`. Returns the body.
+async fn scim(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    expected: u16,
+) -> Value {
+    let mut request = client
+        .request(method, format!("{}{}", daemon.base, path))
+        .bearer_auth(&daemon.token);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/scim+json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, expected, "{path}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+struct Row {
+    op: &'static str,
+    concurrency: usize,
+    raw: Phase,
+    scim: Phase,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let n = env_usize("BENCH_N", 2000);
+    let n_users = env_usize("BENCH_USERS", 100_000);
+    let n_group = env_usize("BENCH_GROUP", 50_000).min(n_users);
+    let n_reads = env_usize("BENCH_READS", 20_000);
+    let levels = [1usize, 8, 32];
+
+    let slapd = Slapd::start(SlapdOptions {
+        fsync: true,
+        ..SlapdOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Arc::new(start_daemon(&slapd, dir.path()).await);
+    let pid = daemon.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle_rss, _) = memory_mib(pid);
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model()
+    );
+    println!("daemon idle RSS: {idle_rss:.1} MiB\n");
+
+    let mut rows = Vec::new();
+    let people = slapd.people_dn();
+    for &c in &levels {
+        // Raw LDAP.
+        let pool = Arc::new(ldap_pool(&slapd, c).await);
+        let dn = {
+            let people = people.clone();
+            move |i: usize| format!("uid=raw-{c}-{i},{people}")
+        };
+        let phase = |op: &'static str| {
+            let pool = pool.clone();
+            let dn = dn.clone();
+            move |worker: usize, i: usize| {
+                let mut ldap = pool[worker].clone();
+                let dn = dn(i);
+                async move {
+                    let name = format!("raw-{c}-{i}");
+                    match op {
+                        "add" => {
+                            let mail = format!("{name}@example.com");
+                            let id = format!("00000000-0000-4000-8000-{i:012}");
+                            let attrs = vec![
+                                (
+                                    "objectClass",
+                                    HashSet::from(["inetOrgPerson", "scimResource"]),
+                                ),
+                                ("uid", HashSet::from([name.as_str()])),
+                                ("cn", HashSet::from(["Bench User"])),
+                                ("sn", HashSet::from([name.as_str()])),
+                                ("givenName", HashSet::from(["Bench"])),
+                                ("mail", HashSet::from([mail.as_str()])),
+                                ("title", HashSet::from(["Engineer"])),
+                                ("scimId", HashSet::from([id.as_str()])),
+                            ];
+                            ldap.add(&dn, attrs).await.unwrap().success().unwrap();
+                        }
+                        "modify" => {
+                            let mods =
+                                vec![Mod::Replace("title", HashSet::from(["Senior Engineer"]))];
+                            ldap.modify(&dn, mods).await.unwrap().success().unwrap();
+                        }
+                        "lock" => {
+                            let mods = vec![Mod::Replace(
+                                "pwdAccountLockedTime",
+                                HashSet::from(["000001010000Z"]),
+                            )];
+                            ldap.modify(&dn, mods).await.unwrap().success().unwrap();
+                        }
+                        _ => {
+                            ldap.delete(&dn).await.unwrap().success().unwrap();
+                        }
+                    }
+                }
+            }
+        };
+        let raw_add = run_phase(n, c, None, phase("add")).await;
+        let raw_modify = run_phase(n, c, None, phase("modify")).await;
+        let raw_lock = run_phase(n, c, None, phase("lock")).await;
+        let raw_delete = run_phase(n, c, None, phase("delete")).await;
+
+        // The same through SCIM.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        let ids: Arc<Vec<std::sync::OnceLock<String>>> =
+            Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
+        let scim_phase = |op: &'static str| {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            let ids = ids.clone();
+            move |_worker: usize, i: usize| {
+                let client = client.clone();
+                let daemon = daemon.clone();
+                let ids = ids.clone();
+                async move {
+                    let name = format!("scim-{c}-{i}");
+                    match op {
+                        "add" => {
+                            let created = scim(
+                                &client,
+                                &daemon,
+                                reqwest::Method::POST,
+                                "/Users",
+                                Some(&user_doc(&name, "Engineer")),
+                                201,
+                            )
+                            .await;
+                            let _ = ids[i].set(created["id"].as_str().unwrap().to_string());
+                        }
+                        "modify" => {
+                            let id = ids[i].get().unwrap();
+                            scim(
+                                &client,
+                                &daemon,
+                                reqwest::Method::PUT,
+                                &format!("/Users/{id}"),
+                                Some(&user_doc(&name, "Senior Engineer")),
+                                200,
+                            )
+                            .await;
+                        }
+                        "lock" => {
+                            let id = ids[i].get().unwrap();
+                            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]});
+                            scim(
+                                &client,
+                                &daemon,
+                                reqwest::Method::PATCH,
+                                &format!("/Users/{id}"),
+                                Some(&body),
+                                200,
+                            )
+                            .await;
+                        }
+                        _ => {
+                            let id = ids[i].get().unwrap();
+                            scim(
+                                &client,
+                                &daemon,
+                                reqwest::Method::DELETE,
+                                &format!("/Users/{id}"),
+                                None,
+                                204,
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        };
+        let scim_add = run_phase(n, c, Some(pid), scim_phase("add")).await;
+        let scim_modify = run_phase(n, c, Some(pid), scim_phase("modify")).await;
+        let scim_lock = run_phase(n, c, Some(pid), scim_phase("lock")).await;
+        let scim_delete = run_phase(n, c, Some(pid), scim_phase("delete")).await;
+        for (op, raw, scim) in [
+            ("create (POST / add)", raw_add, scim_add),
+            ("update (PUT / modify)", raw_modify, scim_modify),
+            ("deactivate (PATCH / lock)", raw_lock, scim_lock),
+            ("delete (DELETE / delete)", raw_delete, scim_delete),
+        ] {
+            println!(
+                "c={c:<2} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} | ratio {:.2} | daemon CPU {:.0} us/op",
+                raw.ops_per_sec(), ms(raw.percentile(0.5)), ms(raw.percentile(0.99)),
+                scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)),
+                scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
+            );
+            rows.push(Row {
+                op,
+                concurrency: c,
+                raw,
+                scim,
+            });
+        }
+    }
+
+    // Onboarding: BENCH_USERS users through SCIM at concurrency 32.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let ids: Arc<Vec<std::sync::OnceLock<String>>> =
+        Arc::new((0..n_users).map(|_| std::sync::OnceLock::new()).collect());
+    let onboard = {
+        let client = client.clone();
+        let daemon = daemon.clone();
+        let ids = ids.clone();
+        run_phase(n_users, 32, Some(pid), move |_w, i| {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            let ids = ids.clone();
+            async move {
+                let created = scim(
+                    &client,
+                    &daemon,
+                    reqwest::Method::POST,
+                    "/Users",
+                    Some(&user_doc(&format!("user{i:06}"), "Staff")),
+                    201,
+                )
+                .await;
+                let _ = ids[i].set(created["id"].as_str().unwrap().to_string());
+            }
+        })
+        .await
+    };
+    let (rss_loaded, _) = memory_mib(pid);
+    println!(
+        "\nonboarding {n_users} users at c=32: {:.0}/s ({:.0} s), daemon CPU {:.0} us/op; RSS after: {rss_loaded:.1} MiB",
+        onboard.ops_per_sec(), onboard.wall.as_secs_f64(), onboard.cpu_per_op_us().unwrap_or(0.0)
+    );
+
+    // Reads from the cache.
+    let read_phase = |by_id: bool| {
+        let client = client.clone();
+        let daemon = daemon.clone();
+        let ids = ids.clone();
+        move |_w: usize, i: usize| {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            let ids = ids.clone();
+            async move {
+                let k = (i.wrapping_mul(7919)) % n_users;
+                let path = if by_id {
+                    format!("/Users/{}", ids[k].get().unwrap())
+                } else {
+                    format!("/Users?filter=userName%20eq%20%22user{k:06}%22")
+                };
+                scim(&client, &daemon, reqwest::Method::GET, &path, None, 200).await;
+            }
+        }
+    };
+    let reads_filter = run_phase(n_reads, 8, Some(pid), read_phase(false)).await;
+    let reads_id = run_phase(n_reads, 8, Some(pid), read_phase(true)).await;
+    for (name, phase) in [
+        ("GET /Users?filter=userName eq", &reads_filter),
+        ("GET /Users/{id}", &reads_id),
+    ] {
+        println!(
+            "reads c=8 {name:<32} {:>7.0}/s p50 {} p99 {} ms, daemon CPU {:.0} us/op",
+            phase.ops_per_sec(),
+            ms(phase.percentile(0.5)),
+            ms(phase.percentile(0.99)),
+            phase.cpu_per_op_us().unwrap_or(0.0)
+        );
+    }
+
+    // Large group against small group.
+    let patch_members = |op: &str, members: Vec<Value>| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": op, "path": "members", "value": members}]});
+    let big = scim(
+        &client,
+        &daemon,
+        reqwest::Method::POST,
+        "/Groups",
+        Some(&json!({"displayName": "big"})),
+        201,
+    )
+    .await;
+    let big_id = big["id"].as_str().unwrap().to_string();
+    let fill_started = Instant::now();
+    for chunk in (0..n_group).collect::<Vec<_>>().chunks(1000) {
+        let members: Vec<Value> = chunk
+            .iter()
+            .map(|k| json!({"value": ids[*k].get().unwrap()}))
+            .collect();
+        scim(
+            &client,
+            &daemon,
+            reqwest::Method::PATCH,
+            &format!("/Groups/{big_id}"),
+            Some(&patch_members("add", members)),
+            204,
+        )
+        .await;
+    }
+    println!(
+        "\nbuilt a {n_group}-member group in {:.1} s (PATCH of 1000 members each)",
+        fill_started.elapsed().as_secs_f64()
+    );
+    let small_members: Vec<Value> = (n_group..n_group + 10)
+        .map(|k| json!({"value": ids[k % n_users].get().unwrap()}))
+        .collect();
+    let small = scim(
+        &client,
+        &daemon,
+        reqwest::Method::POST,
+        "/Groups",
+        Some(&json!({"displayName": "small", "members": small_members})),
+        201,
+    )
+    .await;
+    let small_id = small["id"].as_str().unwrap().to_string();
+    let rounds = 300;
+    let mut group_results = Vec::new();
+    for (label, gid) in [
+        ("50k-member group", big_id.clone()),
+        ("10-member group", small_id.clone()),
+    ] {
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
+        for r in 0..rounds {
+            // A user not in either group.
+            let member = ids[(n_group + 10 + r) % n_users].get().unwrap();
+            let t = Instant::now();
+            scim(
+                &client,
+                &daemon,
+                reqwest::Method::PATCH,
+                &format!("/Groups/{gid}"),
+                Some(&patch_members("add", vec![json!({"value": member})])),
+                204,
+            )
+            .await;
+            adds.push(t.elapsed());
+            let t = Instant::now();
+            let body = json!({"Operations": [{"op": "remove", "path": format!("members[value eq \"{member}\"]")}]});
+            scim(
+                &client,
+                &daemon,
+                reqwest::Method::PATCH,
+                &format!("/Groups/{gid}"),
+                Some(&body),
+                204,
+            )
+            .await;
+            removes.push(t.elapsed());
+        }
+        let add = Phase {
+            latencies: adds,
+            wall: Duration::from_secs(1),
+            cpu: None,
+        };
+        let remove = Phase {
+            latencies: removes,
+            wall: Duration::from_secs(1),
+            cpu: None,
+        };
+        println!(
+            "{label:<18} add one member p50 {} p99 {} ms | remove one p50 {} p99 {} ms",
+            ms(add.percentile(0.5)),
+            ms(add.percentile(0.99)),
+            ms(remove.percentile(0.5)),
+            ms(remove.percentile(0.99))
+        );
+        group_results.push((label, add, remove));
+    }
+    let (rss_end, peak) = memory_mib(pid);
+    println!("\nmemory: idle {idle_rss:.1} MiB, after {n_users} users {rss_loaded:.1} MiB, end {rss_end:.1} MiB, peak {peak:.1} MiB");
+
+    // The README table.
+    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio | raw p50/p99 ms | SCIM p50/p99 ms | daemon CPU/op |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {}/{} | {}/{} | {:.0} µs |",
+            row.op,
+            row.concurrency,
+            row.raw.ops_per_sec(),
+            row.scim.ops_per_sec(),
+            row.scim.ops_per_sec() / row.raw.ops_per_sec(),
+            ms(row.raw.percentile(0.5)),
+            ms(row.raw.percentile(0.99)),
+            ms(row.scim.percentile(0.5)),
+            ms(row.scim.percentile(0.99)),
+            row.scim.cpu_per_op_us().unwrap_or(0.0)
+        );
+    }
+    let (_, big_add, big_remove) = &group_results[0];
+    let (_, small_add, small_remove) = &group_results[1];
+    println!(
+        "\nlarge group: add {:.2}x, remove {:.2}x the 10-member cost (p50)",
+        big_add.percentile(0.5).as_secs_f64() / small_add.percentile(0.5).as_secs_f64(),
+        big_remove.percentile(0.5).as_secs_f64() / small_remove.percentile(0.5).as_secs_f64()
+    );
+    let _ = &daemon.root;
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
