@@ -1,0 +1,83 @@
+//! Conformance fixes found by scim2-tester (scripts/conformance), each checked on the wire and
+//! in the directory.
+
+use serde_json::{json, Value};
+
+use crate::support::{user_body, values, TestServer};
+
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+fn ops(operations: Value) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": operations,
+    })
+}
+
+fn lists_enterprise(user: &Value) -> bool {
+    user["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|schema| schema == ENTERPRISE)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_path_naming_the_enterprise_extension_writes_its_whole_object() {
+    // RFC 7644 §3.5.2 with `path` set to the extension URN: scim2-tester's add, replace and
+    // remove checks of `urn:...:enterprise:2.0:User` got invalidPath before.
+    let server = TestServer::start().await;
+    let dn = server.user_dn("ext.user");
+    let id = server
+        .post("/Users", user_body("ext.user", "Ext", "User"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/Users/{id}");
+
+    let added = server
+        .patch(
+            &path,
+            ops(json!([{"op": "add", "path": ENTERPRISE, "value": {
+                "schemas": [ENTERPRISE],
+                "employeeNumber": "701984",
+                "department": "Tour Operations",
+            }}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(added[ENTERPRISE]["employeeNumber"], "701984");
+    assert_eq!(added[ENTERPRISE]["department"], "Tour Operations");
+    assert!(added[ENTERPRISE].get("schemas").is_none());
+    assert!(lists_enterprise(&added));
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "employeeNumber"), ["701984"]);
+    assert_eq!(values(&entry, "departmentNumber"), ["Tour Operations"]);
+
+    // replace merges like a complex attribute: employeeNumber stays.
+    let replaced = server
+        .patch(
+            &path,
+            ops(json!([{"op": "replace", "path": ENTERPRISE, "value": {"department": "Sales"}}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(replaced[ENTERPRISE]["employeeNumber"], "701984");
+    assert_eq!(replaced[ENTERPRISE]["department"], "Sales");
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "employeeNumber"), ["701984"]);
+    assert_eq!(values(&entry, "departmentNumber"), ["Sales"]);
+
+    server
+        .patch(&path, ops(json!([{"op": "remove", "path": ENTERPRISE}])))
+        .await
+        .expect(200);
+    let got = server.get(&path).await.expect(200);
+    assert!(got.get(ENTERPRISE).is_none(), "{got}");
+    assert!(!lists_enterprise(&got), "{got}");
+    let entry = server.entry(&dn).unwrap();
+    assert!(values(&entry, "employeeNumber").is_empty());
+    assert!(values(&entry, "departmentNumber").is_empty());
+}
