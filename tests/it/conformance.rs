@@ -81,3 +81,43 @@ async fn a_patch_path_naming_the_enterprise_extension_writes_its_whole_object() 
     assert!(values(&entry, "employeeNumber").is_empty());
     assert!(values(&entry, "departmentNumber").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_active_is_unassigned_and_the_account_stays_enabled() {
+    // RFC 7644 §3.5.2.2: after `remove active` the attribute is unassigned. It used to come
+    // back as `true`, made up at rendering for every user without it.
+    let server = TestServer::start().await;
+    let dn = server.user_dn("act.user");
+    let mut body = user_body("act.user", "Act", "User");
+    body["password"] = json!("Act-Pass-1");
+    let created = server.post("/Users", body).await.expect(201);
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/Users/{id}");
+    // A new account is enabled by default, and the default is stored: filters see it.
+    assert_eq!(created["active"], true);
+    let found = server
+        .get("/Users?filter=active%20eq%20true")
+        .await
+        .expect(200);
+    assert_eq!(found["totalResults"], 1, "{found}");
+
+    server
+        .patch(
+            &path,
+            ops(json!([{"op": "replace", "path": "active", "value": false}])),
+        )
+        .await
+        .expect(200);
+    assert!(!values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime").is_empty());
+    assert!(!server.can_bind(&dn, "Act-Pass-1"));
+
+    let removed = server
+        .patch(&path, ops(json!([{"op": "remove", "path": "active"}])))
+        .await
+        .expect(200);
+    assert!(removed.get("active").is_none(), "{removed}");
+    assert!(server.get(&path).await.expect(200).get("active").is_none());
+    // Unassigned is not suspended: the lock is gone and the user can bind again.
+    assert!(values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime").is_empty());
+    assert!(server.can_bind(&dn, "Act-Pass-1"));
+}
