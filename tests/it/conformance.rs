@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use crate::support::{user_body, values, TestServer};
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
 fn ops(operations: Value) -> Value {
     json!({
@@ -120,4 +121,49 @@ async fn a_removed_active_is_unassigned_and_the_account_stays_enabled() {
     // Unassigned is not suspended: the lock is gone and the user can bind again.
     assert!(values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime").is_empty());
     assert!(server.can_bind(&dn, "Act-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn member_display_is_read_only_because_only_the_member_id_is_kept() {
+    // The Group schema called members.display immutable, so clients expected it back as
+    // written; the membership table keeps only ids, and scim2-tester's members checks failed.
+    let server = TestServer::start().await;
+    let schema = server.get(&format!("/Schemas/{GROUP}")).await.expect(200);
+    let members = schema["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|attr| attr["name"] == "members")
+        .unwrap();
+    let display = members["subAttributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sub| sub["name"] == "display")
+        .unwrap();
+    assert_eq!(display["mutability"], "readOnly");
+
+    // A client's display is still accepted, and ignored.
+    let user_id = server
+        .post("/Users", user_body("disp.user", "Disp", "User"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let group = server
+        .post(
+            "/Groups",
+            json!({
+                "schemas": [GROUP],
+                "displayName": "Display Check",
+                "members": [{"value": user_id, "display": "Someone Else"}],
+            }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(group["members"][0]["value"], user_id.as_str());
+    assert!(group["members"][0].get("display").is_none(), "{group}");
+    let entry = server.entry(&server.group_dn("Display Check")).unwrap();
+    assert_eq!(values(&entry, "member"), [server.user_dn("disp.user")]);
 }
