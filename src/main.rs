@@ -42,6 +42,9 @@ enum Command {
         /// Address for the SCIM listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also write the plaintext token to this file (mode 0600), for scripts.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { listen } => demo(&listen),
+        Command::Demo { listen, token_file } => demo(&listen, token_file.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -159,13 +162,13 @@ fn check(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+fn demo(listen: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     init_tracing(&scim2ldap::config::LogConfig {
         format: scim2ldap::config::LogFormat::Text,
         level: "info".to_string(),
     });
     let listen: std::net::SocketAddr = listen.parse().context("--listen must be address:port")?;
-    runtime()?.block_on(scim2ldap::demo::run(listen, shutdown_signal()))?;
+    runtime()?.block_on(scim2ldap::demo::run(listen, token_file, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

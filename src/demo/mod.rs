@@ -78,8 +78,12 @@ pub enum DemoError {
 
 /// Starts a throwaway OpenLDAP, then serves SCIM on `listen` until `shutdown`; prints a token
 /// and ready-to-paste curl lines. The directory and cache are removed on exit.
+///
+/// With `token_file`, the plaintext token is also written there (owner-only), so that a script
+/// (`scripts/conformance`) can use the daemon without parsing the human-readable output.
 pub async fn run(
     listen: SocketAddr,
+    token_file: Option<&std::path::Path>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DemoError> {
     // Start-up blocks for a fraction of a second, before anything else runs.
@@ -97,6 +101,10 @@ pub async fn run(
     std::fs::write(&config_path, text)
         .map_err(|err| DemoError::Write(config_path.display().to_string(), err))?;
     let config = crate::config::load(&config_path, Some(Default::default()))?;
+    if let Some(token_file) = token_file {
+        write_private(token_file, &format!("{}\n", token.plaintext))
+            .map_err(|err| DemoError::Write(token_file.display().to_string(), err))?;
+    }
     let base = format!("http://{bound}/scim/v2");
     let auth = format!("Authorization: Bearer {}", token.plaintext);
     println!(
@@ -122,4 +130,17 @@ Ctrl-C stops the daemon and removes the directory.
     crate::run(config, listener, shutdown, || {}).await?;
     drop(slapd);
     Ok(())
+}
+
+/// Writes `text` to a new or truncated file that only the owner can read: it holds a token.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }

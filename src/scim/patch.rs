@@ -19,7 +19,7 @@ use super::path::{
     get_ci, get_ci_mut, insert_canonical, is_present, key_ci, remove_ci, resolve, AttrPath,
     PatchPath, ResolvedAttr,
 };
-use super::schema::{AttrType, Attribute, Mutability, ResourceSchema};
+use super::schema::{AttrType, Attribute, Mutability, ResourceSchema, Schema};
 
 /// The `schemas` URI of a PATCH request body (RFC 7644 §3.5.2).
 pub const PATCH_OP_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -245,6 +245,9 @@ impl<'s> Engine<'s> {
                 }
                 Ok(())
             }
+            Some(PatchPath::Attr(path)) if self.whole_extension(path).is_some() => {
+                self.at_extension(resource, op, path)
+            }
             Some(PatchPath::Attr(path)) => {
                 let resolved = self.resolve(path)?;
                 self.check_mutability(resource, op.op, &resolved, op.value.as_ref())?;
@@ -256,6 +259,56 @@ impl<'s> Engine<'s> {
                 sub_attr,
             }) => self.at_value_path(resource, op, path, filter, sub_attr.as_deref()),
         }
+    }
+
+    /// The extension schema a path names as a whole, with whether the resource type requires
+    /// it. The attrPath grammar reads `urn:...:enterprise:2.0:User` as the URN
+    /// `urn:...:enterprise:2.0` and the attribute `User`, so the two are joined again here.
+    fn whole_extension(&self, path: &AttrPath) -> Option<(&'s Schema, bool)> {
+        let urn = path.urn.as_deref().filter(|_| path.sub.is_none())?;
+        let full = format!("{urn}:{}", path.name);
+        self.schema
+            .extensions
+            .iter()
+            .find(|(extension, _)| extension.id.eq_ignore_ascii_case(&full))
+            .map(|(extension, required)| (extension, *required))
+    }
+
+    /// An operation whose path is an extension schema URN: the target is the extension's
+    /// object of attributes (RFC 7644 §3.5.2, §3.10). `add` and `replace` write the attributes
+    /// given and leave the others, as a complex attribute's sub-attributes are (§3.5.2.1,
+    /// §3.5.2.3) and as the same value keyed by the URN in a path-less operation is; `remove`
+    /// unassigns every attribute of the extension (§3.5.2.2).
+    fn at_extension(
+        &mut self,
+        resource: &mut Value,
+        op: &PatchOp,
+        path: &AttrPath,
+    ) -> Result<(), ScimError> {
+        let Some((extension, required)) = self.whole_extension(path) else {
+            return Err(ScimError::invalid_path(format!(
+                "unknown attribute {path} for this resource type"
+            )));
+        };
+        let unassign = match (op.op, &op.value) {
+            (PatchOpKind::Remove, _) | (PatchOpKind::Replace, Some(Value::Null)) => true,
+            (PatchOpKind::Add, Some(Value::Null)) => return Ok(()),
+            _ => false,
+        };
+        if !unassign {
+            let value = op.value.as_ref().unwrap_or(&Value::Null);
+            return self.path_less_member(resource, op.op, &extension.id, value);
+        }
+        if required {
+            return Err(ScimError::mutability(format!(
+                "{} is required by this resource type and cannot be removed",
+                extension.id
+            )));
+        }
+        if let Value::Object(root) = resource {
+            remove_ci(root, &extension.id);
+        }
+        Ok(())
     }
 
     fn resolve(&self, path: &AttrPath) -> Result<ResolvedAttr<'s>, ScimError> {
@@ -290,6 +343,11 @@ impl<'s> Engine<'s> {
             };
             let urn = (target.id != schema.core.id).then(|| target.id.clone());
             for (name, value) in members {
+                // Clients that serialize an extension as a resource repeat its URN in
+                // `schemas` inside the object; it is not an attribute of the extension.
+                if name.eq_ignore_ascii_case("schemas") {
+                    continue;
+                }
                 let path = AttrPath::parse_detail(name).ok().map(|path| AttrPath {
                     urn: urn.clone(),
                     ..path

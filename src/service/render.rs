@@ -39,9 +39,6 @@ impl Service {
         object.insert("id".to_string(), Value::from(stored.id.as_str()));
         match kind {
             Kind::User => {
-                if !object.contains_key("active") {
-                    object.insert("active".to_string(), Value::Bool(true));
-                }
                 let groups = self.store.groups_of(&stored.id).await?;
                 if !groups.is_empty() {
                     let groups: Vec<Value> = groups

@@ -17,8 +17,17 @@ impl Service {
     #[tracing::instrument(skip_all)]
     pub(crate) async fn create_user(&self, doc: Value) -> Result<StoredResource, ServiceError> {
         let schema = self.discovery.user_schema();
-        let validated = validate_resource(&doc, schema)?;
+        let mut validated = validate_resource(&doc, schema)?;
         self.note_ignored(&validated.ignored);
+        // A new account is enabled unless the IdP says otherwise. The default is stored
+        // (RFC 7644 §3.3 lets the service provider assign one) rather than made up when
+        // rendering, so that GET, filters and a later PATCH `remove active`, after which the
+        // attribute is unassigned (RFC 7644 §3.5.2.2), all see the same thing.
+        if let Some(object) = validated.doc.as_object_mut() {
+            if !object.contains_key("active") {
+                object.insert("active".to_string(), Value::Bool(true));
+            }
+        }
         let user_name = user_name_of(&validated.doc)?;
         let _name_lock = self
             .claim_name(Kind::User, &StoredResource::none(Kind::User), &user_name)

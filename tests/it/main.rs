@@ -4,6 +4,7 @@
 // Test helpers outside `#[test]` functions may unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod conformance;
 mod foundation;
 mod groups;
 mod idp;

@@ -637,6 +637,67 @@ fn errors() {
     );
 }
 
+#[test]
+fn a_path_naming_an_extension_targets_its_whole_object() {
+    // scim2-tester's PATCH checks: the path is the extension URN itself, the value an object
+    // of its attributes (carrying its own `schemas`, which is not an attribute).
+    let ext_user = with(
+        bjensen(),
+        json!({"schemas": [CORE, ENT], ENT: {"department": "Tour", "division": "West"}}),
+    );
+    check(
+        &user(),
+        bjensen(),
+        json!([{"op": "add", "path": ENT, "value": {"schemas": [ENT], "department": "Tour", "division": "West"}}]),
+        Ok(ext_user.clone()),
+    );
+    // replace merges, as for a complex attribute: division stays.
+    check(
+        &user(),
+        ext_user.clone(),
+        json!([{"op": "replace", "path": ENT.to_ascii_lowercase(), "value": {"department": "Ops"}}]),
+        Ok(with(
+            ext_user.clone(),
+            json!({ENT: {"department": "Ops", "division": "West"}}),
+        )),
+    );
+    // remove unassigns every attribute, and the URN leaves `schemas`.
+    check(
+        &user(),
+        ext_user.clone(),
+        json!([{"op": "remove", "path": ENT}]),
+        Ok(bjensen()),
+    );
+    check(
+        &user(),
+        ext_user.clone(),
+        json!([{"op": "replace", "path": ENT, "value": null}]),
+        Ok(bjensen()),
+    );
+    check(
+        &user(),
+        ext_user.clone(),
+        json!([{"op": "replace", "path": ENT, "value": "Ops"}]),
+        Err((ScimType::InvalidValue, "must be an object")),
+    );
+    // A required extension cannot be removed.
+    let mut required = user();
+    required.extensions[0].1 = true;
+    check(
+        &required,
+        ext_user,
+        json!([{"op": "remove", "path": ENT}]),
+        Err((ScimType::Mutability, "required")),
+    );
+    // An unknown URN is still an unknown attribute.
+    check(
+        &user(),
+        bjensen(),
+        json!([{"op": "remove", "path": "urn:example:params:scim:schemas:extension:Other"}]),
+        Err((ScimType::InvalidPath, "unknown attribute")),
+    );
+}
+
 // ---- Identity-provider tolerances ----
 
 #[test]
