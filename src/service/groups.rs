@@ -78,7 +78,7 @@ impl Service {
             .map(|member| (stored.id.clone(), member.id.clone()))
             .collect();
         let entry_uuid = self.execute(plan).await?;
-        tracing::info!(resource_id = %stored.id, n_members = members.len(), "group created");
+        tracing::debug!(resource_id = %stored.id, n_members = members.len(), "group created");
         Ok(StoredResource {
             entry_uuid,
             ..stored
@@ -288,7 +288,7 @@ impl Service {
             .map(|member_id| (stored.id.clone(), member_id.clone()))
             .collect();
         self.execute(plan).await?;
-        tracing::info!(resource_id = %stored.id, n_added = adds.len(), n_removed = to_remove.len(), "group updated");
+        tracing::debug!(resource_id = %stored.id, n_added = adds.len(), n_removed = to_remove.len(), "group updated");
         Ok(stored)
     }
 
@@ -306,7 +306,7 @@ impl Service {
         plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
         plan.delete = Some(old.id.clone());
         self.execute(plan).await?;
-        tracing::info!(resource_id = %old.id, "group deleted");
+        tracing::debug!(resource_id = %old.id, "group deleted");
         Ok(())
     }
 

@@ -59,7 +59,7 @@ impl Service {
             .password
             .map(|password| (projection.dn.clone(), SecretString::from(password)));
         let entry_uuid = self.execute_with_password(plan, password).await?;
-        tracing::info!(resource_id = %stored.id, "user created");
+        tracing::debug!(resource_id = %stored.id, "user created");
         Ok(StoredResource {
             entry_uuid,
             ..stored
@@ -167,7 +167,7 @@ impl Service {
         let password =
             password.map(|password| (new_projection.dn.clone(), SecretString::from(password)));
         self.execute_with_password(plan, password).await?;
-        tracing::info!(resource_id = %stored.id, version = stored.version, "user updated");
+        tracing::debug!(resource_id = %stored.id, version = stored.version, "user updated");
         Ok(stored)
     }
 
@@ -215,7 +215,7 @@ impl Service {
         }
         plan.delete = Some(old.id.clone());
         self.execute(plan).await?;
-        tracing::info!(resource_id = %old.id, "user deleted");
+        tracing::debug!(resource_id = %old.id, "user deleted");
         Ok(())
     }
 

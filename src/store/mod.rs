@@ -631,9 +631,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             }
         }
         Err(err) => {
-            for job in batch {
+            // A batch of one job: that job gets the error.
+            if let Some(job) = batch.into_iter().next() {
                 job.reply(Err(err));
-                break;
             }
         }
     }
