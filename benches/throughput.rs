@@ -11,7 +11,8 @@
 //! Run with `scripts/bench` (or `cargo bench --bench throughput`). Environment: `BENCH_N` (writes
 //! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::zombie_processes)]
 
 use std::collections::HashSet;
 use std::path::Path;
