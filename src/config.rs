@@ -68,6 +68,9 @@ pub struct RawConfig {
     /// `[log]`: logging.
     #[serde(default)]
     pub log: RawLog,
+    /// `[reconcile]`: drift and orphan policies and the schedule.
+    #[serde(default)]
+    pub reconcile: crate::reconcile::config::RawReconcile,
 }
 
 /// `[server]` keys.
@@ -155,6 +158,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Reconciliation.
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 /// Validated `[server]`.
@@ -388,20 +393,26 @@ impl Config {
                 }),
         };
         let log = validate_log(raw.log, &mut problems);
-        match (server, auth, ldap, users, groups, log) {
-            (Some(server), Some(auth), Some(ldap), Some(users), Some(groups), Some(log))
-                if problems.0.is_empty() =>
-            {
-                Ok(Config {
-                    server,
-                    auth,
-                    ldap,
-                    users,
-                    groups,
-                    cache,
-                    log,
-                })
-            }
+        let reconcile = crate::reconcile::ReconcileConfig::from_raw(raw.reconcile, &mut problems);
+        match (server, auth, ldap, users, groups, log, reconcile) {
+            (
+                Some(server),
+                Some(auth),
+                Some(ldap),
+                Some(users),
+                Some(groups),
+                Some(log),
+                Some(reconcile),
+            ) if problems.0.is_empty() => Ok(Config {
+                server,
+                auth,
+                ldap,
+                users,
+                groups,
+                cache,
+                log,
+                reconcile,
+            }),
             _ => Err(ConfigError {
                 problems: problems.0,
             }),

@@ -23,6 +23,8 @@
 //!   memberships as rows, the intent log; one writer thread with group commit.
 //! - [`service`]: the use cases; orders every write as intent -> directory -> commit, and
 //!   serializes writes per resource.
+//! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
+//!   repairs or reports drift and orphans, at start-up, on an interval and on demand.
 //! - [`http`]: warp filter, accept loop with graceful drain, routing, bearer auth, body limit,
 //!   request ids. A handler extracts, calls one service function, replies.
 //! - [`demo`]: a throwaway local OpenLDAP for `scim2ldap demo` and the integration tests.
@@ -45,6 +47,7 @@ pub mod demo;
 pub mod directory;
 pub mod http;
 pub mod mapping;
+pub mod reconcile;
 pub mod scim;
 pub mod service;
 pub mod store;
@@ -68,6 +71,9 @@ pub enum RunError {
     /// Anything else at start-up.
     #[error("{0}")]
     Startup(String),
+    /// Another process holds the cache.
+    #[error("another scim2ldap process is using this cache (lock file {0})")]
+    CacheBusy(std::path::PathBuf),
 }
 
 /// Serves SCIM on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -81,11 +87,8 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let directory = Arc::new(directory::Directory::new(&config.ldap)?);
-    let store = store::Store::open(&config.cache.path)?;
-    let service = Arc::new(
-        service::Service::new(config.clone(), directory, store).map_err(RunError::Startup)?,
-    );
+    let _cache_lock = lock_cache(&config.cache.path)?;
+    let service = open_service(config.clone())?;
     // READY means the directory answered: wait for it, or for shutdown.
     let mut shutdown = std::pin::pin!(shutdown);
     let mut wait = std::time::Duration::from_millis(200);
@@ -117,11 +120,59 @@ pub async fn run(
         base_path: Arc::from(config.server.base_path.as_str()),
         max_body_bytes: config.server.max_body_bytes,
     };
+    let reconcile_service = state.service.clone();
     let filter = http::filter(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(address = %addr, base_path = %config.server.base_path, "serving SCIM");
     }
+    // Reconciliation runs beside serving (first right away), under the same resource locks.
+    let (stop_reconcile, reconcile_stopped) = tokio::sync::watch::channel(false);
+    let reconciler = tokio::spawn(reconcile::periodic(
+        reconcile_service,
+        config.reconcile.clone(),
+        reconcile_stopped,
+    ));
     ready();
     http::serve(listener, filter, shutdown, config.server.shutdown_timeout).await;
+    let _ = stop_reconcile.send(true);
+    if let Err(err) = reconciler.await {
+        tracing::warn!(error = %err, "reconcile task ended abnormally");
+    }
     Ok(())
+}
+
+/// Opens the directory pool, the cache and the service for `config` (no connection yet).
+pub fn open_service(config: Arc<config::Config>) -> Result<Arc<service::Service>, RunError> {
+    let directory = Arc::new(directory::Directory::new(&config.ldap)?);
+    let store = store::Store::open(&config.cache.path)?;
+    Ok(Arc::new(
+        service::Service::new(config, directory, store).map_err(RunError::Startup)?,
+    ))
+}
+
+/// Takes the exclusive lock of the cache (`<cache>.lock`) for as long as the returned file
+/// lives, so that two processes never write one cache: a second daemon, or a `reconcile` run
+/// that would repair while the daemon serves, is refused.
+pub fn lock_cache(cache_path: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let mut lock_path = cache_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| RunError::Startup(format!("create {}: {err}", parent.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|err| RunError::Startup(format!("open {}: {err}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::CacheBusy(lock_path)),
+        Err(std::fs::TryLockError::Error(err)) => Err(RunError::Startup(format!(
+            "lock {}: {err}",
+            lock_path.display()
+        ))),
+    }
 }

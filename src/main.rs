@@ -32,6 +32,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Compare the directory with the cache and repair or report drift and orphans.
+    ///
+    /// Exit status: 0 when directory and cache agree, 2 when drift or orphans were found (and
+    /// repaired, unless --dry-run or `reconcile.drift = "report"`), 1 on error.
+    Reconcile {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only show what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
@@ -59,6 +74,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Reconcile {
+            config,
+            dry_run,
+            json,
+        } => reconcile(config, dry_run, json),
         Command::Token {
             command: TokenCommand::New,
         } => {
@@ -160,6 +180,64 @@ fn check(config_path: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn reconcile(config_path: PathBuf, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let config = std::sync::Arc::new(scim2ldap::config::load(&config_path, None)?);
+    // The report is the output; logs only say what went wrong.
+    init_tracing(&scim2ldap::config::LogConfig {
+        format: config.log.format,
+        level: "warn".to_string(),
+    });
+    runtime()?.block_on(async move {
+        // A repairing run holds the cache lock, so it never runs beside the daemon; a dry run
+        // only reads and may.
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(scim2ldap::lock_cache(&config.cache.path).context(
+                "the daemon reconciles at start-up and every reconcile.interval; use --dry-run while it runs",
+            )?)
+        };
+        let service = scim2ldap::open_service(config.clone())?;
+        if !dry_run {
+            scim2ldap::service::replay_intents(&service)
+                .await
+                .context("finish unfinished writes")?;
+        }
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("entries scanned");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        let progress = |scanned: u64| {
+            if let Some(bar) = &bar {
+                bar.set_position(scanned);
+            }
+        };
+        let options = scim2ldap::reconcile::RunOptions {
+            dry_run,
+            drift: config.reconcile.drift,
+            orphans: config.reconcile.orphans,
+            page_size: config.reconcile.page_size,
+        };
+        let report = scim2ldap::reconcile::run(&service, options, &progress).await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        if json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.to_table());
+        }
+        Ok(if report.found_drift() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
 }
 
 fn demo(listen: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

@@ -82,6 +82,33 @@ pub enum SearchScope {
     Subtree,
 }
 
+/// Entries of a paged search, one at a time.
+pub struct EntryStream {
+    stream: ldap3::SearchStream<'static, String, Vec<String>>,
+}
+
+impl EntryStream {
+    /// The next entry, or `None` at the end (the search's result code is checked then).
+    pub async fn next(&mut self) -> Result<Option<Entry>, DirectoryError> {
+        match self.stream.next().await.map_err(DirectoryError::from)? {
+            Some(entry) => {
+                let entry = SearchEntry::construct(entry);
+                Ok(Some(Entry {
+                    dn: entry.dn,
+                    attrs: entry.attrs.into_iter().collect(),
+                }))
+            }
+            None => {
+                let result = self.stream.finish().await;
+                match result.rc {
+                    0 => Ok(None),
+                    rc => Err(DirectoryError::from_result(rc, result.text)),
+                }
+            }
+        }
+    }
+}
+
 /// Object class and attribute type names published in the directory's subschema.
 #[derive(Debug, Default)]
 pub struct Subschema {
@@ -296,6 +323,37 @@ impl Directory {
                 .collect())
         })
         .await
+    }
+
+    /// Streams the entries below `base` matching `filter` with the paged-results control
+    /// (RFC 2696), `page_size` at a time: memory stays bounded by the page, whatever the
+    /// directory's size.
+    pub async fn stream(
+        &self,
+        base: &str,
+        scope: SearchScope,
+        filter: &str,
+        attrs: Vec<String>,
+        page_size: u32,
+    ) -> Result<EntryStream, DirectoryError> {
+        let pooled = self.pool.get().await?;
+        let mut ldap = pooled.ldap;
+        ldap.with_timeout(self.pool.timeout());
+        let scope = match scope {
+            SearchScope::Base => Scope::Base,
+            SearchScope::OneLevel => Scope::OneLevel,
+            SearchScope::Subtree => Scope::Subtree,
+        };
+        let page_size = i32::try_from(page_size).unwrap_or(i32::MAX);
+        let adapters: Vec<Box<dyn ldap3::adapters::Adapter<'static, String, Vec<String>>>> = vec![
+            Box::new(ldap3::adapters::EntriesOnly::new()),
+            Box::new(ldap3::adapters::PagedResults::new(page_size)),
+        ];
+        let stream = ldap
+            .streaming_search_with(adapters, base, scope, filter, attrs)
+            .await
+            .map_err(DirectoryError::from)?;
+        Ok(EntryStream { stream })
     }
 
     /// Reads the object class and attribute type names of the directory's subschema.

@@ -203,6 +203,35 @@ impl Projection {
     }
 }
 
+/// A DN folded for comparison: lowercase, with RFC 4514 escapes (`\2c`, `\,`) decoded, so
+/// that the server's spelling of a DN matches the one scim2ldap computed.
+pub fn dn_key(dn: &str) -> String {
+    let mut out = Vec::with_capacity(dn.len());
+    let bytes = dn.as_bytes();
+    let mut idx = 0;
+    while idx < bytes.len() {
+        if bytes[idx] == b'\\' && idx + 1 < bytes.len() {
+            let hex = bytes
+                .get(idx + 1..idx + 3)
+                .and_then(|pair| std::str::from_utf8(pair).ok());
+            match hex.and_then(|pair| u8::from_str_radix(pair, 16).ok()) {
+                Some(byte) => {
+                    out.push(byte);
+                    idx += 3;
+                }
+                None => {
+                    out.push(bytes[idx + 1]);
+                    idx += 2;
+                }
+            }
+        } else {
+            out.push(bytes[idx]);
+            idx += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).to_lowercase()
+}
+
 /// The parent of `dn` (everything after the first unescaped comma).
 pub fn parent_dn(dn: &str) -> &str {
     let bytes = dn.as_bytes();
@@ -834,6 +863,55 @@ pub fn diff(old: &Projection, new: &Projection, rdn_attribute: &str) -> Vec<Mod>
         }
     }
     mods
+}
+
+/// Attributes whose values are DNs: compared ignoring case and escaping, since the directory
+/// may spell a DN differently from how scim2ldap wrote it.
+const DN_VALUED: &[&str] = &["manager", "member", "uniqueMember", "secretary", "seeAlso"];
+
+/// The attributes where `entry` (as read from the directory) differs from `expected`, ignoring
+/// the RDN attribute (the DN is compared by the caller) and attributes the mapping does not
+/// write. `objectClass` differs only when an expected class is missing.
+pub fn drift(
+    entry: &BTreeMap<String, Vec<String>>,
+    expected: &Projection,
+    rdn_attribute: &str,
+) -> Vec<String> {
+    let actual = |attr: &str| -> Vec<String> {
+        entry
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(attr))
+            .map(|(_, values)| values.clone())
+            .unwrap_or_default()
+    };
+    let mut differing = Vec::new();
+    for (attr, wanted) in &expected.attrs {
+        if attr.eq_ignore_ascii_case(rdn_attribute) {
+            continue;
+        }
+        let have = actual(attr);
+        let same = if attr.eq_ignore_ascii_case("objectClass") {
+            wanted
+                .iter()
+                .all(|class| have.iter().any(|h| h.eq_ignore_ascii_case(class)))
+        } else if DN_VALUED
+            .iter()
+            .any(|dn_attr| dn_attr.eq_ignore_ascii_case(attr))
+        {
+            let fold = |values: &[String]| {
+                let mut keys: Vec<String> = values.iter().map(|v| dn_key(v)).collect();
+                keys.sort();
+                keys
+            };
+            fold(wanted) == fold(&have)
+        } else {
+            same_set(wanted, &have)
+        };
+        if !same {
+            differing.push(attr.clone());
+        }
+    }
+    differing
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {

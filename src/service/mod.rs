@@ -9,6 +9,7 @@ mod groups;
 mod locks;
 mod plan;
 mod render;
+mod repair;
 mod users;
 
 use std::sync::Arc;
@@ -142,6 +143,8 @@ pub struct Service {
     locks: locks::KeyedLocks,
     /// Unknown attribute names already logged.
     ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One reconcile run at a time.
+    reconcile_lock: tokio::sync::Mutex<()>,
 }
 
 impl Service {
@@ -165,6 +168,7 @@ impl Service {
             discovery,
             locks: locks::KeyedLocks::default(),
             ignored_names: Default::default(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
         })
     }
 

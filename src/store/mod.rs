@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
+
+use crate::mapping::dn_key;
 use tokio::sync::oneshot;
 
 /// A store failure. Always a server-side fault: the client sees 500 and the log has this text.
@@ -128,6 +130,10 @@ pub enum IndexedField {
     Name,
     /// `externalId`, exact.
     ExternalId,
+    /// The entry's DN, compared as `dn_key` (case and escaping folded).
+    Dn,
+    /// The directory's own id of the entry.
+    EntryUuid,
 }
 
 /// A write recorded before the directory is touched, so it can be finished after a crash.
@@ -338,12 +344,19 @@ impl Store {
     ) -> Result<Vec<StoredResource>, StoreError> {
         let value = match field {
             IndexedField::Name => name_key(value),
-            IndexedField::Id | IndexedField::ExternalId => value.to_string(),
+            IndexedField::Dn => dn_key(value),
+            IndexedField::Id | IndexedField::ExternalId | IndexedField::EntryUuid => {
+                value.to_string()
+            }
         };
         self.read(move |conn| {
             let sql = match field {
                 IndexedField::Id => "SELECT * FROM resources WHERE kind = ?1 AND id = ?2",
                 IndexedField::Name => "SELECT * FROM resources WHERE kind = ?1 AND name_key = ?2",
+                IndexedField::Dn => "SELECT * FROM resources WHERE kind = ?1 AND dn_key = ?2",
+                IndexedField::EntryUuid => {
+                    "SELECT * FROM resources WHERE kind = ?1 AND entry_uuid = ?2"
+                }
                 IndexedField::ExternalId => {
                     "SELECT * FROM resources WHERE kind = ?1 AND external_id = ?2 ORDER BY seq"
                 }
@@ -676,10 +689,10 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(resource) = &commit.upsert {
         let doc = resource.doc.to_string();
         let result = conn.prepare_cached(
-            "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+            "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc, dn_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, name_key = excluded.name_key, \
-             external_id = excluded.external_id, dn = excluded.dn, entry_uuid = excluded.entry_uuid, \
+             external_id = excluded.external_id, dn = excluded.dn, dn_key = excluded.dn_key, entry_uuid = excluded.entry_uuid, \
              version = excluded.version, last_modified = excluded.last_modified, doc = excluded.doc",
         )?.execute(params![
                 resource.id,
@@ -692,7 +705,8 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
                 resource.version,
                 resource.created,
                 resource.last_modified,
-                doc
+                doc,
+                dn_key(&resource.dn)
             ]);
         if let Err(rusqlite::Error::SqliteFailure(err, _)) = &result {
             if err.code == rusqlite::ErrorCode::ConstraintViolation {

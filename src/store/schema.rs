@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS resources (
     name_key TEXT NOT NULL,
     external_id TEXT,
     dn TEXT NOT NULL,
+    dn_key TEXT NOT NULL,
     entry_uuid TEXT,
     version INTEGER NOT NULL,
     created TEXT NOT NULL,
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resources_name ON resources (kind, name_key);
 CREATE INDEX IF NOT EXISTS resources_external_id ON resources (kind, external_id);
-CREATE INDEX IF NOT EXISTS resources_dn ON resources (dn);
+CREATE INDEX IF NOT EXISTS resources_dn ON resources (dn_key);
+CREATE INDEX IF NOT EXISTS resources_entry_uuid ON resources (entry_uuid);
 CREATE TABLE IF NOT EXISTS members (
     group_id TEXT NOT NULL,
     member_id TEXT NOT NULL,

@@ -1,0 +1,388 @@
+//! Reconciliation: compares the managed subtrees of the directory with the cache's projection
+//! and repairs or reports what differs (DESIGN.md §5).
+//!
+//! Entries are read with paged searches, so memory follows the page size, not the directory
+//! size (beyond one id per cached resource, to find the entries that are gone). Each entry is
+//! matched to its cached resource by the SCIM id attribute, the directory's own id, or its DN.
+//! Repairs go through the same write path as IdP requests (intent, directory, commit) under the
+//! same per-resource locks, so a repair never races an IdP write to the same resource; a
+//! resource changed by the IdP during the scan is simply compared again under its lock.
+
+pub mod config;
+mod report;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use crate::directory::{DirectoryError, Entry, SearchScope};
+use crate::mapping::{drift, Deactivate};
+use crate::service::{Service, ServiceError};
+use crate::store::{IndexedField, Kind, StoredResource};
+
+pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
+pub use report::{Action, Finding, FindingKind, Report};
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The directory failed during the scan.
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryError),
+    /// A repair or a cache read failed.
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+}
+
+impl From<crate::store::StoreError> for ReconcileError {
+    fn from(err: crate::store::StoreError) -> ReconcileError {
+        ReconcileError::Service(ServiceError::Store(err))
+    }
+}
+
+/// How one run behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// Repair drift (`reconcile.drift`).
+    pub drift: DriftPolicy,
+    /// What to do with orphans (`reconcile.orphans`).
+    pub orphans: OrphanPolicy,
+    /// Entries per page of the directory scan.
+    pub page_size: u32,
+}
+
+/// Runs one reconciliation; `progress` is called with the number of entries scanned so far.
+#[tracing::instrument(skip_all, fields(run_id = %uuid::Uuid::new_v4().simple()))]
+pub async fn run(
+    service: &Service,
+    options: RunOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, ReconcileError> {
+    let started = Instant::now();
+    let mut run = Run {
+        service,
+        options,
+        report: Report::default(),
+        seen: HashSet::new(),
+        progress,
+    };
+    let users = &service.config().users;
+    let mut user_bases = vec![users.base_dn.clone()];
+    if let Deactivate::Move { disabled_base_dn } = &users.deactivate {
+        user_bases.push(disabled_base_dn.clone());
+    }
+    for base in user_bases {
+        run.scan(Kind::User, &base).await?;
+    }
+    let groups_base = service.config().groups.base_dn.clone();
+    run.scan(Kind::Group, &groups_base).await?;
+    run.find_missing(Kind::User).await?;
+    run.find_missing(Kind::Group).await?;
+    let mut report = run.report;
+    report.duration = started.elapsed();
+    tracing::info!(
+        scanned = report.scanned,
+        drifted = report.drifted,
+        repaired = report.repaired,
+        orphans = report.orphans,
+        duration_ms = report.duration.as_millis() as u64,
+        dry_run = options.dry_run,
+        "reconcile run"
+    );
+    Ok(report)
+}
+
+struct Run<'a> {
+    service: &'a Service,
+    options: RunOptions,
+    report: Report,
+    /// Ids of cached resources whose entry was found.
+    seen: HashSet<String>,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Run<'_> {
+    fn id_attribute(&self, kind: Kind) -> Option<String> {
+        match kind {
+            Kind::User => self.service.config().users.id_attribute.clone(),
+            Kind::Group => self.service.config().groups.id_attribute.clone(),
+        }
+    }
+
+    fn attrs_to_read(&self, kind: Kind) -> Vec<String> {
+        let (_, mut attrs) = match kind {
+            Kind::User => self.service.config().users.ldap_names(),
+            Kind::Group => self.service.config().groups.ldap_names(),
+        };
+        attrs.push("objectClass".to_string());
+        attrs.push(
+            self.service
+                .config()
+                .ldap
+                .flavor
+                .entry_id_attribute()
+                .to_string(),
+        );
+        attrs
+    }
+
+    /// Scans the entries directly below `base`.
+    async fn scan(&mut self, kind: Kind, base: &str) -> Result<(), ReconcileError> {
+        let directory = self.service.directory();
+        let mut stream = match directory
+            .stream(
+                base,
+                SearchScope::OneLevel,
+                "(objectClass=*)",
+                self.attrs_to_read(kind),
+                self.options.page_size,
+            )
+            .await
+        {
+            Ok(stream) => stream,
+            // A disabled OU that does not exist yet holds nothing.
+            Err(DirectoryError::NoSuchObject(_)) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        while let Some(entry) = stream.next().await? {
+            self.report.scanned += 1;
+            if self.report.scanned % 1000 == 0 {
+                (self.progress)(self.report.scanned);
+            }
+            self.check_entry(kind, entry).await?;
+        }
+        (self.progress)(self.report.scanned);
+        Ok(())
+    }
+
+    /// The cached resource an entry belongs to.
+    async fn owner(
+        &self,
+        kind: Kind,
+        entry: &Entry,
+    ) -> Result<Option<StoredResource>, ReconcileError> {
+        let store = self.service.store();
+        if let Some(id) = self
+            .id_attribute(kind)
+            .and_then(|attr| entry.first(&attr).map(str::to_string))
+        {
+            if let Some(found) = store.get(kind, &id).await? {
+                return Ok(Some(found));
+            }
+        }
+        let entry_id_attr = self.service.config().ldap.flavor.entry_id_attribute();
+        if let Some(entry_uuid) = entry.first(entry_id_attr) {
+            if let Some(found) = store
+                .find(kind, IndexedField::EntryUuid, entry_uuid)
+                .await?
+                .pop()
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(store.find(kind, IndexedField::Dn, &entry.dn).await?.pop())
+    }
+
+    async fn check_entry(&mut self, kind: Kind, entry: Entry) -> Result<(), ReconcileError> {
+        if crate::mapping::dn_key(&entry.dn)
+            == crate::mapping::dn_key(&self.service.config().groups.placeholder_member)
+        {
+            return Ok(());
+        }
+        let Some(resource) = self.owner(kind, &entry).await? else {
+            return self.orphan(kind, entry).await;
+        };
+        if !self.seen.insert(resource.id.clone()) {
+            // A second entry claims the same resource (a copy made by hand): an orphan.
+            return self.orphan(kind, entry).await;
+        }
+        let expected = self.service.expected_entry(&resource).await?;
+        let mut differing = drift(&entry.attrs, &expected, self.rdn_attribute(kind));
+        if kind == Kind::Group {
+            let member_attr = self.service.config().groups.class.member_attribute();
+            let wanted = self.service.expected_member_values(&resource).await?;
+            let mut have: Vec<String> = entry
+                .values(member_attr)
+                .iter()
+                .map(|v| crate::mapping::dn_key(v))
+                .collect();
+            let mut wanted_keys: Vec<String> =
+                wanted.iter().map(|v| crate::mapping::dn_key(v)).collect();
+            have.sort();
+            wanted_keys.sort();
+            if have != wanted_keys {
+                differing.push(member_attr.to_string());
+            }
+        }
+        let moved = crate::mapping::dn_key(&entry.dn) != crate::mapping::dn_key(&expected.dn);
+        if differing.is_empty() && !moved {
+            return Ok(());
+        }
+        let kind_of_finding = if moved {
+            FindingKind::Moved
+        } else if differing.iter().any(|attr| is_lock_attribute(attr)) {
+            FindingKind::EnabledState
+        } else if kind == Kind::Group
+            && differing.len() == 1
+            && differing[0] == self.service.config().groups.class.member_attribute()
+        {
+            FindingKind::Members
+        } else {
+            FindingKind::Attributes
+        };
+        let action = self.repair(&resource, Some(&entry)).await?;
+        self.report.drifted += 1;
+        self.report.push(Finding {
+            kind: kind_of_finding,
+            resource_type: kind.as_str(),
+            id: Some(resource.id.clone()),
+            dn: entry.dn.clone(),
+            attributes: differing,
+            action,
+        });
+        Ok(())
+    }
+
+    fn rdn_attribute(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::User => &self.service.config().users.rdn_attribute,
+            Kind::Group => &self.service.config().groups.rdn_attribute,
+        }
+    }
+
+    /// Brings the entry of `resource` back to the cache's projection (or says it would).
+    async fn repair(
+        &mut self,
+        resource: &StoredResource,
+        entry: Option<&Entry>,
+    ) -> Result<Action, ReconcileError> {
+        if self.options.drift == DriftPolicy::Report {
+            return Ok(Action::Reported);
+        }
+        if self.options.dry_run {
+            return Ok(Action::WouldRepair);
+        }
+        let repaired = self
+            .service
+            .repair_entry(
+                resource.kind,
+                &resource.id,
+                entry.map(|entry| entry.dn.as_str()),
+            )
+            .await?;
+        if repaired {
+            self.report.repaired += 1;
+            Ok(Action::Repaired)
+        } else {
+            // The IdP changed it meanwhile, and the new write put it in step.
+            Ok(Action::AlreadyInStep)
+        }
+    }
+
+    async fn orphan(&mut self, kind: Kind, entry: Entry) -> Result<(), ReconcileError> {
+        if self.options.orphans == OrphanPolicy::Ignore {
+            return Ok(());
+        }
+        self.report.orphans += 1;
+        let action = match (self.options.orphans, kind) {
+            (OrphanPolicy::Disable, Kind::User) if self.options.dry_run => Action::WouldDisable,
+            (OrphanPolicy::Disable, Kind::User) => {
+                if self.service.disable_orphan(&entry).await? {
+                    Action::Disabled
+                } else {
+                    Action::AlreadyInStep
+                }
+            }
+            _ => Action::Reported,
+        };
+        self.report.push(Finding {
+            kind: FindingKind::Orphan,
+            resource_type: kind.as_str(),
+            id: None,
+            dn: entry.dn,
+            attributes: Vec::new(),
+            action,
+        });
+        Ok(())
+    }
+
+    /// Cached resources whose entry the scan did not meet: deleted behind scim2ldap's back.
+    async fn find_missing(&mut self, kind: Kind) -> Result<(), ReconcileError> {
+        let page_size = self.options.page_size.max(1) as usize;
+        let mut offset = 0;
+        loop {
+            let page = self.service.store().page(kind, offset, page_size).await?;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len();
+            for resource in page {
+                if self.seen.contains(&resource.id) {
+                    continue;
+                }
+                let action = self.repair(&resource, None).await?;
+                self.report.drifted += 1;
+                self.report.push(Finding {
+                    kind: FindingKind::Missing,
+                    resource_type: kind.as_str(),
+                    id: Some(resource.id.clone()),
+                    dn: resource.dn.clone(),
+                    attributes: Vec::new(),
+                    action,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The attributes the deactivation strategies write.
+fn is_lock_attribute(attr: &str) -> bool {
+    [
+        "pwdAccountLockedTime",
+        "nsAccountLock",
+        "userAccountControl",
+    ]
+    .iter()
+    .any(|lock| lock.eq_ignore_ascii_case(attr))
+}
+
+/// Runs reconciliation every `interval` until `shutdown`, the first time right away.
+pub async fn periodic(
+    service: std::sync::Arc<Service>,
+    config: ReconcileConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let options = RunOptions {
+        dry_run: false,
+        drift: config.drift,
+        orphans: config.orphans,
+        page_size: config.page_size,
+    };
+    let mut first = config.at_startup;
+    loop {
+        if !first {
+            let Some(interval) = config.interval else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        first = false;
+        let Ok(_guard) = service.reconcile_lock().try_lock() else {
+            tracing::info!("a reconcile run is in progress; skipping this one");
+            continue;
+        };
+        tokio::select! {
+            result = run(&service, options, &|_| {}) => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "reconcile run failed; the next one retries");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

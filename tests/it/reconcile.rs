@@ -1,0 +1,240 @@
+//! Reconciliation: the directory is changed behind the daemon's back, and a run reports exactly
+//! those changes, repairs them under `repair`, leaves them under `report`, and the users' binds
+//! follow the IdP's state again.
+
+use serde_json::{json, Value};
+
+use crate::support::{user_body, values, TestServer};
+
+fn with_password(mut body: Value, password: &str) -> Value {
+    body["password"] = json!(password);
+    body
+}
+
+/// Runs `scim2ldap reconcile` on the server's config; returns the exit code and the JSON report.
+fn reconcile_cli(server: &TestServer, args: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+        .arg("reconcile")
+        .arg("--config")
+        .arg(&server.config_path)
+        .arg("--json")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), report)
+}
+
+/// (kind, dn or id, action) of every finding, sorted.
+fn findings(report: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_string(),
+                f["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_and_orphans_are_reported_then_repaired() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let alice = server
+        .post(
+            "/Users",
+            with_password(user_body("alice", "Alice", "A"), "Alice-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let bob = server
+        .post(
+            "/Users",
+            with_password(user_body("bob", "Bob", "B"), "Bob-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let carol = server
+        .post("/Users", user_body("carol", "Carol", "C"))
+        .await
+        .expect(201);
+    let bob_id = bob["id"].as_str().unwrap();
+    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    server
+        .patch(&format!("/Users/{bob_id}"), off)
+        .await
+        .expect(200);
+    server
+        .post(
+            "/Groups",
+            json!({"displayName": "staff", "members": [{"value": alice["id"]}, {"value": bob_id}]}),
+        )
+        .await
+        .expect(201);
+    let (alice_dn, bob_dn, carol_dn) = (
+        server.user_dn("alice"),
+        server.user_dn("bob"),
+        server.user_dn("carol"),
+    );
+    let group_dn = server.group_dn("staff");
+    let stray_dn = server.user_dn("mallory");
+    // Behind the daemon's back: change mail, delete an entry, remove a member, unlock a
+    // suspended user, add a stray account.
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {alice_dn}\nchangetype: modify\nreplace: mail\nmail: evil@example.com\n"
+        ))
+        .unwrap();
+    server
+        .slapd
+        .ldapmodify(&format!("dn: {carol_dn}\nchangetype: delete\n"))
+        .unwrap();
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {group_dn}\nchangetype: modify\ndelete: member\nmember: {alice_dn}\n"
+        ))
+        .unwrap();
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {bob_dn}\nchangetype: modify\ndelete: pwdAccountLockedTime\n"
+        ))
+        .unwrap();
+    server
+        .slapd
+        .ldapadd(&format!("dn: {stray_dn}\nobjectClass: inetOrgPerson\nuid: mallory\ncn: M\nsn: M\nuserPassword: Stray-Pass-1\n"))
+        .unwrap();
+    assert!(
+        server.can_bind(&bob_dn, "Bob-Pass-1"),
+        "the unlock took effect"
+    );
+
+    let expected = vec![
+        ("attributes".to_string(), "would repair".to_string()),
+        ("enabled-state".to_string(), "would repair".to_string()),
+        ("members".to_string(), "would repair".to_string()),
+        ("missing".to_string(), "would repair".to_string()),
+        ("orphan".to_string(), "reported".to_string()),
+    ];
+    // A dry run may run beside the daemon and changes nothing.
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(findings(&report), expected);
+    let alice_finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "attributes")
+        .unwrap();
+    assert_eq!(alice_finding["attributes"], json!(["mail"]));
+    assert_eq!(
+        values(&server.entry(&alice_dn).unwrap(), "mail"),
+        ["evil@example.com"]
+    );
+
+    // A repairing run refuses to run beside the daemon.
+    let (code, _) = reconcile_cli(&server, &[], &[]);
+    assert_eq!(code, 1);
+    server.stop_daemon().await;
+
+    // Under `report`, the same findings and nothing changes.
+    let (code, report) = reconcile_cli(&server, &[], &[("SCIM2LDAP__RECONCILE__DRIFT", "report")]);
+    assert_eq!(code, 2);
+    assert!(
+        findings(&report)
+            .iter()
+            .all(|(_, action)| action == "reported"),
+        "{report}"
+    );
+    assert!(server.entry(&carol_dn).is_none());
+
+    // Under `repair` (and orphans disabled), everything goes back to what the IdP asked for.
+    let (code, report) = reconcile_cli(
+        &server,
+        &[],
+        &[("SCIM2LDAP__RECONCILE__ORPHANS", "disable")],
+    );
+    assert_eq!(code, 2);
+    let repaired: Vec<(String, String)> = findings(&report);
+    assert_eq!(
+        repaired
+            .iter()
+            .filter(|(_, action)| action == "repaired")
+            .count(),
+        4,
+        "{report}"
+    );
+    assert!(repaired.contains(&("orphan".to_string(), "disabled".to_string())));
+    assert_eq!(
+        values(&server.entry(&alice_dn).unwrap(), "mail"),
+        ["alice@example.com"]
+    );
+    let carol_entry = server.entry(&carol_dn).expect("re-created");
+    assert_eq!(
+        values(&carol_entry, "scimId"),
+        [carol["id"].as_str().unwrap()]
+    );
+    let group_entry = server.entry(&group_dn).unwrap();
+    let mut members: Vec<&str> = values(&group_entry, "member");
+    members.sort();
+    assert_eq!(members, [alice_dn.as_str(), bob_dn.as_str()]);
+    assert!(
+        !server.can_bind(&bob_dn, "Bob-Pass-1"),
+        "bob is suspended again"
+    );
+    assert!(server.can_bind(&alice_dn, "Alice-Pass-1"));
+    assert!(
+        !server.can_bind(&stray_dn, "Stray-Pass-1"),
+        "the orphan is disabled"
+    );
+
+    // In step now: nothing but the (disabled) orphan, which `ignore` leaves out.
+    let (code, report) =
+        reconcile_cli(&server, &[], &[("SCIM2LDAP__RECONCILE__ORPHANS", "ignore")]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["drifted"], 0);
+
+    // The IdP's ids keep working.
+    server.launch().await;
+    let carol_now = server
+        .get(&format!("/Users/{}", carol["id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(carol_now["userName"], "carol");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_repairs_drift_at_start_up() {
+    let mut server = TestServer::start().await;
+    server
+        .post("/Users", user_body("dora", "Dora", "D"))
+        .await
+        .expect(201);
+    server.stop_daemon().await;
+    let dn = server.user_dn("dora");
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Intruder\n"
+        ))
+        .unwrap();
+    server.launch().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !values(&server.entry(&dn).unwrap(), "title").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "start-up reconcile did not repair the title"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
