@@ -147,7 +147,7 @@ impl Run<'_> {
         };
         while let Some(entry) = stream.next().await? {
             self.report.scanned += 1;
-            if self.report.scanned % 1000 == 0 {
+            if self.report.scanned.is_multiple_of(1000) {
                 (self.progress)(self.report.scanned);
             }
             self.check_entry(kind, entry).await?;
