@@ -46,6 +46,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Restore cached resources from the directory (entries carrying the SCIM id) instead
+        /// of comparing; for a lost or new cache.
+        #[arg(long, conflicts_with = "dry_run")]
+        rebuild_cache: bool,
     },
     /// Bearer tokens.
     Token {
@@ -78,7 +82,8 @@ fn main() -> ExitCode {
             config,
             dry_run,
             json,
-        } => reconcile(config, dry_run, json),
+            rebuild_cache,
+        } => reconcile(config, dry_run, json, rebuild_cache),
         Command::Token {
             command: TokenCommand::New,
         } => {
@@ -182,7 +187,12 @@ fn check(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn reconcile(config_path: PathBuf, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+fn reconcile(
+    config_path: PathBuf,
+    dry_run: bool,
+    json: bool,
+    rebuild_cache: bool,
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let config = std::sync::Arc::new(scim2ldap::config::load(&config_path, None)?);
     // The report is the output; logs only say what went wrong.
@@ -217,6 +227,24 @@ fn reconcile(config_path: PathBuf, dry_run: bool, json: bool) -> anyhow::Result<
                 bar.set_position(scanned);
             }
         };
+        if rebuild_cache {
+            let rebuilt = scim2ldap::reconcile::rebuild_cache(&service, config.reconcile.page_size, &progress).await?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"users": rebuilt.users, "groups": rebuilt.groups, "memberships": rebuilt.memberships, "skipped": rebuilt.skipped})
+                );
+            } else {
+                println!(
+                    "restored {} users, {} groups, {} memberships; {} entries without a SCIM id skipped",
+                    rebuilt.users, rebuilt.groups, rebuilt.memberships, rebuilt.skipped
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let options = scim2ldap::reconcile::RunOptions {
             dry_run,
             drift: config.reconcile.drift,

@@ -7,6 +7,9 @@
 //! deactivation included), and `diff` gives the smallest modify from one projection to another.
 
 pub mod config;
+mod reverse;
+
+pub use reverse::{set_path, Unprojected};
 
 use std::collections::{BTreeMap, HashMap};
 

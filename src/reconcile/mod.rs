@@ -9,6 +9,7 @@
 //! resource changed by the IdP during the scan is simply compared again under its lock.
 
 pub mod config;
+mod rebuild;
 mod report;
 
 use std::collections::HashSet;
@@ -20,6 +21,7 @@ use crate::service::{Service, ServiceError};
 use crate::store::{IndexedField, Kind, StoredResource};
 
 pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
+pub use rebuild::{rebuild_cache, RebuildReport};
 pub use report::{Action, Finding, FindingKind, Report};
 
 /// Why a run stopped early.
@@ -31,6 +33,9 @@ pub enum ReconcileError {
     /// A repair or a cache read failed.
     #[error("{0}")]
     Service(#[from] ServiceError),
+    /// Rebuilding needs the SCIM id in the directory.
+    #[error("rebuilding the cache needs users.id_attribute and groups.id_attribute (the SCIM id in the directory)")]
+    NoIdAttribute,
 }
 
 impl From<crate::store::StoreError> for ReconcileError {

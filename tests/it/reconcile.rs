@@ -238,3 +238,83 @@ async fn the_daemon_repairs_drift_at_start_up() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let boss = server
+        .post(
+            "/Users",
+            with_password(user_body("boss", "Big", "Boss"), "Boss-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let mut worker_body = user_body("worker", "Hard", "Worker");
+    worker_body["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"] =
+        json!({"manager": {"value": boss["id"]}, "department": "Ops"});
+    let worker = server.post("/Users", worker_body).await.expect(201);
+    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    server
+        .patch(&format!("/Users/{}", boss["id"].as_str().unwrap()), off)
+        .await
+        .expect(200);
+    let group = server
+        .post("/Groups", json!({"displayName": "crew", "members": [{"value": boss["id"]}, {"value": worker["id"]}]}))
+        .await
+        .expect(201);
+    server.stop_daemon().await;
+    let cache = server.config_path.with_file_name("cache.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = cache.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(path));
+    }
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+        .args(["reconcile", "--rebuild-cache", "--json", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rebuilt: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        rebuilt,
+        json!({"users": 2, "groups": 1, "memberships": 2, "skipped": 0})
+    );
+
+    server.launch().await;
+    let worker_now = server
+        .get(&format!("/Users/{}", worker["id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(worker_now["userName"], "worker");
+    assert_eq!(worker_now["name"]["givenName"], "Hard");
+    let enterprise = &worker_now["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"];
+    assert_eq!(enterprise["manager"]["value"], boss["id"]);
+    assert_eq!(enterprise["department"], "Ops");
+    let boss_now = server
+        .get(&format!("/Users/{}", boss["id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(boss_now["active"], false);
+    let crew = server
+        .get(&format!("/Groups/{}", group["id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(crew["members"].as_array().unwrap().len(), 2);
+    // The IdP carries on with its ids: reactivate the boss.
+    let on = json!({"Operations": [{"op": "replace", "path": "active", "value": true}]});
+    server
+        .patch(&format!("/Users/{}", boss["id"].as_str().unwrap()), on)
+        .await
+        .expect(200);
+    assert!(server.can_bind(&server.user_dn("boss"), "Boss-Pass-1"));
+    // And the rebuilt cache agrees with the directory.
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+}
