@@ -128,7 +128,7 @@ pub async fn rebuild_cache(
                 crate::mapping::set_path(
                     doc,
                     &path,
-                    &[manager.id.clone()],
+                    std::slice::from_ref(&manager.id),
                     service.discovery().user_schema(),
                 );
             }
