@@ -155,7 +155,9 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
         scim2ldap::demo::config_toml(slapd, listen, &token.hash_line, &dir.join("cache.db"));
     // Production-like settings: 8 connections, and a timeout long enough for a 1000-member
     // modify on a busy two-core machine.
-    let config = config.replace("pool_size = 4", "pool_size = 8").replace("timeout = \"5s\"", "timeout = \"30s\"");
+    let config = config
+        .replace("pool_size = 4", "pool_size = 8")
+        .replace("timeout = \"5s\"", "timeout = \"30s\"");
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
@@ -525,7 +527,9 @@ async fn main() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     println!(
         "reconcile (dry run) of {} entries: {:.1} s, peak RSS {reconcile_peak:.1} MiB, drifted {}",
-        report["scanned"], reconcile_time.as_secs_f64(), report["drifted"]
+        report["scanned"],
+        reconcile_time.as_secs_f64(),
+        report["drifted"]
     );
 
     // Large group against small group.
@@ -643,11 +647,22 @@ async fn main() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    while !client.get(format!("{root}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(restart_started.elapsed() < Duration::from_secs(60), "restart did not become ready");
+    while !client
+        .get(format!("{root}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            restart_started.elapsed() < Duration::from_secs(60),
+            "restart did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("start-up to ready with {n_users} users cached: {:.0} ms", restart_started.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "start-up to ready with {n_users} users cached: {:.0} ms",
+        restart_started.elapsed().as_secs_f64() * 1000.0
+    );
     let _ = restarted.kill();
     let _ = restarted.wait();
 

@@ -383,6 +383,13 @@ impl Config {
         let ldap = validate_ldap(raw.ldap, flavor, secrets, &mut problems);
         let users = crate::mapping::UserMapping::from_raw(raw.users, flavor, &mut problems);
         let groups = crate::mapping::GroupMapping::from_raw(raw.groups, &mut problems);
+        if let (Some(users), Some(groups)) = (&users, &groups) {
+            if groups.class == crate::mapping::GroupClass::PosixGroup && users.posix.is_none() {
+                problems.push(
+                    "`groups.object_class = \"posixGroup\"` lists members by uid and needs `users.posix = true`",
+                );
+            }
+        }
         let cache = CacheConfig {
             path: raw
                 .cache

@@ -44,6 +44,18 @@ pub struct RawUserMapping {
     pub deactivate_value: Option<String>,
     /// `disabled_base_dn`: where `deactivate = "move"` puts disabled entries.
     pub disabled_base_dn: Option<String>,
+    /// `posix`, default false: add `posixAccount` with a stable `uidNumber` from a range.
+    pub posix: Option<bool>,
+    /// `uid_number_min`/`uid_number_max`, default 10000..59999.
+    pub uid_number_min: Option<u32>,
+    /// Upper end of the uidNumber range.
+    pub uid_number_max: Option<u32>,
+    /// `gid_number`, default 10000: every user's primary group.
+    pub gid_number: Option<u32>,
+    /// `home_directory`, default `/home/{userName}` (a template).
+    pub home_directory: Option<String>,
+    /// `login_shell`, default `/bin/bash`.
+    pub login_shell: Option<String>,
     /// `[users.attributes]`: LDAP attribute = SCIM source; merged over the defaults.
     pub attributes: Option<BTreeMap<String, RawSource>>,
 }

@@ -122,6 +122,44 @@ pub struct UserMapping {
     pub on_disable_groups: OnDisableGroups,
     /// Deactivation strategy.
     pub deactivate: Deactivate,
+    /// POSIX attributes (`posixAccount`), when enabled.
+    pub posix: Option<PosixAccount>,
+}
+
+/// `posixAccount` settings: `uidNumber` comes from a range and never changes once allocated.
+#[derive(Debug, Clone)]
+pub struct PosixAccount {
+    /// Lowest `uidNumber` handed out.
+    pub uid_number_min: i64,
+    /// Highest `uidNumber` handed out.
+    pub uid_number_max: i64,
+    /// `gidNumber` of every user's primary group.
+    pub gid_number: i64,
+    /// `homeDirectory`, a template over the resource.
+    pub home_directory: Source,
+    /// `loginShell`.
+    pub login_shell: String,
+}
+
+/// Who a projection is for: the SCIM id and, with POSIX attributes, the allocated number.
+#[derive(Debug, Clone, Copy)]
+pub struct Ident<'a> {
+    /// SCIM id.
+    pub id: &'a str,
+    /// `uidNumber` / `gidNumber`, when allocated.
+    pub posix_id: Option<i64>,
+}
+
+impl<'a> From<&'a str> for Ident<'a> {
+    fn from(id: &'a str) -> Ident<'a> {
+        Ident { id, posix_id: None }
+    }
+}
+
+impl<'a> From<&'a String> for Ident<'a> {
+    fn from(id: &'a String) -> Ident<'a> {
+        Ident { id, posix_id: None }
+    }
 }
 
 /// Group object class, which decides the member attribute and its values.
@@ -177,6 +215,8 @@ pub struct GroupMapping {
     pub placeholder_member: String,
     /// Mapping rules besides the RDN and members.
     pub rules: Vec<AttrRule>,
+    /// `gidNumber` range for `posixGroup`.
+    pub gid_number_range: (i64, i64),
 }
 
 /// The entry a resource should be: its DN and attribute values (objectClass included).
@@ -352,7 +392,48 @@ impl UserMapping {
             &rdn_attribute,
             problems,
         );
+        let posix = if raw.posix.unwrap_or(false) {
+            let (uid_number_min, uid_number_max) = (
+                raw.uid_number_min.unwrap_or(10_000),
+                raw.uid_number_max.unwrap_or(59_999),
+            );
+            if uid_number_min > uid_number_max {
+                problems.push("`users.uid_number_min` is above `users.uid_number_max`");
+            }
+            let home = raw
+                .home_directory
+                .unwrap_or_else(|| "/home/{userName}".to_string());
+            let home_directory = match parse_source(&home) {
+                Ok(source) => Some(source),
+                Err(err) => {
+                    problems.push(format!("`users.home_directory`: {err}"));
+                    None
+                }
+            };
+            home_directory.map(|home_directory| PosixAccount {
+                uid_number_min: i64::from(uid_number_min),
+                uid_number_max: i64::from(uid_number_max),
+                gid_number: i64::from(raw.gid_number.unwrap_or(10_000)),
+                home_directory,
+                login_shell: raw.login_shell.unwrap_or_else(|| "/bin/bash".to_string()),
+            })
+        } else {
+            None
+        };
+        let object_classes = match &posix {
+            Some(_)
+                if !object_classes
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case("posixAccount")) =>
+            {
+                let mut classes = object_classes;
+                classes.push("posixAccount".to_string());
+                classes
+            }
+            _ => object_classes,
+        };
         Some(UserMapping {
+            posix,
             base_dn: base_dn?,
             object_classes,
             rdn_attribute,
@@ -374,6 +455,11 @@ impl UserMapping {
             .collect();
         attrs.push(self.rdn_attribute.clone());
         attrs.extend(self.id_attribute.clone());
+        if self.posix.is_some() {
+            attrs.extend(
+                ["uidNumber", "gidNumber", "homeDirectory", "loginShell"].map(String::from),
+            );
+        }
         match &self.deactivate {
             Deactivate::PpolicyLock => attrs.push(PPOLICY_LOCK_ATTR.to_string()),
             Deactivate::NsAccountLock => attrs.push("nsAccountLock".to_string()),
@@ -406,14 +492,17 @@ impl UserMapping {
         escape::child_dn(&self.rdn_attribute, user_name, parent)
     }
 
-    /// The entry `resource` should be. `id` is the SCIM id; `dns` resolves `dn:` references.
-    pub fn project(
+    /// The entry `resource` should be. `ident` names the SCIM id (and the allocated
+    /// `uidNumber`); `dns` resolves `dn:` references.
+    pub fn project<'a>(
         &self,
-        id: &str,
+        ident: impl Into<Ident<'a>>,
         resource: &Value,
         schema: &ResourceSchema,
         dns: &HashMap<String, String>,
     ) -> Projection {
+        let ident = ident.into();
+        let id = ident.id;
         let user_name = resource
             .get("userName")
             .and_then(Value::as_str)
@@ -428,6 +517,18 @@ impl UserMapping {
         attrs.insert(self.rdn_attribute.clone(), vec![user_name.to_string()]);
         if let Some(id_attr) = &self.id_attribute {
             attrs.insert(id_attr.clone(), vec![id.to_string()]);
+        }
+        if let Some(posix) = &self.posix {
+            attrs.insert(
+                "uidNumber".to_string(),
+                ident.posix_id.map(|n| n.to_string()).into_iter().collect(),
+            );
+            attrs.insert("gidNumber".to_string(), vec![posix.gid_number.to_string()]);
+            attrs.insert(
+                "homeDirectory".to_string(),
+                source_values(&posix.home_directory, resource, schema, dns),
+            );
+            attrs.insert("loginShell".to_string(), vec![posix.login_shell.clone()]);
         }
         match &self.deactivate {
             Deactivate::PpolicyLock => {
@@ -497,7 +598,15 @@ impl GroupMapping {
             &rdn_attribute,
             problems,
         );
+        let gid_number_range = (
+            i64::from(raw.gid_number_min.unwrap_or(10_000)),
+            i64::from(raw.gid_number_max.unwrap_or(59_999)),
+        );
+        if gid_number_range.0 > gid_number_range.1 {
+            problems.push("`groups.gid_number_min` is above `groups.gid_number_max`");
+        }
         Some(GroupMapping {
+            gid_number_range,
             base_dn: base_dn?,
             class: class?,
             extra_object_classes,
@@ -521,7 +630,14 @@ impl GroupMapping {
     }
 
     /// The entry `resource` should be, without its members (they are written one by one).
-    pub fn project(&self, id: &str, resource: &Value, schema: &ResourceSchema) -> Projection {
+    pub fn project<'a>(
+        &self,
+        ident: impl Into<Ident<'a>>,
+        resource: &Value,
+        schema: &ResourceSchema,
+    ) -> Projection {
+        let ident = ident.into();
+        let id = ident.id;
         let display_name = resource
             .get("displayName")
             .and_then(Value::as_str)
@@ -532,6 +648,12 @@ impl GroupMapping {
         attrs.insert(self.rdn_attribute.clone(), vec![display_name.to_string()]);
         if let Some(id_attr) = &self.id_attribute {
             attrs.insert(id_attr.clone(), vec![id.to_string()]);
+        }
+        if self.class == GroupClass::PosixGroup {
+            attrs.insert(
+                "gidNumber".to_string(),
+                ident.posix_id.map(|n| n.to_string()).into_iter().collect(),
+            );
         }
         Projection {
             dn: self.dn(display_name),
@@ -549,6 +671,9 @@ impl GroupMapping {
         attrs.push(self.rdn_attribute.clone());
         attrs.push(self.class.member_attribute().to_string());
         attrs.extend(self.id_attribute.clone());
+        if self.class == GroupClass::PosixGroup {
+            attrs.push("gidNumber".to_string());
+        }
         (self.object_classes(), attrs)
     }
 }

@@ -103,6 +103,7 @@ pub async fn rebuild_cache(
                         external_id: None,
                         dn: entry.dn.clone(),
                         entry_uuid: entry.first(&entry_id_attr).map(str::to_string),
+                        posix_id: entry.first("uidNumber").and_then(|n| n.parse().ok()),
                         version: 1,
                         created: now.clone(),
                         last_modified: now.clone(),
@@ -148,6 +149,7 @@ pub async fn rebuild_cache(
         group_id_attr.clone(),
         member_attr.clone(),
         entry_id_attr.clone(),
+        "gidNumber".to_string(),
     ];
     let mut stream = service
         .directory()
@@ -199,6 +201,7 @@ pub async fn rebuild_cache(
                     external_id: None,
                     dn: entry.dn.clone(),
                     entry_uuid: entry.first(&entry_id_attr).map(str::to_string),
+                    posix_id: entry.first("gidNumber").and_then(|n| n.parse().ok()),
                     version: 1,
                     created: now.clone(),
                     last_modified: now.clone(),

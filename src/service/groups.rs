@@ -36,7 +36,14 @@ impl Service {
             .await?;
         let members = self.resolve_members(&member_ids).await?;
         let id = uuid::Uuid::new_v4().to_string();
-        let projection = self.config.groups.project(&id, &group_doc, schema);
+        let posix_range = (self.config.groups.class == crate::mapping::GroupClass::PosixGroup)
+            .then_some(self.config.groups.gid_number_range);
+        let (_alloc_lock, posix_id) = self.allocate_posix_id(Kind::Group, posix_range).await?;
+        let projection = self.config.groups.project(
+            crate::mapping::Ident { id: &id, posix_id },
+            &group_doc,
+            schema,
+        );
         let mut attrs = projection.to_add_attrs();
         let member_values: Vec<String> =
             if members.is_empty() && self.config.groups.class.needs_placeholder() {
@@ -67,6 +74,7 @@ impl Service {
             external_id: external_id_of(&group_doc),
             dn: projection.dn,
             entry_uuid: None,
+            posix_id,
             version: 1,
             created: created.clone(),
             last_modified: created,
@@ -217,8 +225,14 @@ impl Service {
         if new_doc == old.doc && adds.is_empty() && to_remove.is_empty() {
             return Ok(old);
         }
-        let old_projection = self.config.groups.project(&old.id, &old.doc, schema);
-        let new_projection = self.config.groups.project(&old.id, &new_doc, schema);
+        let old_projection =
+            self.config
+                .groups
+                .project(super::users::ident(&old), &old.doc, schema);
+        let new_projection =
+            self.config
+                .groups
+                .project(super::users::ident(&old), &new_doc, schema);
         let mut plan = Plan::new();
         push_rename(&mut plan, &old.dn, &new_projection.dn);
         push_modify(

@@ -410,6 +410,31 @@ impl Service {
         Ok(Some(guard))
     }
 
+    /// Takes the POSIX number lock of `kind` and the next free number in `range`; `(None, None)`
+    /// without a range. Hold the lock until the new resource is committed.
+    async fn allocate_posix_id(
+        &self,
+        kind: Kind,
+        range: Option<(i64, i64)>,
+    ) -> Result<(Option<locks::KeyGuard<'_>>, Option<i64>), ServiceError> {
+        let Some((min, max)) = range else {
+            return Ok((None, None));
+        };
+        let guard = self.locks.lock(format!("posix:{}", kind.as_str())).await;
+        match self.store.next_posix_id(kind, min, max).await? {
+            Some(next) => Ok((Some(guard), Some(next))),
+            None => {
+                tracing::error!(
+                    kind = kind.as_str(),
+                    min,
+                    max,
+                    "POSIX number range used up; widen it in the config"
+                );
+                Err(ServiceError::Scim(ScimError::internal()))
+            }
+        }
+    }
+
     async fn load(&self, kind: Kind, id: &str) -> Result<StoredResource, ServiceError> {
         self.store
             .get(kind, id)

@@ -30,14 +30,14 @@ impl Service {
             Kind::User => {
                 let dns = self.resolve_refs(&resource.doc).await?;
                 self.config.users.project(
-                    &resource.id,
+                    super::users::ident(resource),
                     &resource.doc,
                     self.discovery.user_schema(),
                     &dns,
                 )
             }
             Kind::Group => self.config.groups.project(
-                &resource.id,
+                super::users::ident(resource),
                 &resource.doc,
                 self.discovery.group_schema(),
             ),

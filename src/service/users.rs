@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
 use super::{check_if_match, now, Conditions, Service, ServiceError};
-use crate::mapping::{diff, parent_dn, rdn, OnDelete, OnDisableGroups, OnExisting, Projection};
+use crate::mapping::{
+    diff, parent_dn, rdn, Ident, OnDelete, OnDisableGroups, OnExisting, Projection,
+};
 use crate::scim::patch::PatchRequest;
 use crate::scim::validate::validate_resource;
 use crate::store::{Kind, StoredResource};
@@ -35,7 +37,18 @@ impl Service {
         let id = uuid::Uuid::new_v4().to_string();
         let created = now();
         let dns = self.resolve_refs(&validated.doc).await?;
-        let projection = self.config.users.project(&id, &validated.doc, schema, &dns);
+        let posix_range = self
+            .config
+            .users
+            .posix
+            .as_ref()
+            .map(|posix| (posix.uid_number_min, posix.uid_number_max));
+        let (_alloc_lock, posix_id) = self.allocate_posix_id(Kind::User, posix_range).await?;
+        let ident = Ident { id: &id, posix_id };
+        let projection = self
+            .config
+            .users
+            .project(ident, &validated.doc, schema, &dns);
         let mut plan = Plan::new();
         plan.ops.push(DirOp::Add {
             dn: projection.dn.clone(),
@@ -49,6 +62,7 @@ impl Service {
             external_id: external_id_of(&validated.doc),
             dn: projection.dn.clone(),
             entry_uuid: None,
+            posix_id,
             version: 1,
             created: created.clone(),
             last_modified: created,
@@ -129,11 +143,11 @@ impl Service {
         let old_projection = self
             .config
             .users
-            .project(&old.id, &old.doc, schema, &old_dns);
+            .project(ident(&old), &old.doc, schema, &old_dns);
         let new_projection = self
             .config
             .users
-            .project(&old.id, &new_doc, schema, &new_dns);
+            .project(ident(&old), &new_doc, schema, &new_dns);
         let mut plan = Plan::new();
         let current_dn = old.dn.clone();
         push_rename(&mut plan, &current_dn, &new_projection.dn);
@@ -195,7 +209,10 @@ impl Service {
             OnDelete::Disable => {
                 let schema = self.discovery.user_schema();
                 let dns = self.resolve_refs(&old.doc).await?;
-                let old_projection = self.config.users.project(&old.id, &old.doc, schema, &dns);
+                let old_projection = self
+                    .config
+                    .users
+                    .project(ident(&old), &old.doc, schema, &dns);
                 let mut disabled_doc = old.doc.clone();
                 if let Some(object) = disabled_doc.as_object_mut() {
                     object.insert("active".to_string(), Value::Bool(false));
@@ -203,7 +220,7 @@ impl Service {
                 let new_projection =
                     self.config
                         .users
-                        .project(&old.id, &disabled_doc, schema, &dns);
+                        .project(ident(&old), &disabled_doc, schema, &dns);
                 push_rename(&mut plan, &old.dn, &new_projection.dn);
                 push_modify(
                     &mut plan,
@@ -330,6 +347,14 @@ impl Service {
                 tracing::info!(attribute = %name, "attribute not in the schema; ignored (map it in the config to keep it)");
             }
         }
+    }
+}
+
+/// Who a cached resource's projection is for.
+pub(crate) fn ident(resource: &StoredResource) -> Ident<'_> {
+    Ident {
+        id: &resource.id,
+        posix_id: resource.posix_id,
     }
 }
 

@@ -93,6 +93,8 @@ pub struct StoredResource {
     pub dn: String,
     /// The directory's own id of the entry (`entryUUID`), when known.
     pub entry_uuid: Option<String>,
+    /// The allocated `uidNumber` / `gidNumber`, with POSIX attributes on.
+    pub posix_id: Option<i64>,
     /// Incremented on every change; the ETag is derived from it.
     pub version: i64,
     /// RFC 3339 creation time.
@@ -113,6 +115,7 @@ impl StoredResource {
             external_id: None,
             dn: String::new(),
             entry_uuid: None,
+            posix_id: None,
             version: 0,
             created: String::new(),
             last_modified: String::new(),
@@ -494,6 +497,24 @@ impl Store {
         .await
     }
 
+    /// The next free POSIX number of `kind` in `min..=max` (one above the highest in use);
+    /// `None` when the range is used up. The caller serializes allocations of a kind.
+    pub async fn next_posix_id(
+        &self,
+        kind: Kind,
+        min: i64,
+        max: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            let highest: Option<i64> = conn
+                .prepare_cached("SELECT max(posix_id) FROM resources WHERE kind = ?1 AND posix_id BETWEEN ?2 AND ?3")?
+                .query_row(params![kind.as_str(), min, max], |row| row.get(0))?;
+            let next = highest.map_or(min, |n| n + 1);
+            Ok((next <= max).then_some(next))
+        })
+        .await
+    }
+
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| {
@@ -516,6 +537,7 @@ struct RawRow {
     external_id: Option<String>,
     dn: String,
     entry_uuid: Option<String>,
+    posix_id: Option<i64>,
     version: i64,
     created: String,
     last_modified: String,
@@ -530,6 +552,7 @@ fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         external_id: row.get("external_id")?,
         dn: row.get("dn")?,
         entry_uuid: row.get("entry_uuid")?,
+        posix_id: row.get("posix_id")?,
         version: row.get("version")?,
         created: row.get("created")?,
         last_modified: row.get("last_modified")?,
@@ -554,6 +577,7 @@ impl RawRow {
             external_id: self.external_id,
             dn: self.dn,
             entry_uuid: self.entry_uuid,
+            posix_id: self.posix_id,
             version: self.version,
             created: self.created,
             last_modified: self.last_modified,
@@ -689,8 +713,8 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(resource) = &commit.upsert {
         let doc = resource.doc.to_string();
         let result = conn.prepare_cached(
-            "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc, dn_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+            "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc, dn_key, posix_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, name_key = excluded.name_key, \
              external_id = excluded.external_id, dn = excluded.dn, dn_key = excluded.dn_key, entry_uuid = excluded.entry_uuid, \
              version = excluded.version, last_modified = excluded.last_modified, doc = excluded.doc",
@@ -706,7 +730,8 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
                 resource.created,
                 resource.last_modified,
                 doc,
-                dn_key(&resource.dn)
+                dn_key(&resource.dn),
+                resource.posix_id
             ]);
         if let Err(rusqlite::Error::SqliteFailure(err, _)) = &result {
             if err.code == rusqlite::ErrorCode::ConstraintViolation {

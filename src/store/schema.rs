@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS resources (
     dn TEXT NOT NULL,
     dn_key TEXT NOT NULL,
     entry_uuid TEXT,
+    posix_id INTEGER,
     version INTEGER NOT NULL,
     created TEXT NOT NULL,
     last_modified TEXT NOT NULL,
@@ -25,6 +26,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS resources_name ON resources (kind, name_key);
 CREATE INDEX IF NOT EXISTS resources_external_id ON resources (kind, external_id);
 CREATE INDEX IF NOT EXISTS resources_dn ON resources (dn_key);
 CREATE INDEX IF NOT EXISTS resources_entry_uuid ON resources (entry_uuid);
+CREATE UNIQUE INDEX IF NOT EXISTS resources_posix_id ON resources (kind, posix_id);
 CREATE TABLE IF NOT EXISTS members (
     group_id TEXT NOT NULL,
     member_id TEXT NOT NULL,

@@ -332,3 +332,91 @@ async fn adding_a_member_the_directory_already_has_counts_as_done() {
     let group = server.get(&format!("/Groups/{gid}")).await.expect(200);
     assert_eq!(group["members"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posix_groups_list_members_by_uid_with_stable_numbers() {
+    let server = TestServer::start_with(|text| {
+        *text = text
+            .replace("[users]\n", "[users]\nposix = true\nuid_number_min = 20000\nuid_number_max = 20001\ngid_number = 5000\n")
+            .replace("[groups]\n", "[groups]\nobject_class = \"posixGroup\"\ngid_number_min = 7000\ngid_number_max = 7999\n");
+    })
+    .await;
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    let ann_entry = server.entry(&server.user_dn("ann")).unwrap();
+    assert_eq!(values(&ann_entry, "uidNumber"), ["20000"]);
+    assert_eq!(values(&ann_entry, "gidNumber"), ["5000"]);
+    assert_eq!(values(&ann_entry, "homeDirectory"), ["/home/ann"]);
+    assert_eq!(
+        values(&server.entry(&server.user_dn("ben")).unwrap(), "uidNumber"),
+        ["20001"]
+    );
+    // The range is used up: a third user is refused and nothing is written.
+    server
+        .post("/Users", user_body("cid", "cid", "Member"))
+        .await
+        .expect(500);
+    assert!(server.entry(&server.user_dn("cid")).is_none());
+
+    let group = server
+        .post(
+            "/Groups",
+            json!({"displayName": "devs", "members": [{"value": ann}]}),
+        )
+        .await
+        .expect(201);
+    let gid = group["id"].as_str().unwrap();
+    let entry = server.entry(&server.group_dn("devs")).unwrap();
+    assert_eq!(values(&entry, "gidNumber"), ["7000"]);
+    assert_eq!(values(&entry, "memberUid"), ["ann"]);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "add", "path": "members", "value": [{"value": ben}]}])),
+        )
+        .await
+        .expect(204);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": format!("members[value eq \"{ann}\"]")}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        values(
+            &server.entry(&server.group_dn("devs")).unwrap(),
+            "memberUid"
+        ),
+        ["ben"]
+    );
+    // A rename keeps the number and follows in memberUid.
+    server
+        .patch(
+            &format!("/Users/{ben}"),
+            ops(json!([{"op": "replace", "path": "userName", "value": "benny"}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        values(
+            &server.entry(&server.user_dn("benny")).unwrap(),
+            "uidNumber"
+        ),
+        ["20001"]
+    );
+    assert_eq!(
+        values(
+            &server.entry(&server.group_dn("devs")).unwrap(),
+            "memberUid"
+        ),
+        ["benny"]
+    );
+    assert_eq!(
+        values(
+            &server.entry(&server.group_dn("devs")).unwrap(),
+            "gidNumber"
+        ),
+        ["7000"]
+    );
+}
