@@ -10,6 +10,7 @@ fn user(id: &str, name: &str) -> StoredResource {
         external_id: Some(format!("ext-{id}")),
         dn: format!("uid={name},ou=people"),
         entry_uuid: None,
+        posix_id: None,
         version: 1,
         created: "2024-01-01T00:00:00Z".to_string(),
         last_modified: "2024-01-01T00:00:00Z".to_string(),
