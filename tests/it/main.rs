@@ -8,5 +8,6 @@ mod conformance;
 mod foundation;
 mod groups;
 mod idp;
+mod ops;
 mod support;
 mod users;
