@@ -759,6 +759,7 @@ fn the_install_script_puts_every_file_in_place_with_its_mode() {
         ("usr/share/doc/scim2ldap/config.example.toml", 0o644),
         ("etc/scim2ldap", 0o750),
         ("etc/scim2ldap/config.toml", 0o640),
+        ("etc/scim2ldap/bearer_tokens", 0o600),
     ] {
         let meta =
             std::fs::metadata(root.path().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"));
@@ -782,4 +783,23 @@ fn the_install_script_puts_every_file_in_place_with_its_mode() {
         std::fs::read_to_string(root.path().join("etc/scim2ldap/config.toml")).unwrap(),
         "# edited\n"
     );
+}
+
+#[test]
+fn the_example_config_names_only_known_keys_and_loads_once_secrets_are_given() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.example.toml");
+    let env: std::collections::BTreeMap<String, String> = [
+        (
+            "SCIM2LDAP__AUTH__TOKENS__OKTA",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        ("SCIM2LDAP__LDAP__BIND_PASSWORD", "example-bind-password"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let raw = scim2ldap::config::load_raw(&path, Some(env)).expect("only known keys");
+    let config = scim2ldap::config::Config::from_raw(raw, &Default::default()).expect("valid");
+    assert_eq!(&*config.auth.tokens[0].name, "okta");
+    assert!(config.server.rate_limit.is_some());
 }
