@@ -251,7 +251,9 @@ pub(crate) async fn dispatch(
             if err.status >= 500 {
                 tracing::warn!(status = err.status, detail = %err.detail, "request failed");
             } else {
-                tracing::debug!(status = err.status, detail = %err.detail, "request refused");
+                // A refusal's detail may quote a value the client sent (a taken userName).
+                tracing::debug!(status = err.status, scim_type = ?err.scim_type, "request refused");
+                tracing::trace!(detail = %err.detail, "refusal detail");
             }
             Reply::error(err)
         }

@@ -336,7 +336,8 @@ async fn apply_ops(
                 match directory.add_returning(dn, attrs, id_attr).await {
                     Ok(id) => entry_uuid = id,
                     Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
-                        tracing::info!(dn = %dn, "entry exists; adopting it");
+                        tracing::info!("entry exists; adopting it");
+                        tracing::trace!(dn = %dn, "adopted entry");
                         let mods: Vec<Mod> = attrs
                             .iter()
                             .map(|(attr, values)| {
