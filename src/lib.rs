@@ -188,6 +188,8 @@ pub async fn run_with(
             "serving SCIM"
         );
     }
+    // The accept loop starts right below; count it alive from READY on.
+    control.beat_loop();
     ready();
     let options = http::ServeOptions {
         tls: control.tls().cloned(),

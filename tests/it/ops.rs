@@ -15,7 +15,7 @@ use crate::support::{user_body, TestServer};
 
 /// A daemon run in-process through `run_with`, so the test holds its `Control`.
 struct Daemon {
-    _slapd: Slapd,
+    slapd: Slapd,
     dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
     config_path: PathBuf,
@@ -56,7 +56,7 @@ impl Daemon {
         ));
         ready_receive.await.expect("daemon becomes ready");
         Daemon {
-            _slapd: slapd,
+            slapd,
             dir,
             addr,
             config_path,
@@ -473,6 +473,35 @@ async fn metrics_listen_serves_metrics_without_a_token() {
         .await
         .unwrap();
     assert_eq!(main.status().as_u16(), 401);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_health_follows_the_accept_loop_and_the_directory() {
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), |text| text).await;
+    // Pings run every 5 s; 8 s of silence means the directory stopped answering.
+    let max_age = Duration::from_secs(8);
+    assert_eq!(daemon.control.health(max_age), Ok(()));
+    daemon.slapd.stop().unwrap();
+    let mut health = Ok(());
+    for _ in 0..150 {
+        health = daemon.control.health(max_age);
+        if health.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health, Err("the directory has not answered a ping"));
+    daemon.slapd.restart().unwrap();
+    let mut health = Err("");
+    for _ in 0..150 {
+        health = daemon.control.health(max_age);
+        if health.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health, Ok(()));
     daemon.stop().await;
 }
 
