@@ -85,13 +85,36 @@ pub struct RawServer {
     /// `shutdown_timeout`, default `30s`: how long in-flight requests may drain on SIGTERM.
     /// Env `SCIM2LDAP__SERVER__SHUTDOWN_TIMEOUT`.
     pub shutdown_timeout: Option<String>,
+    /// `tls_cert_file`, default none: PEM certificate chain; with `tls_key_file` the listener
+    /// speaks HTTPS (TLS 1.2 and 1.3). Without both, the systemd credentials `tls_cert` and
+    /// `tls_key` are used when present. Re-read on SIGHUP. Env `SCIM2LDAP__SERVER__TLS_CERT_FILE`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// `tls_key_file`, default none: PEM private key (PKCS#8, PKCS#1 or SEC1) of
+    /// `tls_cert_file`. Env `SCIM2LDAP__SERVER__TLS_KEY_FILE`.
+    pub tls_key_file: Option<PathBuf>,
+    /// `metrics_listen`, default none: a second address:port serving `/metrics` without
+    /// authentication (keep it private). `/metrics` on `listen` always needs a bearer token.
+    /// Env `SCIM2LDAP__SERVER__METRICS_LISTEN`.
+    pub metrics_listen: Option<String>,
+    /// `rate_limit_per_second`, default 500: requests per second admitted (token bucket over
+    /// all clients); above it the reply is 429 with `Retry-After`. 0 disables the limit.
+    /// Env `SCIM2LDAP__SERVER__RATE_LIMIT_PER_SECOND`.
+    pub rate_limit_per_second: Option<u32>,
+    /// `rate_limit_burst`, default 1000: requests admitted at once above the steady rate.
+    /// Env `SCIM2LDAP__SERVER__RATE_LIMIT_BURST`.
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// `[auth]` keys.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAuth {
+    /// `[auth.tokens]`: named tokens, `name = "sha256:<hex>"` (or plaintext); the name is what
+    /// the audit log records as the caller. Names are letters, digits, `.`, `_`, `-`.
+    /// Env `SCIM2LDAP__AUTH__TOKENS__<NAME>`. Re-read on SIGHUP.
+    pub tokens: Option<BTreeMap<String, String>>,
     /// `bearer_tokens`: accepted tokens, as `sha256:<hex>` hashes or plaintext; several allow
-    /// rotation. Env `SCIM2LDAP__AUTH__BEARER_TOKENS` (comma-separated).
+    /// rotation. They are named `token-1`, `token-2`, ... in order (the file's and the
+    /// credential's lines follow). Env `SCIM2LDAP__AUTH__BEARER_TOKENS` (comma-separated).
     pub bearer_tokens: Option<Vec<String>>,
     /// `bearer_token_file`: a file with one token (hash or plaintext) per line.
     /// Env `SCIM2LDAP__AUTH__BEARER_TOKEN_FILE`. The systemd credential `bearer_tokens` is read too.
@@ -173,18 +196,52 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Drain time on shutdown.
     pub shutdown_timeout: Duration,
+    /// Certificate and key for HTTPS on `listen`; None serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Address of the unauthenticated metrics listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The request rate limit; None when disabled.
+    pub rate_limit: Option<RateLimit>,
 }
 
-/// Validated `[auth]`: SHA-256 hashes of the accepted tokens.
+/// Where the listener's certificate chain and private key are (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+}
+
+/// A token bucket: `per_second` requests on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Steady rate, at least 1.
+    pub per_second: u32,
+    /// Bucket size, at least 1.
+    pub burst: u32,
+}
+
+/// One accepted bearer token: its name (for the audit log) and the SHA-256 of the token.
+#[derive(Clone)]
+pub struct NamedToken {
+    /// `okta` from `[auth.tokens]`, or `token-<n>` for unnamed tokens.
+    pub name: std::sync::Arc<str>,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+}
+
+/// Validated `[auth]`: the accepted tokens, by name.
 #[derive(Clone)]
 pub struct AuthConfig {
-    /// Hashes of every accepted token.
-    pub token_hashes: Vec<[u8; 32]>,
+    /// Every accepted token.
+    pub tokens: Vec<NamedToken>,
 }
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AuthConfig {{ {} token(s) }}", self.token_hashes.len())
+        let names: Vec<&str> = self.tokens.iter().map(|token| &*token.name).collect();
+        write!(f, "AuthConfig {{ tokens: {names:?} }}")
     }
 }
 
@@ -377,7 +434,7 @@ impl Config {
     /// Validates `raw`, reading secret files; reports every problem at once.
     pub fn from_raw(raw: RawConfig, secrets: &SecretSources) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
-        let server = validate_server(raw.server, &mut problems);
+        let server = validate_server(raw.server, secrets, &mut problems);
         let auth = validate_auth(raw.auth, secrets, &mut problems);
         let flavor = parse_flavor(raw.ldap.flavor.as_deref(), &mut problems);
         let ldap = validate_ldap(raw.ldap, flavor, secrets, &mut problems);
@@ -427,7 +484,11 @@ impl Config {
     }
 }
 
-fn validate_server(raw: RawServer, problems: &mut Problems) -> Option<ServerConfig> {
+fn validate_server(
+    raw: RawServer,
+    secrets: &SecretSources,
+    problems: &mut Problems,
+) -> Option<ServerConfig> {
     let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = problems.check(
         "server.listen",
@@ -449,12 +510,85 @@ fn validate_server(raw: RawServer, problems: &mut Problems) -> Option<ServerConf
         "server.shutdown_timeout",
         parse_duration(raw.shutdown_timeout.as_deref().unwrap_or("30s")),
     );
+    let tls = validate_tls(raw.tls_cert_file, raw.tls_key_file, secrets, problems);
+    let metrics_listen = match raw.metrics_listen.as_deref() {
+        None | Some("") => Some(None),
+        Some(text) => problems
+            .check(
+                "server.metrics_listen",
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("`{text}` is not an address:port such as 127.0.0.1:9100")),
+            )
+            .map(Some),
+    };
+    if let (Some(Some(metrics)), Some(listen)) = (metrics_listen, listen) {
+        if metrics == listen && listen.port() != 0 {
+            problems.push("`server.metrics_listen` must differ from `server.listen`");
+        }
+    }
+    let rate_limit = match (
+        raw.rate_limit_per_second.unwrap_or(500),
+        raw.rate_limit_burst.unwrap_or(1000),
+    ) {
+        (0, _) => Some(None),
+        (_, 0) => {
+            problems.push("`server.rate_limit_burst` must be at least 1 (set `server.rate_limit_per_second = 0` to disable the limit)");
+            None
+        }
+        (per_second, burst) => Some(Some(RateLimit { per_second, burst })),
+    };
     Some(ServerConfig {
         listen: listen?,
         base_path: base_path?,
         max_body_bytes: max_body_bytes?,
         shutdown_timeout: shutdown_timeout?,
+        tls: tls?,
+        metrics_listen: metrics_listen?,
+        rate_limit: rate_limit?,
     })
+}
+
+/// The certificate and key from `tls_cert_file` / `tls_key_file`, else from the credentials
+/// `tls_cert` / `tls_key`; both are loaded once here so that a bad file is a config problem.
+fn validate_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    secrets: &SecretSources,
+    problems: &mut Problems,
+) -> Option<Option<TlsFiles>> {
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => TlsFiles { cert, key },
+        (Some(_), None) => {
+            problems.push("`server.tls_cert_file` is set without `server.tls_key_file`");
+            return None;
+        }
+        (None, Some(_)) => {
+            problems.push("`server.tls_key_file` is set without `server.tls_cert_file`");
+            return None;
+        }
+        (None, None) => match (
+            secrets.credential("tls_cert"),
+            secrets.credential("tls_key"),
+        ) {
+            (Some(cert), Some(key)) => TlsFiles { cert, key },
+            (None, None) => return Some(None),
+            _ => {
+                problems.push(
+                    "the systemd credentials `tls_cert` and `tls_key` must be given together",
+                );
+                return None;
+            }
+        },
+    };
+    match crate::tls::server_config(&files) {
+        Ok(_) => Some(Some(files)),
+        Err(err) => {
+            problems.push(format!(
+                "`server.tls_cert_file` / `server.tls_key_file`: {err}"
+            ));
+            None
+        }
+    }
 }
 
 fn normalize_base_path(base_path: &str) -> Result<String, String> {
@@ -473,11 +607,36 @@ fn validate_auth(
     secrets: &SecretSources,
     problems: &mut Problems,
 ) -> Option<AuthConfig> {
-    let mut tokens: Vec<SecretString> = raw
+    // (key for messages, name, token)
+    let mut tokens: Vec<(String, String, SecretString)> = Vec::new();
+    for (name, token) in raw.tokens.unwrap_or_default() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            problems.push(format!(
+                "`auth.tokens.{name}`: a token name is letters, digits, `.`, `_` and `-`"
+            ));
+            continue;
+        }
+        tokens.push((
+            format!("auth.tokens.{name}"),
+            name,
+            SecretString::from(token),
+        ));
+    }
+    let mut unnamed: Vec<(String, SecretString)> = raw
         .bearer_tokens
         .unwrap_or_default()
         .into_iter()
-        .map(SecretString::from)
+        .enumerate()
+        .map(|(idx, token)| {
+            (
+                format!("auth.bearer_tokens[{idx}]"),
+                SecretString::from(token),
+            )
+        })
         .collect();
     let mut files = Vec::new();
     if let Some(path) = raw.bearer_token_file {
@@ -487,31 +646,63 @@ fn validate_auth(
         files.push(("credential bearer_tokens", path));
     }
     for (key, path) in files {
-        match read_secret_file(&path) {
-            Ok(text) => tokens.extend(
+        // An empty file is no token (the unit's credential may be empty when the tokens are
+        // in `[auth.tokens]`); at least one token overall is still required below.
+        match std::fs::read_to_string(&path)
+            .map(SecretString::from)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))
+        {
+            Ok(text) => unnamed.extend(
                 text.expose_secret()
                     .lines()
                     .map(str::trim)
                     .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(|line| SecretString::from(line.to_string())),
+                    .enumerate()
+                    .map(|(idx, line)| {
+                        (
+                            format!("{key} line {}", idx + 1),
+                            SecretString::from(line.to_string()),
+                        )
+                    }),
             ),
             Err(err) => problems.push(format!("`{key}`: {err}")),
         }
     }
+    for (idx, (key, token)) in unnamed.into_iter().enumerate() {
+        tokens.push((key, format!("token-{}", idx + 1), token));
+    }
     if tokens.is_empty() {
         problems.push(
-            "`auth.bearer_tokens` is required: give at least one token (see `scim2ldap token new`)",
+            "`auth.bearer_tokens` is required: give at least one token in `auth.tokens` or `auth.bearer_tokens` (see `scim2ldap token new`)",
         );
         return None;
     }
-    let mut token_hashes = Vec::with_capacity(tokens.len());
-    for (idx, token) in tokens.iter().enumerate() {
-        match parse_token(token) {
-            Ok(hash) => token_hashes.push(hash),
-            Err(err) => problems.push(format!("`auth.bearer_tokens[{idx}]`: {err}")),
+    let mut named: Vec<NamedToken> = Vec::with_capacity(tokens.len());
+    for (key, name, token) in tokens {
+        let hash = match parse_token(&token) {
+            Ok(hash) => hash,
+            Err(err) => {
+                problems.push(format!("`{key}`: {err}"));
+                continue;
+            }
+        };
+        if named.iter().any(|other| *other.name == *name) {
+            problems.push(format!(
+                "`{key}`: the token name `{name}` is used twice (unnamed tokens are token-1, token-2, ...)"
+            ));
+        } else if let Some(other) = named.iter().find(|other| other.hash == hash) {
+            problems.push(format!(
+                "`{key}`: the same token is also configured as `{}`; give each token one name",
+                other.name
+            ));
+        } else {
+            named.push(NamedToken {
+                name: std::sync::Arc::from(name),
+                hash,
+            });
         }
     }
-    Some(AuthConfig { token_hashes })
+    Some(AuthConfig { tokens: named })
 }
 
 /// Minimum length of a plaintext token; shorter ones are guessable.

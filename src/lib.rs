@@ -25,8 +25,15 @@
 //!   serializes writes per resource.
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
 //!   repairs or reports drift and orphans, at start-up, on an interval and on demand.
-//! - [`http`]: warp filter, accept loop with graceful drain, routing, bearer auth, body limit,
-//!   request ids. A handler extracts, calls one service function, replies.
+//! - [`http`]: warp filter, accept loop with graceful drain (plain or TLS), routing, bearer auth,
+//!   rate limit, body limit, request ids. A handler extracts, calls one service function, replies.
+//! - [`tls`]: PEM files to a rustls server configuration (TLS 1.2+), swapped on reload.
+//! - [`control`]: what changes without a restart (tokens, certificate: SIGHUP) and the
+//!   heartbeats that feed the systemd watchdog.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`; `metrics::record_reconcile` is the
+//!   entry point for reconciliation results.
+//! - [`audit`]: one record per directory change on the tracing target `scim2ldap::audit`: who
+//!   (token name), what (resource, operation, attribute names), result; never values.
 //! - [`demo`]: a throwaway local OpenLDAP for `scim2ldap demo` and the integration tests.
 //!
 //! # Invariants
@@ -39,18 +46,25 @@
 //!   secrets: those go to the log under the request id, which every response carries in
 //!   `X-Request-Id`.
 //! - A password is never stored, logged or returned; `expose_secret()` appears only at the LDAP
-//!   bind and password change, and bearer tokens are only ever compared as hashes.
+//!   bind and password change, and bearer tokens are only ever compared as hashes. Logs name a
+//!   token by its configured name; attribute values appear at trace level at most.
 
+pub mod audit;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod directory;
 pub mod http;
 pub mod mapping;
+pub mod metrics;
 pub mod reconcile;
 pub mod scim;
 pub mod service;
 pub mod store;
+pub mod tls;
+
+pub use control::Control;
 
 use std::sync::Arc;
 
@@ -76,6 +90,9 @@ pub enum RunError {
     CacheBusy(std::path::PathBuf),
 }
 
+/// How often the directory is pinged for the watchdog's health check.
+const DIRECTORY_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves SCIM on `listener` until `shutdown` resolves, then drains in-flight requests.
 ///
 /// Before serving, unfinished writes from a previous run are replayed, so that no write is
@@ -83,6 +100,19 @@ pub enum RunError {
 pub async fn run(
     config: config::Config,
     listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    ready: impl FnOnce(),
+) -> Result<(), RunError> {
+    let control = Control::new(&config).map_err(|err| RunError::Startup(err.to_string()))?;
+    run_with(config, listener, control, shutdown, ready).await
+}
+
+/// As [`run`], with a [`Control`] made from `config` by the caller, through which it reloads
+/// tokens and certificate (SIGHUP) and reads the health for the systemd watchdog.
+pub async fn run_with(
+    config: config::Config,
+    listener: TcpListener,
+    control: Control,
     shutdown: impl std::future::Future<Output = ()> + Send,
     ready: impl FnOnce(),
 ) -> Result<(), RunError> {
@@ -114,31 +144,109 @@ pub async fn run(
             "finished writes left by the previous run"
         );
     }
+    control.beat_directory();
+    let (stop_send, stop_receive) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_receive = stop_receive.clone();
+        async move {
+            let _ = stop_receive.wait_for(|stop| *stop).await;
+        }
+    };
+    let metrics_server = match config.server.metrics_listen {
+        Some(address) => {
+            let metrics_listener = http::bind(address)
+                .await
+                .map_err(|err| RunError::Startup(format!("bind {address}: {err}")))?;
+            if let Ok(bound) = metrics_listener.local_addr() {
+                control.set_metrics_address(bound);
+                tracing::info!(address = %bound, "serving metrics without authentication");
+            }
+            Some(tokio::spawn(http::serve(
+                metrics_listener,
+                http::metrics_filter(service.clone()),
+                stopped(),
+                config.server.shutdown_timeout,
+                http::ServeOptions::default(),
+            )))
+        }
+        None => None,
+    };
+    let pinger = tokio::spawn(ping_directory(service.clone(), control.clone(), stopped()));
     let state = http::HttpState {
         service,
-        auth: Arc::new(http::Authenticator::new(&config.auth)),
+        control: control.clone(),
+        limiter: config
+            .server
+            .rate_limit
+            .map(|limit| Arc::new(http::RateLimiter::new(limit))),
         base_path: Arc::from(config.server.base_path.as_str()),
         max_body_bytes: config.server.max_body_bytes,
     };
     let reconcile_service = state.service.clone();
     let filter = http::filter(state);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, base_path = %config.server.base_path, "serving SCIM");
+        tracing::info!(
+            address = %addr,
+            base_path = %config.server.base_path,
+            tls = control.tls().is_some(),
+            "serving SCIM"
+        );
     }
     // Reconciliation runs beside serving (first right away), under the same resource locks.
-    let (stop_reconcile, reconcile_stopped) = tokio::sync::watch::channel(false);
     let reconciler = tokio::spawn(reconcile::periodic(
         reconcile_service,
         config.reconcile.clone(),
-        reconcile_stopped,
+        stop_send.subscribe(),
     ));
+    // The accept loop starts right below; count it alive from READY on.
+    control.beat_loop();
     ready();
-    http::serve(listener, filter, shutdown, config.server.shutdown_timeout).await;
-    let _ = stop_reconcile.send(true);
+    let options = http::ServeOptions {
+        tls: control.tls().cloned(),
+        heartbeat: Some(control.clone()),
+    };
+    let shutdown = async move {
+        shutdown.await;
+        control.set_stopping();
+        let _ = stop_send.send(true);
+    };
+    http::serve(
+        listener,
+        filter,
+        shutdown,
+        config.server.shutdown_timeout,
+        options,
+    )
+    .await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    let _ = pinger.await;
     if let Err(err) = reconciler.await {
         tracing::warn!(error = %err, "reconcile task ended abnormally");
     }
     Ok(())
+}
+
+/// Pings the directory every few seconds until `stopped`, beating `control` on each answer.
+async fn ping_directory(
+    service: Arc<service::Service>,
+    control: Control,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    let mut stopped = std::pin::pin!(stopped);
+    let mut interval = tokio::time::interval(DIRECTORY_PING_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = &mut stopped => return,
+        }
+        match service.directory().ping().await {
+            Ok(()) => control.beat_directory(),
+            Err(err) => tracing::warn!(error = %err, "directory ping failed"),
+        }
+    }
 }
 
 /// Opens the directory pool, the cache and the service for `config` (no connection yet).

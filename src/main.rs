@@ -120,29 +120,71 @@ fn serve(config_path: PathBuf) -> anyhow::Result<ExitCode> {
         let listener = scim2ldap::http::bind(config.server.listen)
             .await
             .with_context(|| format!("bind {}", config.server.listen))?;
-        let watchdog = watchdog_task();
-        let result = scim2ldap::run(config, listener, shutdown_signal(), || {
+        let control = scim2ldap::Control::new(&config).context("TLS certificate")?;
+        // Installed before READY: SIGHUP's default action would end the process.
+        let reloader = reload_on_sighup(control.clone(), config_path.clone())?;
+        let watchdog = watchdog_task(control.clone());
+        let shutdown = async {
+            shutdown_signal().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        };
+        let result = scim2ldap::run_with(config, listener, control, shutdown, || {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         })
         .await;
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
+        reloader.abort();
         result?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Pings systemd's watchdog at half its interval while the runtime is alive.
-fn watchdog_task() -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async {
+/// Re-reads the configuration on every SIGHUP: bearer tokens and the TLS certificate change in
+/// place; a bad file is logged and the running configuration stays.
+fn reload_on_sighup(
+    control: scim2ldap::Control,
+    config_path: PathBuf,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listen for SIGHUP")?;
+    Ok(tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading tokens and TLS certificate");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+            let _ = control.reload_file(&config_path);
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+    }))
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the accept loop and the
+/// directory have given a sign of life within the watchdog interval; otherwise systemd
+/// restarts the service once the interval passes without a ping.
+fn watchdog_task(control: scim2ldap::Control) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut usec = 0u64;
         if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
             return;
         }
-        let period = std::time::Duration::from_micros(usec / 2);
+        let timeout = std::time::Duration::from_micros(usec);
+        let mut was_healthy = true;
         loop {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(timeout / 2).await;
+            match control.health(timeout) {
+                Ok(()) => {
+                    if !was_healthy {
+                        tracing::info!("healthy again; watchdog pings resume");
+                    }
+                    was_healthy = true;
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                Err(reason) => {
+                    if was_healthy {
+                        tracing::error!(reason, "unhealthy; withholding watchdog pings");
+                    }
+                    was_healthy = false;
+                }
+            }
         }
     })
 }
@@ -278,21 +320,45 @@ fn demo(listen: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs to stderr: human-readable on a terminal, JSON when configured or under journald.
+/// Logs to stderr: human-readable (colored on a terminal), JSON when configured or when stderr
+/// is the journal (systemd sets `JOURNAL_STREAM` to the device and inode of that stream; a
+/// child that inherited the variable but writes elsewhere keeps text).
 fn init_tracing(log: &scim2ldap::config::LogConfig) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    if log.format == scim2ldap::config::LogFormat::Json || under_journald {
+    if log.format == scim2ldap::config::LogFormat::Json || stderr_is_journal() {
         builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
-        builder.init();
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
+}
+
+/// True when stderr is the stream `JOURNAL_STREAM` names (`<device>:<inode>`).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|text| text.split_once(':')) else {
+        return false;
+    };
+    let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
 }

@@ -121,7 +121,7 @@ fn environment_overrides_apply_and_misspelled_ones_are_refused() {
     let tokens = format!("{},{}", "a".repeat(20), "b".repeat(20));
     let config =
         load_text(GOOD, &[("SCIM2LDAP__AUTH__BEARER_TOKENS", tokens.as_str())]).expect("loads");
-    assert_eq!(config.auth.token_hashes.len(), 2);
+    assert_eq!(config.auth.tokens.len(), 2);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn secrets_come_from_files_and_credentials_and_never_show_in_debug() {
     };
     let config = Config::from_raw(raw, &secrets).expect("loads");
     assert_eq!(config.ldap.bind_password.expose_secret(), "from-credential");
-    assert_eq!(config.auth.token_hashes.len(), 2);
+    assert_eq!(config.auth.tokens.len(), 2);
     let shown = format!("{config:?}");
     assert!(
         !shown.contains("from-credential") && !shown.contains("ccccccccccccccccccccc"),
@@ -181,4 +181,76 @@ fn durations_and_base_paths_are_normalised() {
     );
     assert_eq!(normalize_base_path(""), Ok(String::new()));
     assert!(normalize_base_path("scim").is_err());
+}
+
+#[test]
+fn tokens_are_named_and_operations_keys_are_validated() {
+    let text = GOOD.replace(
+        "[auth]\n",
+        "[auth]\ntokens = { okta = \"sha256:1111111111111111111111111111111111111111111111111111111111111111\" }\n",
+    );
+    let config = load_text(&text, &[]).expect("loads");
+    let names: Vec<&str> = config.auth.tokens.iter().map(|t| &*t.name).collect();
+    assert_eq!(names, ["okta", "token-1"]);
+    assert_eq!(
+        config.server.rate_limit,
+        Some(RateLimit {
+            per_second: 500,
+            burst: 1000
+        })
+    );
+    assert_eq!(config.server.tls, None);
+    assert_eq!(config.server.metrics_listen, None);
+    assert!(!format!("{:?}", config.auth).contains("1111"));
+
+    let config = load_text(
+        GOOD,
+        &[
+            ("SCIM2LDAP__SERVER__RATE_LIMIT_PER_SECOND", "0"),
+            ("SCIM2LDAP__SERVER__METRICS_LISTEN", "127.0.0.1:9100"),
+            (
+                "SCIM2LDAP__AUTH__TOKENS__ENTRA",
+                "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+            ),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(config.server.rate_limit, None);
+    assert_eq!(
+        config.server.metrics_listen,
+        Some("127.0.0.1:9100".parse().expect("address"))
+    );
+    assert!(config.auth.tokens.iter().any(|t| &*t.name == "entra"));
+
+    let bad = GOOD
+        .replace(
+            "[server]\n",
+            "[server]\ntls_cert_file = \"/nonexistent/cert.pem\"\nmetrics_listen = \"nowhere\"\nrate_limit_burst = 0\n",
+        )
+        .replace(
+            "[auth]\n",
+            "[auth]\ntokens = { \"bad name\" = \"sha256:1111111111111111111111111111111111111111111111111111111111111111\", twin = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\" }\n",
+        );
+    check_problems(
+        &bad,
+        &[],
+        &[
+            "tls_key_file",
+            "server.metrics_listen",
+            "server.rate_limit_burst",
+            "auth.tokens.bad name",
+            "same token",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("cert.pem"), "not pem").expect("write");
+    std::fs::write(dir.path().join("key.pem"), "not pem").expect("write");
+    let unreadable = GOOD.replace(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert_file = \"{0}/cert.pem\"\ntls_key_file = \"{0}/key.pem\"\n",
+            dir.path().display()
+        ),
+    );
+    check_problems(&unreadable, &[], &["no PEM certificate"]);
 }

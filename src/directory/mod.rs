@@ -11,6 +11,7 @@ use ldap3::{Scope, SearchEntry};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use error::DirectoryError;
+pub use pool::PoolStats;
 
 use crate::config::LdapConfig;
 
@@ -135,21 +136,38 @@ impl Directory {
 
     /// Runs `op` on a pooled connection with the configured timeout; a transient failure
     /// discards that connection so the next use reconnects.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, DirectoryError>
+    ///
+    /// Each run is counted in the metrics under `operation`, with its result and latency.
+    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, DirectoryError>
     where
         F: FnOnce(ldap3::Ldap) -> Fut,
         Fut: std::future::Future<Output = Result<T, DirectoryError>>,
     {
-        let pooled = self.pool.get().await?;
-        let mut ldap = pooled.ldap;
-        ldap.with_timeout(self.pool.timeout());
-        let result = op(ldap).await;
-        if let Err(err) = &result {
-            if err.is_transient() {
-                self.pool.discard(pooled.slot_idx).await;
+        let started = std::time::Instant::now();
+        let result = async {
+            let pooled = self.pool.get().await?;
+            let mut ldap = pooled.ldap;
+            ldap.with_timeout(self.pool.timeout());
+            let result = op(ldap).await;
+            if let Err(err) = &result {
+                if err.is_transient() {
+                    self.pool.discard(pooled.slot_idx).await;
+                }
             }
+            result
         }
+        .await;
+        crate::metrics::record_directory_operation(
+            operation,
+            operation_result(&result),
+            started.elapsed(),
+        );
         result
+    }
+
+    /// Slots, bound connections and waiting operations of the pool, for the metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// Checks that the directory answers: reads the root DSE.
@@ -166,7 +184,7 @@ impl Directory {
         attrs: &[(String, Vec<String>)],
         id_attr: &str,
     ) -> Result<Option<String>, DirectoryError> {
-        self.run(|mut ldap| async move {
+        self.run("add", |mut ldap| async move {
             let attrs: Vec<(&str, HashSet<&str>)> = attrs
                 .iter()
                 .filter(|(_, values)| !values.is_empty())
@@ -196,7 +214,7 @@ impl Directory {
         if mods.is_empty() {
             return Ok(());
         }
-        self.run(|mut ldap| async move {
+        self.run("modify", |mut ldap| async move {
             let mods: Vec<ldap3::Mod<&str>> = mods.iter().map(Mod::to_ldap).collect();
             ldap.modify(dn, mods).await?.success()?;
             Ok(())
@@ -237,7 +255,7 @@ impl Directory {
     /// Deletes an entry; an entry already gone counts as done.
     pub async fn delete(&self, dn: &str) -> Result<(), DirectoryError> {
         let result = self
-            .run(|mut ldap| async move {
+            .run("delete", |mut ldap| async move {
                 ldap.delete(dn).await?.success()?;
                 Ok(())
             })
@@ -256,7 +274,7 @@ impl Directory {
         new_rdn: &str,
         new_superior: Option<&str>,
     ) -> Result<(), DirectoryError> {
-        self.run(|mut ldap| async move {
+        self.run("modrdn", |mut ldap| async move {
             ldap.modifydn(dn, new_rdn, true, new_superior)
                 .await?
                 .success()?;
@@ -272,7 +290,7 @@ impl Directory {
         dn: &str,
         password: &SecretString,
     ) -> Result<(), DirectoryError> {
-        self.run(|mut ldap| async move {
+        self.run("password_modify", |mut ldap| async move {
             let exop = ldap3::exop::PasswordModify {
                 user_id: Some(dn),
                 old_pass: None,
@@ -309,7 +327,7 @@ impl Directory {
             SearchScope::OneLevel => Scope::OneLevel,
             SearchScope::Subtree => Scope::Subtree,
         };
-        self.run(|mut ldap| async move {
+        self.run("search", |mut ldap| async move {
             let (entries, _) = ldap.search(base, scope, filter, attrs).await?.success()?;
             Ok(entries
                 .into_iter()
@@ -386,6 +404,15 @@ impl Directory {
             }
         }
         Ok(subschema)
+    }
+}
+
+/// The metrics class of an operation's outcome.
+fn operation_result<T>(result: &Result<T, DirectoryError>) -> crate::metrics::OperationResult {
+    match result {
+        Ok(_) => crate::metrics::OperationResult::Ok,
+        Err(err) if err.is_transient() => crate::metrics::OperationResult::Transient,
+        Err(_) => crate::metrics::OperationResult::Permanent,
     }
 }
 

@@ -25,6 +25,19 @@ pub(crate) struct Pool {
     tls: Option<Arc<rustls::ClientConfig>>,
     slots: Vec<tokio::sync::Mutex<Slot>>,
     next_slot: AtomicUsize,
+    /// Operations waiting for a slot's lock (held while that slot connects).
+    waiters: AtomicUsize,
+}
+
+/// The pool's state for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Slots (`ldap.pool_size`).
+    pub size: usize,
+    /// Slots holding an open, bound connection.
+    pub connected: usize,
+    /// Operations waiting for a slot.
+    pub waiters: usize,
 }
 
 #[derive(Default)]
@@ -61,6 +74,7 @@ impl Pool {
             tls,
             slots,
             next_slot: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
         })
     }
 
@@ -72,7 +86,13 @@ impl Pool {
     /// A bound handle from the next slot, connecting it first when needed.
     pub(crate) async fn get(&self) -> Result<PooledLdap, DirectoryError> {
         let slot_idx = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[slot_idx].lock().await;
+        let mut slot = match self.slots[slot_idx].try_lock() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let _waiting = Waiting::new(&self.waiters);
+                self.slots[slot_idx].lock().await
+            }
+        };
         if let Some(conn) = &mut slot.conn {
             if !conn.ldap.is_closed() {
                 return Ok(PooledLdap {
@@ -107,6 +127,26 @@ impl Pool {
         }
     }
 
+    /// Slots, connected slots (a slot busy connecting counts as not connected) and waiters.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let connected = self
+            .slots
+            .iter()
+            .filter(|slot| {
+                slot.try_lock().is_ok_and(|mut slot| {
+                    slot.conn
+                        .as_mut()
+                        .is_some_and(|conn| !conn.ldap.is_closed())
+                })
+            })
+            .count();
+        PoolStats {
+            size: self.slots.len(),
+            connected,
+            waiters: self.waiters.load(Ordering::Relaxed),
+        }
+    }
+
     /// Drops the connection of a slot whose operation failed transiently, so the next use
     /// reconnects.
     pub(crate) async fn discard(&self, slot_idx: usize) {
@@ -115,8 +155,20 @@ impl Pool {
         }
     }
 
-    /// Opens and binds one connection.
+    /// Opens and binds one connection, counted in the metrics as a `bind`.
     async fn connect(&self) -> Result<Conn, DirectoryError> {
+        let started = Instant::now();
+        let result = self.connect_and_bind().await;
+        let class = match &result {
+            Ok(_) => crate::metrics::OperationResult::Ok,
+            Err(err) if err.is_transient() => crate::metrics::OperationResult::Transient,
+            Err(_) => crate::metrics::OperationResult::Permanent,
+        };
+        crate::metrics::record_directory_operation("bind", class, started.elapsed());
+        result
+    }
+
+    async fn connect_and_bind(&self) -> Result<Conn, DirectoryError> {
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(self.config.timeout)
             .set_starttls(self.config.starttls);
@@ -146,6 +198,22 @@ impl Pool {
         .map_err(DirectoryError::from)?;
         tracing::debug!(url = %self.config.url, "directory connection bound");
         Ok(conn)
+    }
+}
+
+/// Counts one waiter for as long as it lives, even when the waiting future is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Waiting<'a> {
+        waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

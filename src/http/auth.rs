@@ -1,51 +1,65 @@
 //! Bearer token check: SHA-256 of the presented token compared in constant time with every
-//! configured hash.
+//! configured hash; a match yields the token's name, for the audit log.
+
+use std::sync::Arc;
 
 use http::HeaderMap;
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::{sha256, AuthConfig};
+use crate::config::{sha256, AuthConfig, NamedToken};
 
-/// Checks `Authorization` headers against the configured token hashes.
+/// Checks `Authorization` headers against the configured tokens.
 pub struct Authenticator {
-    token_hashes: Vec<[u8; 32]>,
+    tokens: Vec<NamedToken>,
 }
 
 impl Authenticator {
     /// An authenticator accepting the tokens of `config`.
     pub fn new(config: &AuthConfig) -> Authenticator {
         Authenticator {
-            token_hashes: config.token_hashes.clone(),
+            tokens: config.tokens.clone(),
         }
     }
 
-    /// True when `Authorization: Bearer <token>` names a configured token. A bare `<token>` is
-    /// accepted too: Okta's "HTTP Header" mode sends whatever the admin typed.
+    /// The name of the configured token that `Authorization: Bearer <token>` presents, or None.
+    /// A bare `<token>` is accepted too: Okta's "HTTP Header" mode sends whatever the admin
+    /// typed.
     ///
     /// Every configured hash is compared, whether or not an earlier one matched, so the time
     /// taken does not tell which (or whether a) token matched.
-    pub fn check(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers
+    pub fn check(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let value = headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-        else {
-            return false;
-        };
+            .and_then(|value| value.to_str().ok())?;
         let value = value.trim();
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            Some(_) => return false,
+            Some(_) => return None,
             None => value,
         };
         if token.is_empty() {
-            return false;
+            return None;
         }
         let presented = sha256(token.as_bytes());
         let mut matched = subtle::Choice::from(0u8);
-        for hash in &self.token_hashes {
-            matched |= hash.ct_eq(&presented);
+        let mut matched_idx = 0u32;
+        for (idx, named) in self.tokens.iter().enumerate() {
+            let equal = named.hash.ct_eq(&presented);
+            matched_idx = u32::conditional_select(
+                &matched_idx,
+                &u32::try_from(idx).unwrap_or(u32::MAX),
+                equal,
+            );
+            matched |= equal;
         }
-        matched.into()
+        if bool::from(matched) {
+            usize::try_from(matched_idx)
+                .ok()
+                .and_then(|idx| self.tokens.get(idx))
+                .map(|named| named.name.clone())
+        } else {
+            None
+        }
     }
 }
 

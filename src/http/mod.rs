@@ -6,6 +6,7 @@
 //! `X-Request-Id`, which also tags the request's log lines.
 
 mod auth;
+mod limit;
 mod reply;
 mod route;
 
@@ -22,9 +23,11 @@ use tracing::Instrument;
 use warp::Filter;
 
 pub use auth::{new_token, Authenticator, NewToken};
+pub use limit::RateLimiter;
 pub(crate) use route::etag_matches;
 pub use route::Route;
 
+use crate::control::Control;
 use crate::scim::ScimError;
 use crate::service::Service;
 
@@ -36,8 +39,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct HttpState {
     /// The use cases.
     pub service: Arc<Service>,
-    /// Token check.
-    pub auth: Arc<Authenticator>,
+    /// Token check (reloadable) and heartbeats.
+    pub control: Control,
+    /// The request rate limit, when enabled.
+    pub limiter: Option<Arc<RateLimiter>>,
     /// Path prefix of the SCIM endpoints, e.g. `/scim/v2`.
     pub base_path: Arc<str>,
     /// Largest accepted body.
@@ -81,6 +86,18 @@ pub fn filter(
         )
 }
 
+/// How `serve` treats accepted connections.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// TLS handshake first (HTTPS); None serves plain HTTP.
+    pub tls: Option<crate::tls::Acceptor>,
+    /// Beaten every second while the accept loop runs (the watchdog's sign of life).
+    pub heartbeat: Option<Control>,
+}
+
+/// Longest time a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `filter` on `listener` until `shutdown` resolves, then drains in-flight requests for
 /// at most `drain`.
 pub async fn serve<F>(
@@ -88,6 +105,7 @@ pub async fn serve<F>(
     filter: F,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
+    options: ServeOptions,
 ) where
     F: Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
         + Clone
@@ -99,6 +117,8 @@ pub async fn serve<F>(
     let builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -110,19 +130,63 @@ pub async fn serve<F>(
                     continue;
                 }
             },
+            _ = beat.tick() => {
+                if let Some(control) = &options.heartbeat {
+                    control.beat_loop();
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
-        let connection = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match &options.tls {
+            None => {
+                tokio::spawn(async move {
+                    let connection = builder.serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(stream),
+                        service,
+                    );
+                    if let Err(err) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task with the certificate in force
+                // now; a reload changes it for later handshakes only.
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            crate::metrics::record_tls_handshake_failure();
+                            tracing::debug!(peer = %peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            crate::metrics::record_tls_handshake_failure();
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(stream),
+                        service,
+                    );
+                    if let Err(err) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!(
@@ -133,6 +197,39 @@ pub async fn serve<F>(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(drain) => tracing::warn!("drain time over; closing remaining connections"),
     }
+}
+
+/// The filter of the metrics listener (`server.metrics_listen`): `/metrics` without
+/// authentication, 404 for any other path; other methods than GET are warp's 405.
+pub fn metrics_filter(
+    service: Arc<Service>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::get()
+        .and(warp::path::full())
+        .and(warp::any().map(move || service.clone()))
+        .then(
+            |path: warp::path::FullPath, service: Arc<Service>| async move {
+                let started = Instant::now();
+                let reply = if path.as_str() == "/metrics" {
+                    metrics_reply(&service).await
+                } else {
+                    reply::Reply::text(StatusCode::NOT_FOUND, "not found")
+                };
+                let response = reply.into_response(&HeaderMap::new());
+                crate::metrics::record_request(
+                    "/metrics (metrics_listen)",
+                    &Method::GET,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                response
+            },
+        )
+}
+
+async fn metrics_reply(service: &Service) -> reply::Reply {
+    let snapshot = service.metrics_snapshot().await;
+    reply::Reply::metrics(crate::metrics::render(&snapshot))
 }
 
 /// Authenticates, reads the body within the limit, routes, and logs one line.
@@ -149,16 +246,25 @@ where
         request_id = %request_id,
         method = %request.method,
         route = route.template(),
+        token = tracing::field::Empty,
     );
+    let template = route.template();
     async move {
-        let response = respond(&state, &request, route, body).await;
+        let response = respond(&state, &request, &request_id, route, body).await;
         let mut response = response.into_response(&request.headers);
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
+        let elapsed = started.elapsed();
+        crate::metrics::record_request(
+            template,
+            &request.method,
+            response.status().as_u16(),
+            elapsed,
+        );
         tracing::info!(
             status = response.status().as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
+            duration_us = elapsed.as_micros() as u64,
             "request"
         );
         response
@@ -170,6 +276,7 @@ where
 async fn respond<S, B>(
     state: &HttpState,
     request: &RawRequest,
+    request_id: &str,
     route: Route,
     body: S,
 ) -> reply::Reply
@@ -190,14 +297,42 @@ where
         }
         _ => {}
     }
-    if !state.auth.check(&request.headers) {
+    // Monitoring is not throttled by a flood of provisioning requests.
+    if route != Route::Metrics {
+        if let Some(limiter) = &state.limiter {
+            if let Err(retry_after) = limiter.acquire() {
+                crate::metrics::record_rate_limited();
+                return reply::Reply::error(ScimError::too_many_requests(retry_after));
+            }
+        }
+    }
+    let Some(token_name) = state.control.authenticator().check(&request.headers) else {
         return reply::Reply::error(ScimError::unauthorized());
+    };
+    tracing::Span::current().record("token", &*token_name);
+    if route == Route::Metrics {
+        return metrics_reply(&state.service).await;
     }
     let body = match read_body(&request.headers, body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(err) => return reply::Reply::error(err),
     };
-    route::dispatch(state, request, route, body).await
+    let context = crate::audit::AuditContext {
+        actor: token_name,
+        request_id: Some(request_id.to_string()),
+        operation: match request.method {
+            Method::POST => "create",
+            Method::PUT => "replace",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "read",
+        },
+        resource_type: match &route {
+            Route::Collection(kind) | Route::Resource(kind, _) => Some(kind.as_str()),
+            _ => None,
+        },
+    };
+    crate::audit::scope(context, route::dispatch(state, request, route, body)).await
 }
 
 /// Reads the body, refusing with 413 as soon as it exceeds `limit`.

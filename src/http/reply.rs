@@ -23,6 +23,7 @@ pub struct Reply {
 enum Body {
     Json(Value),
     Text(&'static str),
+    Metrics(String),
     Empty,
 }
 
@@ -60,6 +61,11 @@ impl Reply {
     /// A plain-text body (health endpoints).
     pub fn text(status: StatusCode, text: &'static str) -> Reply {
         Reply::new(status, Body::Text(text))
+    }
+
+    /// Rendered metrics.
+    pub fn metrics(text: String) -> Reply {
+        Reply::new(StatusCode::OK, Body::Metrics(text))
     }
 
     /// No body.
@@ -105,6 +111,7 @@ impl Reply {
         let (body, content_type): (String, _) = match self.body {
             Body::Json(value) => (value.to_string(), Some(json_content_type(request_headers))),
             Body::Text(text) => (text.to_string(), Some("text/plain; charset=utf-8")),
+            Body::Metrics(text) => (text, Some(crate::metrics::CONTENT_TYPE)),
             Body::Empty => (String::new(), None),
         };
         let mut response = warp::reply::Response::new(body.into());

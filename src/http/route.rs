@@ -22,6 +22,8 @@ pub enum Route {
     Healthz,
     /// `/readyz`: the directory answers and the cache is open.
     Readyz,
+    /// `/metrics`: Prometheus metrics (bearer token required on this listener).
+    Metrics,
     /// `/ServiceProviderConfig`.
     ServiceProviderConfig,
     /// `/ResourceTypes`.
@@ -61,6 +63,7 @@ impl Route {
         match segments.as_slice() {
             [only] if only == "healthz" => return Route::Healthz,
             [only] if only == "readyz" => return Route::Readyz,
+            [only] if only == "metrics" => return Route::Metrics,
             _ => {}
         }
         let base: Vec<&str> = base_path.split('/').filter(|s| !s.is_empty()).collect();
@@ -108,6 +111,7 @@ impl Route {
         match self {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
             Route::ServiceProviderConfig => "/ServiceProviderConfig",
             Route::ResourceTypes => "/ResourceTypes",
             Route::ResourceType(_) => "/ResourceTypes/{name}",
@@ -137,7 +141,7 @@ pub(crate) async fn dispatch(
     let service = &state.service;
     let method = &request.method;
     let outcome: Result<Reply, ScimError> = match route {
-        Route::Healthz | Route::Readyz => Ok(Reply::text(StatusCode::OK, "ok")),
+        Route::Healthz | Route::Readyz | Route::Metrics => Ok(Reply::text(StatusCode::OK, "ok")),
         Route::NotFound => Err(ScimError::not_found(format!(
             "no SCIM endpoint at {}; the base URL is {}",
             request.path, state.base_path
@@ -247,7 +251,9 @@ pub(crate) async fn dispatch(
             if err.status >= 500 {
                 tracing::warn!(status = err.status, detail = %err.detail, "request failed");
             } else {
-                tracing::debug!(status = err.status, detail = %err.detail, "request refused");
+                // A refusal's detail may quote a value the client sent (a taken userName).
+                tracing::debug!(status = err.status, scim_type = ?err.scim_type, "request refused");
+                tracing::trace!(detail = %err.detail, "refusal detail");
             }
             Reply::error(err)
         }

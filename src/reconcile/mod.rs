@@ -58,8 +58,30 @@ pub struct RunOptions {
 }
 
 /// Runs one reconciliation; `progress` is called with the number of entries scanned so far.
-#[tracing::instrument(skip_all, fields(run_id = %uuid::Uuid::new_v4().simple()))]
+/// Repairs are audited as made by `reconcile`; the outcome goes to the metrics.
 pub async fn run(
+    service: &Service,
+    options: RunOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, ReconcileError> {
+    let started = Instant::now();
+    let context = crate::audit::AuditContext::system("reconcile", "repair");
+    let result = crate::audit::scope(context, run_inner(service, options, progress)).await;
+    match &result {
+        Ok(report) => crate::metrics::record_reconcile(
+            report.scanned,
+            report.drifted,
+            report.repaired,
+            report.orphans,
+            report.duration,
+        ),
+        Err(_) => crate::metrics::record_reconcile_failure(started.elapsed()),
+    }
+    result
+}
+
+#[tracing::instrument(skip_all, fields(run_id = %uuid::Uuid::new_v4().simple()))]
+async fn run_inner(
     service: &Service,
     options: RunOptions,
     progress: &(dyn Fn(u64) + Sync),

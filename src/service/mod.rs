@@ -199,6 +199,28 @@ impl Service {
             .map_err(|err| format!("cache: {err}"))
     }
 
+    /// The daemon's state for the metrics: pool and cache sizes (zeros for a cache that fails
+    /// to answer; that failure is logged).
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let pool = self.directory.pool_stats();
+        let sizes = match self.store.sizes().await {
+            Ok(sizes) => sizes,
+            Err(err) => {
+                tracing::warn!(error = %err, "cache sizes unavailable for the metrics");
+                store::Sizes::default()
+            }
+        };
+        crate::metrics::Snapshot {
+            pool_size: pool.size,
+            pool_connected: pool.connected,
+            pool_waiters: pool.waiters,
+            users: sizes.users,
+            groups: sizes.groups,
+            memberships: sizes.memberships,
+            intents_pending: sizes.intents,
+        }
+    }
+
     fn schema(&self, kind: Kind) -> &crate::scim::schema::ResourceSchema {
         match kind {
             Kind::User => self.discovery.user_schema(),

@@ -76,6 +76,9 @@ pub(crate) struct Plan {
     pub members_add: Vec<(String, String)>,
     pub members_remove: Vec<(String, String)>,
     pub members_clear: Option<String>,
+    /// The write also sets a password (never part of the stored plan; for the audit record).
+    #[serde(skip)]
+    pub sets_password: bool,
 }
 
 /// A `StoredResource` in the plan's persistence format.
@@ -145,6 +148,62 @@ impl Plan {
             members_add: Vec::new(),
             members_remove: Vec::new(),
             members_clear: None,
+            sets_password: false,
+        }
+    }
+
+    /// What the audit log says about this plan: the resource and the LDAP attribute names it
+    /// touches, never their values.
+    fn audit_change(&self) -> crate::audit::Change {
+        let mut attributes = Vec::new();
+        for op in &self.ops {
+            match op {
+                DirOp::Add { attrs, .. } => {
+                    for (attr, _) in attrs {
+                        crate::audit::push_name(&mut attributes, attr);
+                    }
+                }
+                DirOp::Modify {
+                    replace,
+                    add_classes,
+                    ..
+                } => {
+                    for (attr, _) in replace {
+                        crate::audit::push_name(&mut attributes, attr);
+                    }
+                    if !add_classes.is_empty() {
+                        crate::audit::push_name(&mut attributes, "objectClass");
+                    }
+                }
+                DirOp::Rename { new_rdn, .. } => {
+                    let rdn_attr = new_rdn.split('=').next().unwrap_or(new_rdn);
+                    crate::audit::push_name(&mut attributes, rdn_attr);
+                }
+                DirOp::Delete { .. } => {}
+                DirOp::AddValue { attr, .. }
+                | DirOp::DeleteValue { attr, .. }
+                | DirOp::AddValues { attr, .. }
+                | DirOp::DeleteValues { attr, .. } => {
+                    crate::audit::push_name(&mut attributes, attr);
+                }
+            }
+        }
+        if self.sets_password {
+            crate::audit::push_name(&mut attributes, "userPassword");
+        }
+        let (resource_type, resource_id) = match (&self.upsert, &self.delete) {
+            (Some(planned), _) => (
+                Some(if planned.group { "Group" } else { "User" }),
+                planned.id.clone(),
+            ),
+            (None, Some(id)) => (None, id.clone()),
+            (None, None) => (None, String::new()),
+        };
+        crate::audit::Change {
+            resource_type,
+            resource_id,
+            attributes,
+            n_operations: self.ops.len() + usize::from(self.sets_password),
         }
     }
 
@@ -221,6 +280,7 @@ impl Service {
             // The directory may hold the change while the IdP is told it failed; the intent is
             // in the WAL, so the next start replays it and both agree again.
             tracing::error!(error = %sync_err, "cache fsync failed");
+            crate::audit::record(&plan.audit_change(), Some("cache"));
             return Err(sync_err.into());
         }
         match applied {
@@ -229,12 +289,28 @@ impl Service {
                     tracing::error!("test hook: exiting between directory write and cache commit");
                     std::process::exit(86);
                 }
-                self.store
+                let change = plan.audit_change();
+                match self
+                    .store
                     .commit(plan.into_commit(seq, entry_uuid.clone()))
-                    .await?;
+                    .await
+                {
+                    Ok(()) => crate::audit::record(&change, None),
+                    Err(err) => {
+                        // Applied to the directory; the intent stays and is replayed.
+                        crate::audit::record(&change, Some("cache"));
+                        return Err(err.into());
+                    }
+                }
                 Ok(entry_uuid)
             }
             Err(err) => {
+                let class = if err.is_transient() {
+                    "unavailable"
+                } else {
+                    "refused"
+                };
+                crate::audit::record(&plan.audit_change(), Some(class));
                 // The IdP is told nothing changed; a partly applied plan is repaired by
                 // reconciliation from the cache, which still holds the previous state.
                 let drop_intent = Commit {
@@ -264,7 +340,8 @@ async fn apply_ops(
                 match directory.add_returning(dn, attrs, id_attr).await {
                     Ok(id) => entry_uuid = id,
                     Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
-                        tracing::info!(dn = %dn, "entry exists; adopting it");
+                        tracing::info!("entry exists; adopting it");
+                        tracing::trace!(dn = %dn, "adopted entry");
                         let mods: Vec<Mod> = attrs
                             .iter()
                             .map(|(attr, values)| {
@@ -405,10 +482,16 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             true,
         )
         .await?;
+        let change = plan.audit_change();
         service
             .store
             .commit(plan.into_commit(intent.seq, entry_uuid))
             .await?;
+        crate::audit::scope(
+            crate::audit::AuditContext::system("replay", "replay"),
+            async { crate::audit::record(&change, None) },
+        )
+        .await;
     }
     Ok(n_intents)
 }

@@ -240,12 +240,13 @@ impl Service {
     /// its commit, so a failed password change leaves nothing committed.
     async fn execute_with_password(
         &self,
-        plan: Plan,
+        mut plan: Plan,
         password: Option<(String, SecretString)>,
     ) -> Result<Option<String>, ServiceError> {
         match password {
             None => self.execute(plan).await,
             Some((dn, password)) => {
+                plan.sets_password = true;
                 let directory = self.directory.clone();
                 self.execute_then(plan, move || async move {
                     directory.set_password(&dn, &password).await

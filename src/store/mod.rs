@@ -515,6 +515,23 @@ impl Store {
         .await
     }
 
+    /// Rows in the cache, for the metrics: users, groups, memberships and pending intents.
+    pub async fn sizes(&self) -> Result<Sizes, StoreError> {
+        self.read_blocking(|conn| {
+            let count = |sql: &str| -> Result<usize, StoreError> {
+                let n: i64 = conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?;
+                Ok(usize::try_from(n).unwrap_or(0))
+            };
+            Ok(Sizes {
+                users: count("SELECT count(*) FROM resources WHERE kind = 'User'")?,
+                groups: count("SELECT count(*) FROM resources WHERE kind = 'Group'")?,
+                memberships: count("SELECT count(*) FROM members")?,
+                intents: count("SELECT count(*) FROM intents")?,
+            })
+        })
+        .await
+    }
+
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| {
@@ -523,6 +540,19 @@ impl Store {
         })
         .await
     }
+}
+
+/// Row counts of the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Cached users.
+    pub users: usize,
+    /// Cached groups.
+    pub groups: usize,
+    /// Membership rows.
+    pub memberships: usize,
+    /// Intents not yet committed.
+    pub intents: usize,
 }
 
 /// The case-folded form of a name, for the unique name index.

@@ -8,6 +8,7 @@ mod conformance;
 mod foundation;
 mod groups;
 mod idp;
+mod ops;
 mod reconcile;
 mod support;
 mod users;
