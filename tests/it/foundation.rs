@@ -358,3 +358,88 @@ async fn shutdown_drains_and_returns() {
         .await
         .is_err());
 }
+
+/// Turns on StartTLS in the test directory with a fresh self-signed certificate for 127.0.0.1;
+/// returns the certificate's PEM path (the CA file a client must trust).
+fn enable_directory_tls(server: &TestServer) -> std::path::PathBuf {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert_path = server.slapd.dir().join("tls-cert.pem");
+    let key_path = server.slapd.dir().join("tls-key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let ldif = format!(
+        "dn: cn=config\nchangetype: modify\nreplace: olcTLSCertificateFile\nolcTLSCertificateFile: {}\n-\nreplace: olcTLSCertificateKeyFile\nolcTLSCertificateKeyFile: {}\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let mut child = std::process::Command::new("ldapmodify")
+        .args([
+            "-Q",
+            "-Y",
+            "EXTERNAL",
+            "-H",
+            &server.slapd.ldapi_url().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ldif.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "slapd accepted the TLS settings"
+    );
+    cert_path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_directory_is_reached_over_starttls_with_a_configured_ca() {
+    let mut server = TestServer::start().await;
+    let cert_path = enable_directory_tls(&server);
+    server.stop_daemon().await;
+    let text = std::fs::read_to_string(&server.config_path).unwrap();
+    let with_tls = text.replace(
+        "flavor = \"openldap\"\n",
+        &format!(
+            "flavor = \"openldap\"\nstarttls = true\nca_file = \"{}\"\n",
+            cert_path.display()
+        ),
+    );
+    std::fs::write(&server.config_path, &with_tls).unwrap();
+    server.launch().await;
+    server
+        .post("/Users", crate::support::user_body("tls.user", "T", "Ls"))
+        .await
+        .expect(201);
+    assert!(server.entry(&server.user_dn("tls.user")).is_some());
+    let config = scim2ldap::config::load(&server.config_path, Some(Default::default())).unwrap();
+    assert_eq!(
+        scim2ldap::check::check_directory(&config).await,
+        Vec::<String>::new()
+    );
+
+    // A CA that did not sign the directory's certificate: the connection is refused.
+    let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let stranger_path = server.slapd.dir().join("stranger.pem");
+    std::fs::write(&stranger_path, stranger.cert.pem()).unwrap();
+    let wrong_ca = server.config_path.with_extension("wrong-ca.toml");
+    std::fs::write(
+        &wrong_ca,
+        with_tls.replace(
+            &cert_path.display().to_string(),
+            &stranger_path.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let config = scim2ldap::config::load(&wrong_ca, Some(Default::default())).unwrap();
+    let problems = scim2ldap::check::check_directory(&config).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
