@@ -302,6 +302,24 @@ impl Directory {
         .await
     }
 
+    /// Writes an already hashed `userPassword` (for directories without the Password Modify
+    /// extended operation). The hash is kept out of logs like a password.
+    pub async fn set_password_hash(
+        &self,
+        dn: &str,
+        hash: &SecretString,
+    ) -> Result<(), DirectoryError> {
+        self.run("password_hash", |mut ldap| async move {
+            let mods = vec![ldap3::Mod::Replace(
+                "userPassword",
+                HashSet::from([hash.expose_secret()]),
+            )];
+            ldap.modify(dn, mods).await?.success()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Reads one entry; `None` when it does not exist.
     pub async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, DirectoryError> {
         let result = self

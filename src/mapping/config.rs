@@ -44,6 +44,10 @@ pub struct RawUserMapping {
     pub deactivate_value: Option<String>,
     /// `disabled_base_dn`: where `deactivate = "move"` puts disabled entries.
     pub disabled_base_dn: Option<String>,
+    /// `password_hashing`, default `directory`: `directory` sets passwords with the Password
+    /// Modify extended operation (the directory hashes them under its policy); `ssha` writes
+    /// `userPassword` as a salted SHA-1 hash computed here, for directories without the exop.
+    pub password_hashing: Option<String>,
     /// `posix`, default false: add `posixAccount` with a stable `uidNumber` from a range.
     pub posix: Option<bool>,
     /// `uid_number_min`/`uid_number_max`, default 10000..59999.

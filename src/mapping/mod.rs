@@ -124,6 +124,32 @@ pub struct UserMapping {
     pub deactivate: Deactivate,
     /// POSIX attributes (`posixAccount`), when enabled.
     pub posix: Option<PosixAccount>,
+    /// How passwords are written.
+    pub password_hashing: PasswordHashing,
+}
+
+/// How a `password` from the IdP reaches the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordHashing {
+    /// The Password Modify extended operation (RFC 3062): the directory hashes it.
+    Directory,
+    /// `userPassword: {SSHA}...`, hashed here.
+    Ssha,
+}
+
+/// `{SSHA}` of `password` with `salt` (RFC 2307 style: base64 of SHA-1(password + salt) + salt).
+pub fn ssha(password: &str, salt: &[u8; 8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(password.as_bytes());
+    hasher.update(salt);
+    let mut bytes = hasher.finalize().to_vec();
+    bytes.extend_from_slice(salt);
+    format!(
+        "{{SSHA}}{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// `posixAccount` settings: `uidNumber` comes from a range and never changes once allocated.
@@ -432,7 +458,17 @@ impl UserMapping {
             }
             _ => object_classes,
         };
+        let password_hashing = choose(
+            problems,
+            "users.password_hashing",
+            raw.password_hashing.as_deref(),
+            &[
+                ("directory", PasswordHashing::Directory),
+                ("ssha", PasswordHashing::Ssha),
+            ],
+        );
         Some(UserMapping {
+            password_hashing: password_hashing?,
             posix,
             base_dn: base_dn?,
             object_classes,

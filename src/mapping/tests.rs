@@ -201,3 +201,11 @@ fn sources_parse_paths_templates_and_references() {
     assert!(parse_source("{name.givenName").is_err());
     assert!(parse_source("name.").is_err());
 }
+
+#[test]
+fn ssha_matches_rfc_2307_style_hashes() {
+    assert_eq!(
+        ssha("secret", &[1, 2, 3, 4, 5, 6, 7, 8]),
+        "{SSHA}lHFzXul4wnzRItssVcTnvXWRjNgBAgMEBQYHCA=="
+    );
+}

@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
 use super::{check_if_match, now, Conditions, Service, ServiceError};
 use crate::mapping::{
-    diff, parent_dn, rdn, Ident, OnDelete, OnDisableGroups, OnExisting, Projection,
+    diff, parent_dn, rdn, Ident, OnDelete, OnDisableGroups, OnExisting, PasswordHashing, Projection,
 };
 use crate::scim::patch::PatchRequest;
 use crate::scim::validate::validate_resource;
@@ -248,8 +248,19 @@ impl Service {
             Some((dn, password)) => {
                 plan.sets_password = true;
                 let directory = self.directory.clone();
+                let hashing = self.config.users.password_hashing;
                 self.execute_then(plan, move || async move {
-                    directory.set_password(&dn, &password).await
+                    match hashing {
+                        PasswordHashing::Directory => directory.set_password(&dn, &password).await,
+                        PasswordHashing::Ssha => {
+                            let salt: [u8; 8] = rand::random();
+                            let hash = SecretString::from(crate::mapping::ssha(
+                                password.expose_secret(),
+                                &salt,
+                            ));
+                            directory.set_password_hash(&dn, &hash).await
+                        }
+                    }
                 })
                 .await
             }

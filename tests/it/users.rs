@@ -677,3 +677,36 @@ async fn a_crash_between_directory_write_and_commit_is_replayed() {
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_can_be_hashed_locally() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\npassword_hashing = \"ssha\"\n")
+    })
+    .await;
+    let created = server
+        .post(
+            "/Users",
+            with_password(user_body("hashed", "H", "Ashed"), "Hashed-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let dn = server.user_dn("hashed");
+    let stored = server.entry(&dn).unwrap();
+    assert!(
+        values(&stored, "userPassword")[0].starts_with("{SSHA}"),
+        "{stored:?}"
+    );
+    assert!(server.can_bind(&dn, "Hashed-Pass-1"));
+    let change =
+        json!({"Operations": [{"op": "replace", "path": "password", "value": "Hashed-Pass-2"}]});
+    server
+        .patch(
+            &format!("/Users/{}", created["id"].as_str().unwrap()),
+            change,
+        )
+        .await
+        .expect(200);
+    assert!(server.can_bind(&dn, "Hashed-Pass-2"));
+    assert!(!server.can_bind(&dn, "Hashed-Pass-1"));
+}
