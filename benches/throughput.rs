@@ -634,6 +634,57 @@ async fn main() {
             ms(remove.percentile(0.5)),
             ms(remove.percentile(0.99))
         );
+        // The same change straight through ldap3, for the directory's own share of the cost.
+        let group_dn = format!(
+            "cn={},{}",
+            if label.starts_with("10") {
+                "small"
+            } else {
+                "big"
+            },
+            slapd.groups_dn()
+        );
+        let mut ldap = ldap_pool(&slapd, 1).await.remove(0);
+        let mut raw_adds = Vec::new();
+        let mut raw_removes = Vec::new();
+        for r in 0..rounds {
+            let member_dn = format!(
+                "uid=user{:06},{}",
+                (n_group + 10 + rounds + r) % n_users,
+                people
+            );
+            let t = Instant::now();
+            let add_mod = vec![Mod::Add("member", HashSet::from([member_dn.as_str()]))];
+            ldap.modify(&group_dn, add_mod)
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            raw_adds.push(t.elapsed());
+            let t = Instant::now();
+            let delete_mod = vec![Mod::Delete("member", HashSet::from([member_dn.as_str()]))];
+            ldap.modify(&group_dn, delete_mod)
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            raw_removes.push(t.elapsed());
+        }
+        let raw_add = Phase {
+            latencies: raw_adds,
+            wall: Duration::from_secs(1),
+            cpu: None,
+        };
+        let raw_remove = Phase {
+            latencies: raw_removes,
+            wall: Duration::from_secs(1),
+            cpu: None,
+        };
+        println!(
+            "{label:<18} raw ldap3: add p50 {} ms | remove p50 {} ms",
+            ms(raw_add.percentile(0.5)),
+            ms(raw_remove.percentile(0.5))
+        );
         group_results.push((label, add, remove));
     }
     let (rss_end, peak) = memory_mib(pid);
