@@ -12,7 +12,12 @@
 //! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000).
 
 // A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::zombie_processes)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::zombie_processes
+)]
 
 use std::collections::HashSet;
 use std::path::Path;
