@@ -7,6 +7,7 @@
 mod conformance;
 mod foundation;
 mod groups;
+mod hostile;
 mod idp;
 mod support;
 mod users;
