@@ -116,6 +116,7 @@ pub async fn run(
         auth: Arc::new(http::Authenticator::new(&config.auth)),
         base_path: Arc::from(config.server.base_path.as_str()),
         max_body_bytes: config.server.max_body_bytes,
+        auth_throttle: Arc::new(http::AuthThrottle::default()),
     };
     let filter = http::filter(state);
     if let Ok(addr) = listener.local_addr() {

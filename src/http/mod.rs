@@ -8,6 +8,7 @@
 mod auth;
 mod reply;
 mod route;
+pub mod throttle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use warp::Filter;
 pub use auth::{new_token, Authenticator, NewToken};
 pub(crate) use route::etag_matches;
 pub use route::Route;
+pub use throttle::AuthThrottle;
 
 use crate::scim::ScimError;
 use crate::service::Service;
@@ -42,7 +44,13 @@ pub struct HttpState {
     pub base_path: Arc<str>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Failed authentications per client, to slow down token guessing.
+    pub auth_throttle: Arc<AuthThrottle>,
 }
+
+/// The address of the client of a connection, put into each request's extensions by `serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// One extracted request, before routing.
 pub(crate) struct RawRequest {
@@ -50,6 +58,8 @@ pub(crate) struct RawRequest {
     pub(crate) path: String,
     pub(crate) query: String,
     pub(crate) headers: HeaderMap,
+    /// The client's address; `None` when the filter runs outside `serve`.
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 /// The warp filter: extracts everything and hands it to `handle`; it never rejects.
@@ -61,6 +71,7 @@ pub fn filter(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::body::stream())
         .and(warp::any().map(move || state.clone()))
         .then(
@@ -68,6 +79,7 @@ pub fn filter(
              path: warp::path::FullPath,
              query: String,
              headers: HeaderMap,
+             peer: Option<PeerAddr>,
              body,
              state: HttpState| async move {
                 let request = RawRequest {
@@ -75,6 +87,7 @@ pub fn filter(
                     path: path.as_str().to_string(),
                     query,
                     headers,
+                    peer: peer.map(|PeerAddr(addr)| addr),
                 };
                 handle(state, request, body).await
             },
@@ -113,7 +126,10 @@ pub async fn serve<F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let service = hyper_util::service::TowerToHyperService::new(WithPeer {
+            inner: warp::service(filter.clone()),
+            peer,
+        });
         let connection = builder
             .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
             .into_owned();
@@ -190,14 +206,55 @@ where
         }
         _ => {}
     }
+    let now = Instant::now();
+    let peer_ip = request.peer.map(|peer| peer.ip());
+    if let Some(retry_after) = peer_ip.and_then(|ip| state.auth_throttle.blocked(ip, now)) {
+        // Refused before the token is looked at, so that a right guess looks like a wrong one.
+        tracing::warn!(retry_after, "client throttled after failed authentications");
+        return reply::Reply::error(ScimError::too_many_requests(retry_after));
+    }
     if !state.auth.check(&request.headers) {
+        if let Some(ip) = peer_ip {
+            state.auth_throttle.record_failure(ip, now);
+        }
         return reply::Reply::error(ScimError::unauthorized());
+    }
+    if let Some(ip) = peer_ip {
+        state.auth_throttle.record_success(ip);
     }
     let body = match read_body(&request.headers, body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(err) => return reply::Reply::error(err),
     };
     route::dispatch(state, request, route, body).await
+}
+
+/// A tower service that tags each request of one connection with the client's address.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for WithPeer<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(PeerAddr(self.peer));
+        self.inner.call(request)
+    }
 }
 
 /// Reads the body, refusing with 413 as soon as it exceeds `limit`.
