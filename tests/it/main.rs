@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod daemon;
 mod foundation;
 mod groups;
 mod hostile;
 mod idp;
+mod secrets;
 mod support;
 mod users;
