@@ -10,6 +10,7 @@ mod foundation;
 mod groups;
 mod hostile;
 mod idp;
+mod reliability;
 mod secrets;
 mod support;
 mod users;
