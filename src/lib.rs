@@ -23,8 +23,9 @@
 //!   memberships as rows, the intent log; one writer thread with group commit.
 //! - [`service`]: the use cases; orders every write as intent -> directory -> commit, and
 //!   serializes writes per resource.
-//! - [`http`]: warp filter, accept loop with graceful drain, routing, bearer auth, body limit,
-//!   request ids. A handler extracts, calls one service function, replies.
+//! - [`http`]: warp filter, accept loop with graceful drain, routing, bearer auth (with a
+//!   bounded per-client throttle of failed attempts), body limit, request ids. A handler
+//!   extracts, calls one service function, replies.
 //! - [`demo`]: a throwaway local OpenLDAP for `scim2ldap demo` and the integration tests.
 //!
 //! # Invariants
