@@ -26,7 +26,8 @@
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
 //!   repairs or reports drift and orphans, at start-up, on an interval and on demand.
 //! - [`http`]: warp filter, accept loop with graceful drain (plain or TLS), routing, bearer auth,
-//!   rate limit, body limit, request ids. A handler extracts, calls one service function, replies.
+//!   rate limit, bearer auth with a bounded per-client throttle of failed attempts, body limit,
+//!   request ids. A handler extracts, calls one service function, replies.
 //! - [`tls`]: PEM files to a rustls server configuration (TLS 1.2+), swapped on reload.
 //! - [`control`]: what changes without a restart (tokens, certificate: SIGHUP) and the
 //!   heartbeats that feed the systemd watchdog.
@@ -181,6 +182,7 @@ pub async fn run_with(
             .map(|limit| Arc::new(http::RateLimiter::new(limit))),
         base_path: Arc::from(config.server.base_path.as_str()),
         max_body_bytes: config.server.max_body_bytes,
+        auth_throttle: Arc::new(http::AuthThrottle::default()),
     };
     let reconcile_service = state.service.clone();
     let filter = http::filter(state);

@@ -40,27 +40,31 @@ impl Authenticator {
         if token.is_empty() {
             return None;
         }
-        let presented = sha256(token.as_bytes());
-        let mut matched = subtle::Choice::from(0u8);
-        let mut matched_idx = 0u32;
-        for (idx, named) in self.tokens.iter().enumerate() {
-            let equal = named.hash.ct_eq(&presented);
-            matched_idx = u32::conditional_select(
-                &matched_idx,
-                &u32::try_from(idx).unwrap_or(u32::MAX),
-                equal,
-            );
-            matched |= equal;
-        }
-        if bool::from(matched) {
-            usize::try_from(matched_idx)
-                .ok()
-                .and_then(|idx| self.tokens.get(idx))
-                .map(|named| named.name.clone())
-        } else {
-            None
-        }
+        let (matched, _n_compared) = compare_all(&self.tokens, &sha256(token.as_bytes()));
+        matched
+            .and_then(|idx| self.tokens.get(idx))
+            .map(|named| named.name.clone())
     }
+}
+
+/// Compares `presented` with every configured hash, whether or not an earlier one matched, and
+/// returns the index of the match (if any) and how many hashes were compared (all of them,
+/// which the tests check).
+fn compare_all(tokens: &[NamedToken], presented: &[u8; 32]) -> (Option<usize>, usize) {
+    let mut matched = subtle::Choice::from(0u8);
+    let mut matched_idx = 0u32;
+    let mut n_compared = 0;
+    for (idx, named) in tokens.iter().enumerate() {
+        let equal = named.hash.ct_eq(presented);
+        matched_idx =
+            u32::conditional_select(&matched_idx, &u32::try_from(idx).unwrap_or(u32::MAX), equal);
+        matched |= equal;
+        n_compared += 1;
+    }
+    let found = bool::from(matched)
+        .then(|| usize::try_from(matched_idx).ok())
+        .flatten();
+    (found, n_compared)
 }
 
 /// A freshly generated token: the plaintext to give the IdP, and the config line.
@@ -81,3 +85,6 @@ pub fn new_token() -> NewToken {
         hash_line,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@ mod auth;
 mod limit;
 mod reply;
 mod route;
+pub mod throttle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use auth::{new_token, Authenticator, NewToken};
 pub use limit::RateLimiter;
 pub(crate) use route::etag_matches;
 pub use route::Route;
+pub use throttle::AuthThrottle;
 
 use crate::control::Control;
 use crate::scim::ScimError;
@@ -47,7 +49,13 @@ pub struct HttpState {
     pub base_path: Arc<str>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Failed authentications per client, to slow down token guessing.
+    pub auth_throttle: Arc<AuthThrottle>,
 }
+
+/// The address of the client of a connection, put into each request's extensions by `serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// One extracted request, before routing.
 pub(crate) struct RawRequest {
@@ -55,6 +63,8 @@ pub(crate) struct RawRequest {
     pub(crate) path: String,
     pub(crate) query: String,
     pub(crate) headers: HeaderMap,
+    /// The client's address; `None` when the filter runs outside `serve`.
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 /// The warp filter: extracts everything and hands it to `handle`; it never rejects.
@@ -66,6 +76,7 @@ pub fn filter(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::body::stream())
         .and(warp::any().map(move || state.clone()))
         .then(
@@ -73,6 +84,7 @@ pub fn filter(
              path: warp::path::FullPath,
              query: String,
              headers: HeaderMap,
+             peer: Option<PeerAddr>,
              body,
              state: HttpState| async move {
                 let request = RawRequest {
@@ -80,6 +92,7 @@ pub fn filter(
                     path: path.as_str().to_string(),
                     query,
                     headers,
+                    peer: peer.map(|PeerAddr(addr)| addr),
                 };
                 handle(state, request, body).await
             },
@@ -139,7 +152,10 @@ pub async fn serve<F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let service = hyper_util::service::TowerToHyperService::new(WithPeer {
+            inner: warp::service(filter.clone()),
+            peer,
+        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         match &options.tls {
@@ -306,9 +322,22 @@ where
             }
         }
     }
+    let now = Instant::now();
+    let peer_ip = request.peer.map(|peer| peer.ip());
+    if let Some(retry_after) = peer_ip.and_then(|ip| state.auth_throttle.blocked(ip, now)) {
+        // Refused before the token is looked at, so that a right guess looks like a wrong one.
+        tracing::warn!(retry_after, "client throttled after failed authentications");
+        return reply::Reply::error(ScimError::too_many_requests(retry_after));
+    }
     let Some(token_name) = state.control.authenticator().check(&request.headers) else {
+        if let Some(ip) = peer_ip {
+            state.auth_throttle.record_failure(ip, now);
+        }
         return reply::Reply::error(ScimError::unauthorized());
     };
+    if let Some(ip) = peer_ip {
+        state.auth_throttle.record_success(ip);
+    }
     tracing::Span::current().record("token", &*token_name);
     if route == Route::Metrics {
         return metrics_reply(&state.service).await;
@@ -346,6 +375,7 @@ where
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(&mut body, declared.unwrap_or(0), limit).await;
         return Err(ScimError::payload_too_large(limit));
     }
     let mut collected = Vec::with_capacity(declared.unwrap_or(0) as usize);
@@ -353,6 +383,7 @@ where
         let mut chunk =
             chunk.map_err(|_| ScimError::invalid_syntax("the request body could not be read"))?;
         if collected.len() + chunk.remaining() > limit {
+            drain(&mut body, 0, limit).await;
             return Err(ScimError::payload_too_large(limit));
         }
         while chunk.has_remaining() {
@@ -365,6 +396,27 @@ where
     Ok(Bytes::from(collected))
 }
 
+/// Reads and drops the rest of an oversized body, up to a few times the limit, so that the 413
+/// reaches the client: closing a socket with unread data makes the kernel reset it, and the
+/// client may then see the reset instead of the reply. Bodies far over the limit are not read.
+async fn drain<S, B>(body: &mut S, declared: u64, limit: usize)
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let cap = (limit as u64).saturating_mul(4);
+    if declared > cap {
+        return;
+    }
+    let mut drained = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        drained += chunk.remaining() as u64;
+        if drained > cap {
+            return;
+        }
+    }
+}
+
 /// Binds `listen`; port 0 picks a free port.
 pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
@@ -372,3 +424,31 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Never constructed: documents that the filter's rejections are unreachable.
 pub type NeverRejects = Infallible;
+
+/// A tower service that tags each request of one connection with the client's address.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for WithPeer<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> S::Future {
+        request.extensions_mut().insert(PeerAddr(self.peer));
+        self.inner.call(request)
+    }
+}

@@ -519,6 +519,23 @@ impl UserMapping {
             .collect()
     }
 
+    /// The lock a password change undoes, to be written again after it: OpenLDAP's ppolicy
+    /// deletes `pwdAccountLockedTime` when a password is set, so a request that both sets a
+    /// password and deactivates would otherwise leave the account open.
+    pub fn lock_cleared_by_password_change(
+        &self,
+        projection: &Projection,
+    ) -> Option<(String, Vec<String>)> {
+        if self.deactivate != Deactivate::PpolicyLock {
+            return None;
+        }
+        projection
+            .attrs
+            .get(PPOLICY_LOCK_ATTR)
+            .filter(|values| !values.is_empty())
+            .map(|values| (PPOLICY_LOCK_ATTR.to_string(), values.clone()))
+    }
+
     /// The DN of the user `user_name`, enabled or (with `Deactivate::Move`) disabled.
     pub fn dn(&self, user_name: &str, active: bool) -> String {
         let parent = match (&self.deactivate, active) {

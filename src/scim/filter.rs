@@ -855,9 +855,17 @@ impl<'a> Parser<'a> {
             let is_attribute =
                 next.eq_ignore_ascii_case("pr") || CompareOp::from_word(next).is_some();
             if !is_attribute && self.peek() != Some('[') {
-                self.enter(start)?;
+                // `not (x)` is one level, counted by its parentheses, and so is the tolerated
+                // `not x`: `Display` always writes the first form, which must parse within the
+                // same depth limit.
+                let counted = self.peek() != Some('(');
+                if counted {
+                    self.enter(start)?;
+                }
                 let inner = self.unary()?;
-                self.depth -= 1;
+                if counted {
+                    self.depth -= 1;
+                }
                 return Ok(Filter::Not(Box::new(inner)));
             }
             self.pos = saved;

@@ -24,6 +24,13 @@ use super::schema::{AttrType, Attribute, Mutability, ResourceSchema, Schema};
 /// The `schemas` URI of a PATCH request body (RFC 7644 §3.5.2).
 pub const PATCH_OP_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
+/// Most operations one PATCH request may hold; identity providers send a few.
+pub const MAX_OPERATIONS: usize = 1000;
+
+/// Most values (array items, counted one level into a path-less value object) the operations
+/// of one PATCH may carry, the same as `members` of a PUT (`validate::MAX_MEMBERS`).
+pub const MAX_VALUES: usize = super::validate::MAX_MEMBERS;
+
 /// A PATCH operation's `op` (RFC 7644 §3.5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatchOpKind {
@@ -106,12 +113,44 @@ impl PatchRequest {
                 "Operations is empty; a PATCH needs at least one operation",
             ));
         }
+        if operations.len() > MAX_OPERATIONS {
+            return Err(ScimError::too_many(format!(
+                "{} operations in one PATCH; at most {MAX_OPERATIONS} are accepted",
+                operations.len()
+            )));
+        }
+        let n_values: usize = operations
+            .iter()
+            .filter_map(|op| op.as_object().and_then(|op| get_ci(op, "value")))
+            .map(count_values)
+            .sum();
+        if n_values > MAX_VALUES {
+            return Err(ScimError::too_many(format!(
+                "the operations carry {n_values} values; at most {MAX_VALUES} are accepted in one PATCH"
+            )));
+        }
         let operations = operations
             .iter()
             .enumerate()
             .map(|(index, op)| parse_op(index + 1, op))
             .collect::<Result<_, _>>()?;
         Ok(PatchRequest { operations })
+    }
+}
+
+/// Array items in an operation's value: `[..]` counts its items, `{"members": [..]}` the items
+/// of its arrays, anything else one.
+fn count_values(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => items.len(),
+        Value::Object(members) => members
+            .values()
+            .map(|member| match member {
+                Value::Array(items) => items.len(),
+                _ => 1,
+            })
+            .sum(),
+        _ => 1,
     }
 }
 
@@ -827,7 +866,14 @@ fn normalize_leaf(def: &Attribute, value: &Value, label: &str) -> Result<Option<
         (AttrType::DateTime, _) => {
             return bad("an RFC 3339 date-time such as \"2011-05-13T04:42:34Z\"")
         }
-        (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(_)) => {
+        (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(text)) => {
+            // "" means no value (validation drops it), which a required attribute must have.
+            if text.is_empty() && def.required {
+                return Err(ScimError::invalid_value(format!(
+                    "{label} is required and cannot be empty"
+                )));
+            }
+            super::validate::check_characters(text, label)?;
             value.clone()
         }
         // Tolerance: numbers sent for string attributes such as employeeNumber.

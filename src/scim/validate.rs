@@ -52,6 +52,23 @@ pub struct Validated {
     pub ignored: Vec<String>,
 }
 
+/// Most values one multi-valued attribute may carry in a request. Identity providers send a
+/// handful of emails or phone numbers; a large list is a mistake or an attack, and costs
+/// quadratic work in deduplication.
+pub const MAX_VALUES: usize = 100;
+
+/// Most `members` of a group in one request (a PUT, or the values of a PATCH). A request body
+/// holds about 20,000 at the default `server.max_body_bytes`; larger groups grow by PATCH.
+pub const MAX_MEMBERS: usize = 10_000;
+
+fn max_values(name: &str) -> usize {
+    if name.eq_ignore_ascii_case("members") {
+        MAX_MEMBERS
+    } else {
+        MAX_VALUES
+    }
+}
+
 /// Validates a full resource document (POST, PUT) for `schema`.
 ///
 /// Fails with 400 `invalidValue` for an unknown schema URN, a wrong type or a missing required
@@ -169,6 +186,7 @@ fn validate_attributes(
         }
         if urn.is_none() && lower == "externalid" {
             if let Some(text) = scalar_string(value) {
+                check_characters(&text, "externalId")?;
                 out.insert("externalId".to_string(), Value::String(text));
             } else if !value.is_null() {
                 return Err(ScimError::invalid_value("`externalId` must be a string"));
@@ -214,9 +232,19 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
             // OneLogin sends `emails` as one object (django-scim2 has the same branch).
             other => vec![other],
         };
+        let limit = max_values(name);
+        if items.len() > limit {
+            return Err(ScimError::invalid_value(format!(
+                "`{name}` has {} values; at most {limit} are accepted in one request",
+                items.len()
+            )));
+        }
         let has_value_sub_attribute =
             attr.ty == AttrType::Complex && attr.sub_attribute("value").is_some();
         let mut out = Vec::with_capacity(items.len());
+        // Deduplicated by printed form (equal values print equally: object keys are sorted),
+        // so that a large member list costs linear time.
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         for item in items {
             if let Some(item) = coerce_single(item, attr, name)? {
                 // An item whose `value` was empty (a OneLogin parameter rendered as "" beside a
@@ -225,7 +253,7 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
                 if has_value_sub_attribute && item.get("value").is_none() {
                     continue;
                 }
-                if !out.contains(&item) {
+                if seen.insert(item.to_string()) {
                     out.push(item);
                 }
             }
@@ -333,15 +361,30 @@ fn coerce_single(value: &Value, attr: &Attribute, name: &str) -> Result<Option<V
         AttrType::String | AttrType::Reference | AttrType::Binary => match scalar_string(value) {
             Some(text) if text.is_empty() => Ok(None),
             Some(text) => {
-                if text.contains('\0') {
-                    return Err(ScimError::invalid_value(format!(
-                        "`{name}` must not contain a NUL character"
-                    )));
-                }
+                check_characters(&text, name)?;
                 Ok(Some(Value::String(text)))
             }
             None => Err(wrong("a string")),
         },
+    }
+}
+
+/// Refuses control characters other than tab, line feed and carriage return (NUL, escape,
+/// backspace...): they end C strings in legacy applications, corrupt LDIF exports and logs, and
+/// no identity provider sends them in a value that means something.
+pub(crate) fn check_characters(text: &str, name: &str) -> Result<(), ScimError> {
+    match text
+        .chars()
+        .find(|c| (c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r')) || *c == '\u{7f}')
+    {
+        Some('\0') => Err(ScimError::invalid_value(format!(
+            "`{name}` must not contain a NUL character"
+        ))),
+        Some(c) => Err(ScimError::invalid_value(format!(
+            "`{name}` must not contain the control character U+{:04X}",
+            u32::from(c)
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -69,10 +69,14 @@ impl Service {
             doc: validated.doc,
         };
         plan.upsert = Some(PlannedResource::from(&stored));
+        let relock = self
+            .config
+            .users
+            .lock_cleared_by_password_change(&projection);
         let password = validated
             .password
             .map(|password| (projection.dn.clone(), SecretString::from(password)));
-        let entry_uuid = self.execute_with_password(plan, password).await?;
+        let entry_uuid = self.execute_with_password(plan, password, relock).await?;
         tracing::debug!(resource_id = %stored.id, "user created");
         Ok(StoredResource {
             entry_uuid,
@@ -178,9 +182,13 @@ impl Service {
             ..old
         };
         plan.upsert = Some(PlannedResource::from(&stored));
+        let relock = self
+            .config
+            .users
+            .lock_cleared_by_password_change(&new_projection);
         let password =
             password.map(|password| (new_projection.dn.clone(), SecretString::from(password)));
-        self.execute_with_password(plan, password).await?;
+        self.execute_with_password(plan, password, relock).await?;
         tracing::debug!(resource_id = %stored.id, version = stored.version, "user updated");
         Ok(stored)
     }
@@ -237,11 +245,13 @@ impl Service {
     }
 
     /// Runs `plan` and sets `password` (dn, secret) after its directory operations and before
-    /// its commit, so a failed password change leaves nothing committed.
+    /// its commit, so a failed password change leaves nothing committed. `relock` (attribute,
+    /// values) is written again after the password change, which cleared it.
     async fn execute_with_password(
         &self,
         mut plan: Plan,
         password: Option<(String, SecretString)>,
+        relock: Option<(String, Vec<String>)>,
     ) -> Result<Option<String>, ServiceError> {
         match password {
             None => self.execute(plan).await,
@@ -251,15 +261,25 @@ impl Service {
                 let hashing = self.config.users.password_hashing;
                 self.execute_then(plan, move || async move {
                     match hashing {
-                        PasswordHashing::Directory => directory.set_password(&dn, &password).await,
+                        PasswordHashing::Directory => {
+                            directory.set_password(&dn, &password).await?
+                        }
                         PasswordHashing::Ssha => {
                             let salt: [u8; 8] = rand::random();
                             let hash = SecretString::from(crate::mapping::ssha(
                                 password.expose_secret(),
                                 &salt,
                             ));
-                            directory.set_password_hash(&dn, &hash).await
+                            directory.set_password_hash(&dn, &hash).await?
                         }
+                    }
+                    match relock {
+                        Some((attr, values)) => {
+                            directory
+                                .modify(&dn, &[crate::directory::Mod::Replace(attr, values)])
+                                .await
+                        }
+                        None => Ok(()),
                     }
                 })
                 .await

@@ -5,10 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod daemon;
 mod foundation;
 mod groups;
+mod hostile;
 mod idp;
 mod ops;
 mod reconcile;
+mod reliability;
+mod secrets;
 mod support;
 mod users;

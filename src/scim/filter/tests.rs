@@ -699,6 +699,31 @@ fn arb_filter() -> impl Strategy<Value = Filter> {
     arb_tree(leaf)
 }
 
+#[test]
+fn a_chain_of_nots_prints_to_a_filter_within_the_same_depth_limit() {
+    // Found by fuzz/fuzz_targets/filter.rs: `not x` counted one level and its printed form
+    // `not (x)` two, so a filter near the limit printed to one over it.
+    let limits = FilterLimits::default();
+    for bare in [true, false] {
+        let mut text = "userName pr".to_string();
+        for _ in 0..limits.max_depth {
+            text = if bare {
+                format!("not {text}")
+            } else {
+                format!("not ({text})")
+            };
+        }
+        let filter = Filter::parse(&text).expect("at the depth limit");
+        let printed = filter.to_string();
+        assert_eq!(Filter::parse(&printed).ok(), Some(filter), "{printed}");
+        let deeper = format!("not ({text})");
+        assert_eq!(
+            Filter::parse(&deeper).map_err(|err| err.scim_type),
+            Err(Some(ScimType::InvalidFilter))
+        );
+    }
+}
+
 proptest! {
     #[test]
     fn display_round_trips(filter in arb_filter()) {

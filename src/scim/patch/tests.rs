@@ -1073,3 +1073,164 @@ fn members_delta_agrees_with_apply() {
         assert_eq!(applied, derived, "{ops}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property: PATCH never yields a resource the schema rejects. Random operations over the
+// paths identity providers use (and some they should not) are applied to a valid user of the
+// published schema; either `apply` refuses, or `validate_resource` accepts the result.
+// ---------------------------------------------------------------------------------------------
+
+mod property {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::{PatchRequest, CORE, ENT};
+    use crate::scim::discovery::{Capabilities, Discovery};
+    use crate::scim::validate::validate_resource;
+
+    fn discovery() -> &'static Discovery {
+        static DISCOVERY: std::sync::OnceLock<Discovery> = std::sync::OnceLock::new();
+        DISCOVERY.get_or_init(|| {
+            Discovery::load("/scim/v2", Capabilities { max_results: 1000 })
+                .expect("compiled-in schemas load")
+        })
+    }
+
+    fn valid_user() -> Value {
+        json!({
+            "schemas": [CORE, ENT],
+            "id": "2819c223-7f76-453a-919d-413861904646",
+            "userName": "bjensen",
+            "name": {"givenName": "Barbara", "familyName": "Jensen"},
+            "displayName": "Babs",
+            "active": true,
+            "emails": [
+                {"value": "bjensen@example.com", "type": "work", "primary": true},
+                {"value": "babs@jensen.org", "type": "home"}
+            ],
+            "phoneNumbers": [{"value": "555-555-8377", "type": "work"}],
+            ENT: {"employeeNumber": "701984", "department": "Tours"}
+        })
+    }
+
+    fn arb_path() -> impl Strategy<Value = Option<String>> {
+        let paths = [
+            "userName",
+            "displayName",
+            "title",
+            "nickName",
+            "active",
+            "externalId",
+            "password",
+            "name",
+            "name.givenName",
+            "name.familyName",
+            "emails",
+            "emails.value",
+            "emails[type eq \"work\"]",
+            "emails[type eq \"work\"].value",
+            "emails[primary eq true].value",
+            "emails[value co \"@\"].type",
+            "phoneNumbers",
+            "phoneNumbers[type eq \"mobile\"].value",
+            "addresses[type eq \"work\"].locality",
+            "roles",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value",
+            "urn:ietf:params:scim:schemas:core:2.0:User:userName",
+            "id",
+            "meta.created",
+            "groups",
+            "x509Certificates",
+        ];
+        prop_oneof![
+            1 => Just(None),
+            8 => proptest::sample::select(paths.to_vec()).prop_map(|p| Some(p.to_string())),
+        ]
+    }
+
+    fn arb_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            Just(json!("True")),
+            Just(json!("")),
+            any::<i32>().prop_map(Value::from),
+            Just(json!(1.5)),
+            "[a-zA-Z0-9@. ]{1,12}".prop_map(Value::String),
+            Just(json!("2024-01-31T12:00:00Z")),
+            Just(json!("nul\u{0}")),
+            Just(json!("esc\u{1b}")),
+        ]
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        arb_leaf().prop_recursive(3, 24, 4, |inner| {
+            let keys = proptest::sample::select(vec![
+                "value",
+                "type",
+                "primary",
+                "display",
+                "givenName",
+                "familyName",
+                "userName",
+                "active",
+                "title",
+                "emails",
+                "name.givenName",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+                "unknownThing",
+            ]);
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..4).prop_map(|map| {
+                    Value::Object(map.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    fn arb_op() -> impl Strategy<Value = Value> {
+        (
+            proptest::sample::select(vec!["add", "replace", "remove", "Replace"]),
+            arb_path(),
+            arb_value(),
+        )
+            .prop_map(|(op, path, value)| {
+                let mut op = json!({"op": op, "value": value});
+                if let Some(path) = path {
+                    op["path"] = Value::String(path);
+                }
+                op
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn a_patch_never_yields_a_resource_the_schema_rejects(
+            ops in proptest::collection::vec(arb_op(), 1..5)
+        ) {
+            let schema = discovery().user_schema();
+            let body = json!({"Operations": ops});
+            let Ok(request) = PatchRequest::from_json(&body) else {
+                return Ok(());
+            };
+            let before = valid_user();
+            prop_assume!(validate_resource(&before, schema).is_ok());
+            if let Ok(outcome) = super::apply(&before, &request, schema) {
+                let validated = validate_resource(&outcome.resource, schema);
+                prop_assert!(
+                    validated.is_ok(),
+                    "{} turned a valid user into {} which is refused: {:?}",
+                    body,
+                    outcome.resource,
+                    validated.err()
+                );
+            }
+        }
+    }
+}

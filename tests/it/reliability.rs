@@ -1,0 +1,807 @@
+//! Reliability under load: a directory outage, crashes of the daemon, and concurrent writes to
+//! one resource. The directory is searched to check what the daemon acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::daemon::{free_addr, Daemon};
+use crate::support::{user_body, values, Attrs, TestServer};
+
+/// Every request of these tests must end within this; a hang fails the test.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A thin client of one daemon (in-process or subprocess).
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// The outcome of one request: status (None when the connection failed) and Retry-After.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: Option<u16>,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+impl Client {
+    fn new(base: &str, token: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Outcome {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/scim+json")
+                .body(body.to_string());
+        }
+        match request.send().await {
+            Ok(reply) => {
+                let status = reply.status().as_u16();
+                let retry_after = reply
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = reply.json().await.unwrap_or(Value::Null);
+                Outcome {
+                    status: Some(status),
+                    retry_after,
+                    body,
+                }
+            }
+            Err(err) => {
+                assert!(!err.is_timeout(), "a request hung: {err}");
+                Outcome {
+                    status: None,
+                    retry_after: None,
+                    body: Value::Null,
+                }
+            }
+        }
+    }
+}
+
+/// One write of the load.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    /// `POST /Users` with this userName.
+    Create(String),
+    /// `PATCH` title of this user id to this value.
+    Title(String, String),
+    /// `PATCH` active of this user id.
+    Active(String, bool),
+    /// `PATCH` the shared group: add this user id.
+    Member(String),
+}
+
+/// A change with what the daemon answered and when it was sent and answered.
+#[derive(Debug, Clone)]
+struct Record {
+    change: Change,
+    outcome: Outcome,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Progress of the load, for the test to wait on instead of sleeping.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    acknowledged: usize,
+    answered: usize,
+}
+
+/// The load: `n_workers` tasks, each writing its own users, its own base user's title and
+/// lock, and adding its users to one shared group, until `stop` is set.
+struct Load {
+    records: Arc<Mutex<Vec<Record>>>,
+    progress: tokio::sync::watch::Receiver<Progress>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    fn start(client: &Client, round: usize, base_users: &[String], group_id: &str) -> Load {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let (progress_send, progress) = tokio::sync::watch::channel(Progress::default());
+        let progress_send = Arc::new(progress_send);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = tokio::task::JoinSet::new();
+        for (worker, base_user) in base_users.iter().enumerate() {
+            let client = client.clone();
+            let records = records.clone();
+            let progress_send = progress_send.clone();
+            let stop = stop.clone();
+            let base_user = base_user.clone();
+            let group_id = group_id.to_string();
+            workers.spawn(async move {
+                let mut created: Vec<String> = Vec::new();
+                let mut n_op = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n_op += 1;
+                    let (change, method, path, body) = match n_op % 4 {
+                        0 => {
+                            let name = format!("r{round}-w{worker}-u{n_op}");
+                            let body = user_body(&name, "Load", "User");
+                            (Change::Create(name), Method::POST, "/Users".to_string(), body)
+                        }
+                        1 => {
+                            let title = format!("r{round}-w{worker}-t{n_op}");
+                            let body = json!({"Operations": [{"op": "replace", "path": "title", "value": title}]});
+                            (
+                                Change::Title(base_user.clone(), title),
+                                Method::PATCH,
+                                format!("/Users/{base_user}"),
+                                body,
+                            )
+                        }
+                        2 => {
+                            let active = n_op % 8 != 2;
+                            let body = json!({"Operations": [{"op": "replace", "path": "active", "value": active}]});
+                            (
+                                Change::Active(base_user.clone(), active),
+                                Method::PATCH,
+                                format!("/Users/{base_user}"),
+                                body,
+                            )
+                        }
+                        _ => match created.pop() {
+                            Some(member) => {
+                                let body = json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": member}]}]});
+                                (
+                                    Change::Member(member),
+                                    Method::PATCH,
+                                    format!("/Groups/{group_id}"),
+                                    body,
+                                )
+                            }
+                            None => continue,
+                        },
+                    };
+                    let sent = Instant::now();
+                    let outcome = client.call(method, &path, Some(body)).await;
+                    let answered = Instant::now();
+                    let acknowledged = outcome.status.is_some_and(|s| (200..300).contains(&s));
+                    if acknowledged {
+                        if let Change::Create(_) = &change {
+                            if let Some(id) = outcome.body["id"].as_str() {
+                                created.push(id.to_string());
+                            }
+                        }
+                    }
+                    let failed_connection = outcome.status.is_none();
+                    records.lock().unwrap().push(Record {
+                        change,
+                        outcome,
+                        sent,
+                        answered,
+                    });
+                    progress_send.send_modify(|progress| {
+                        progress.answered += 1;
+                        progress.acknowledged += usize::from(acknowledged);
+                    });
+                    if failed_connection {
+                        // The daemon is gone (killed); this worker is done.
+                        break;
+                    }
+                }
+            });
+        }
+        Load {
+            records,
+            progress,
+            stop,
+            workers,
+        }
+    }
+
+    /// Waits until `condition` holds for the progress (bounded).
+    async fn wait_for(&mut self, what: &str, condition: impl Fn(&Progress) -> bool) {
+        tokio::time::timeout(Duration::from_secs(60), self.progress.wait_for(condition))
+            .await
+            .unwrap_or_else(|_| panic!("load did not reach: {what}"))
+            .unwrap();
+    }
+
+    fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    async fn finish(mut self) -> Vec<Record> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        while let Some(joined) = self.workers.join_next().await {
+            joined.unwrap();
+        }
+        let records = self.records.lock().unwrap().clone();
+        records
+    }
+}
+
+/// Users and a group for the load: one base user per worker, and the shared group.
+async fn prepare(client: &Client, n_workers: usize) -> (Vec<String>, String) {
+    let mut base_users = Vec::new();
+    for worker in 0..n_workers {
+        let created = client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body(&format!("base{worker}"), "Base", "User")),
+            )
+            .await;
+        assert_eq!(created.status, Some(201), "{}", created.body);
+        base_users.push(created.body["id"].as_str().unwrap().to_string());
+    }
+    let group = client
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({"displayName": "load"})),
+        )
+        .await;
+    assert_eq!(group.status, Some(201));
+    (base_users, group.body["id"].as_str().unwrap().to_string())
+}
+
+/// Every cached user and group as the daemon serves it.
+async fn cached(client: &Client) -> (Vec<Value>, Vec<Value>) {
+    let users = client.call(Method::GET, "/Users?count=1000", None).await;
+    assert_eq!(users.status, Some(200));
+    let groups = client.call(Method::GET, "/Groups?count=1000", None).await;
+    assert_eq!(groups.status, Some(200));
+    let list = |body: &Value| body["Resources"].as_array().cloned().unwrap_or_default();
+    (list(&users.body), list(&groups.body))
+}
+
+fn first<'a>(attrs: &'a Attrs, attr: &str) -> Option<&'a str> {
+    values(attrs, attr).first().copied()
+}
+
+/// The cache and the directory agree: every cached user has its entry with the mapped
+/// attributes and lock state, every cached group its members, and the directory holds no user
+/// or group the cache does not know.
+async fn assert_agreement(server: &TestServer, client: &Client) -> (Vec<Value>, Vec<Value>) {
+    let (users, groups) = cached(client).await;
+    let people = server.search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)");
+    let entries: HashMap<String, Attrs> = people
+        .into_iter()
+        .map(|(dn, attrs)| (dn.to_ascii_lowercase(), attrs))
+        .collect();
+    assert_eq!(
+        entries.len(),
+        users.len(),
+        "directory users vs cached users"
+    );
+    let mut dn_of_id = HashMap::new();
+    for user in &users {
+        let user_name = user["userName"].as_str().unwrap();
+        let dn = server.user_dn(user_name);
+        let entry = entries
+            .get(&dn.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("cached user {user_name} has no entry"));
+        assert_eq!(first(entry, "uid"), Some(user_name));
+        assert_eq!(
+            first(entry, "title"),
+            user["title"].as_str(),
+            "{user_name} title"
+        );
+        assert_eq!(
+            first(entry, "givenName"),
+            user["name"]["givenName"].as_str(),
+            "{user_name} givenName"
+        );
+        assert_eq!(
+            first(entry, "sn"),
+            user["name"]["familyName"].as_str(),
+            "{user_name} sn"
+        );
+        assert_eq!(
+            first(entry, "mail"),
+            user["emails"][0]["value"].as_str(),
+            "{user_name} mail"
+        );
+        let locked = first(entry, "pwdAccountLockedTime").is_some();
+        assert_eq!(
+            locked,
+            user["active"] == false,
+            "{user_name} lock state vs active {}",
+            user["active"]
+        );
+        dn_of_id.insert(user["id"].as_str().unwrap().to_string(), dn);
+    }
+    let group_entries = server.search(&server.slapd.groups_dn(), "(objectClass=groupOfNames)");
+    assert_eq!(
+        group_entries.len(),
+        groups.len(),
+        "directory groups vs cached groups"
+    );
+    let placeholder = server.slapd.placeholder_dn().to_ascii_lowercase();
+    for group in &groups {
+        let name = group["displayName"].as_str().unwrap();
+        let dn = server.group_dn(name);
+        let (_, entry) = group_entries
+            .iter()
+            .find(|(entry_dn, _)| entry_dn.eq_ignore_ascii_case(&dn))
+            .unwrap_or_else(|| panic!("cached group {name} has no entry"));
+        let cached_members: BTreeSet<String> = group["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|member| {
+                let id = member["value"].as_str().unwrap();
+                dn_of_id
+                    .get(id)
+                    .unwrap_or_else(|| panic!("member {id} is no cached user"))
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let directory_members: BTreeSet<String> = values(entry, "member")
+            .into_iter()
+            .map(str::to_ascii_lowercase)
+            .filter(|member| *member != placeholder)
+            .collect();
+        assert_eq!(cached_members, directory_members, "members of {name}");
+    }
+    (users, groups)
+}
+
+/// Changes acknowledged by the daemon are all in the cache (which agrees with the directory).
+/// A title or lock state may be a later, unacknowledged write's: one the daemon may have
+/// finished (a crash, an outage mid-write), listed in `unsure`.
+fn assert_acknowledged_present(
+    records: &[Record],
+    users: &[Value],
+    groups: &[Value],
+    unsure: &dyn Fn(&Record) -> bool,
+) {
+    let by_id: HashMap<&str, &Value> = users
+        .iter()
+        .map(|user| (user["id"].as_str().unwrap(), user))
+        .collect();
+    let names: BTreeSet<&str> = users
+        .iter()
+        .map(|user| user["userName"].as_str().unwrap())
+        .collect();
+    let members: BTreeSet<String> = groups
+        .iter()
+        .flat_map(|group| group["members"].as_array().cloned().unwrap_or_default())
+        .filter_map(|member| member["value"].as_str().map(str::to_string))
+        .collect();
+    // Per user, the titles it may have: the last acknowledged one, and any sent after it that
+    // may have landed.
+    let mut titles: BTreeMap<&str, (Option<&str>, Vec<&str>)> = BTreeMap::new();
+    let mut actives: BTreeMap<&str, (Option<bool>, Vec<bool>)> = BTreeMap::new();
+    for record in records {
+        let acknowledged = record
+            .outcome
+            .status
+            .is_some_and(|s| (200..300).contains(&s));
+        match &record.change {
+            Change::Create(name) if acknowledged => {
+                assert!(
+                    names.contains(name.as_str()),
+                    "acknowledged create {name} lost"
+                )
+            }
+            Change::Member(id) if acknowledged => {
+                assert!(members.contains(id), "acknowledged member {id} lost")
+            }
+            Change::Title(id, title) => {
+                let entry = titles.entry(id).or_default();
+                if acknowledged {
+                    *entry = (Some(title), Vec::new());
+                } else if unsure(record) {
+                    entry.1.push(title);
+                }
+            }
+            Change::Active(id, active) => {
+                let entry = actives.entry(id).or_default();
+                if acknowledged {
+                    *entry = (Some(*active), Vec::new());
+                } else if unsure(record) {
+                    entry.1.push(*active);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (id, (last, later)) in titles {
+        let Some(last) = last else { continue };
+        let cached = by_id[id]["title"].as_str().unwrap_or("");
+        assert!(
+            cached == last || later.contains(&cached),
+            "user {id}: title {cached}, acknowledged {last}, unsure {later:?}"
+        );
+    }
+    for (id, (last, later)) in actives {
+        let Some(last) = last else { continue };
+        let cached = by_id[id]["active"].as_bool().unwrap_or(true);
+        assert!(
+            cached == last || later.contains(&cached),
+            "user {id}: active {cached}, acknowledged {last}, unsure {later:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_outage_under_load_answers_503_and_loses_nothing_acknowledged() {
+    let mut server = TestServer::start().await;
+    let client = Client::new(&server.base, &server.token);
+    let readyz = format!("{}/readyz", server.root);
+    let (base_users, group_id) = prepare(&client, 6).await;
+    let mut load = Load::start(&client, 0, &base_users, &group_id);
+    load.wait_for("30 acknowledged writes", |p| p.acknowledged >= 30)
+        .await;
+
+    tokio::task::block_in_place(|| server.slapd.stop()).unwrap();
+    let stopped = Instant::now();
+    let not_ready = client.http.get(&readyz).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503, "/readyz follows the outage");
+    let answered_at_stop = load.progress().answered;
+    load.wait_for("40 answers during the outage", |p| {
+        p.answered >= answered_at_stop + 40
+    })
+    .await;
+    let restarting = Instant::now();
+    tokio::task::block_in_place(|| server.slapd.restart()).unwrap();
+    // The pool reconnects by itself: poll the daemon (an external process's state) until ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client.http.get(&readyz).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready 30 s after the directory came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acknowledged_at_recovery = load.progress().acknowledged;
+    load.wait_for("30 acknowledged writes after recovery", |p| {
+        p.acknowledged >= acknowledged_at_recovery + 30
+    })
+    .await;
+    let records = load.finish().await;
+
+    // Every answer is a success, or a 503 with Retry-After.
+    let mut n_rejected = 0;
+    for record in &records {
+        match record.outcome.status {
+            Some(status) if (200..300).contains(&status) => {}
+            Some(503) => {
+                n_rejected += 1;
+                assert!(
+                    record.outcome.retry_after.is_some(),
+                    "503 without Retry-After"
+                );
+                assert_eq!(
+                    record.outcome.body["status"], "503",
+                    "{}",
+                    record.outcome.body
+                );
+            }
+            other => panic!(
+                "{:?} answered {other:?}: {}",
+                record.change, record.outcome.body
+            ),
+        }
+    }
+    assert!(n_rejected >= 40, "{n_rejected} rejected");
+    // A request sent after the directory stopped and answered before it was started again
+    // cannot have reached it; one in flight at either moment may have (its outcome is unknown
+    // to the daemon too, and the IdP's retry settles it).
+    let unsure = |record: &Record| !(record.sent > stopped && record.answered < restarting);
+    let (users, groups) = cached(&client).await;
+    assert_acknowledged_present(&records, &users, &groups, &unsure);
+    let directory_names: BTreeSet<String> = server
+        .search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)")
+        .iter()
+        .map(|(_, attrs)| first(attrs, "uid").unwrap().to_string())
+        .collect();
+    let group_entry = server.entry(&server.group_dn("load")).unwrap();
+    let directory_members: BTreeSet<String> = values(&group_entry, "member")
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut n_unsure_landed = 0;
+    for record in &records {
+        if record.outcome.status != Some(503) {
+            continue;
+        }
+        let landed = match &record.change {
+            Change::Create(name) => directory_names.contains(name),
+            Change::Member(id) => {
+                let user = users.iter().find(|u| u["id"] == id.as_str()).unwrap();
+                let dn = server.user_dn(user["userName"].as_str().unwrap());
+                directory_members.contains(&dn.to_ascii_lowercase())
+            }
+            // Titles and lock states: checked above against the cache, and below against the
+            // directory.
+            _ => false,
+        };
+        if landed {
+            assert!(
+                unsure(record),
+                "{:?} was rejected while the directory was down, yet is in it",
+                record.change
+            );
+            n_unsure_landed += 1;
+        }
+    }
+    eprintln!(
+        "outage: {} requests, {n_rejected} answered 503, {n_unsure_landed} of those in flight at the stop landed",
+        records.len()
+    );
+
+    // The IdP retries what was refused; afterwards the set is complete and both sides agree.
+    for record in &records {
+        if record.outcome.status != Some(503) {
+            continue;
+        }
+        let retried = match &record.change {
+            Change::Create(name) => {
+                client
+                    .call(Method::POST, "/Users", Some(user_body(name, "Load", "User")))
+                    .await
+            }
+            Change::Member(id) => {
+                client
+                    .call(
+                        Method::PATCH,
+                        &format!("/Groups/{group_id}"),
+                        Some(json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]})),
+                    )
+                    .await
+            }
+            // A retry of an old title or lock state would undo a later acknowledged one; an
+            // IdP retries only its latest, which the next write supersedes anyway.
+            _ => continue,
+        };
+        assert!(
+            matches!(retried.status, Some(200..=299)),
+            "retry of {:?}: {:?} {}",
+            record.change,
+            retried.status,
+            retried.body
+        );
+    }
+    let (users, groups) = assert_agreement(&server, &client).await;
+    for record in &records {
+        match &record.change {
+            Change::Create(name) => assert!(
+                users.iter().any(|u| u["userName"] == name.as_str()),
+                "{name} missing after retries"
+            ),
+            Change::Member(id) => assert!(
+                groups[0]["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["value"] == id.as_str()),
+                "member {id} missing after retries"
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_points_under_load_leaves_cache_and_directory_in_agreement() {
+    let mut server = TestServer::start().await;
+    let setup = Client::new(&server.base, &server.token);
+    let (base_users, group_id) = prepare(&setup, 4).await;
+    server.stop_daemon().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_240_531);
+    let mut all_records: Vec<Record> = Vec::new();
+    let mut n_unacknowledged = 0;
+    for round in 0..5 {
+        let mut daemon = Daemon::spawn(
+            &server.config_path,
+            free_addr(),
+            &[],
+            std::process::Stdio::null(),
+        );
+        daemon.wait_ready().await;
+        let client = Client::new(&daemon.base, &server.token);
+        // After each restart: the cache and the directory agree, and nothing acknowledged so
+        // far is missing (a request cut off by the kill may or may not have landed).
+        let (users, groups) = assert_agreement(&server, &client).await;
+        assert_acknowledged_present(&all_records, &users, &groups, &|record| {
+            record.outcome.status.is_none()
+        });
+        let mut load = Load::start(&client, round, &base_users, &group_id);
+        let kill_after: usize = rng.gen_range(5..60);
+        load.wait_for("writes before the kill", |p| p.answered >= kill_after)
+            .await;
+        // A random point within the next writes, not a synchronisation.
+        tokio::time::sleep(Duration::from_micros(rng.gen_range(0..20_000))).await;
+        daemon.kill();
+        let records = load.finish().await;
+        n_unacknowledged += records
+            .iter()
+            .filter(|r| r.outcome.status.is_none())
+            .count();
+        for record in &records {
+            assert!(
+                record
+                    .outcome
+                    .status
+                    .is_none_or(|s| (200..300).contains(&s)),
+                "{:?}: {:?} {}",
+                record.change,
+                record.outcome.status,
+                record.outcome.body
+            );
+        }
+        all_records.extend(records);
+    }
+    let mut daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[],
+        std::process::Stdio::null(),
+    );
+    daemon.wait_ready().await;
+    let client = Client::new(&daemon.base, &server.token);
+    let (users, groups) = assert_agreement(&server, &client).await;
+    assert_acknowledged_present(&all_records, &users, &groups, &|record| {
+        record.outcome.status.is_none()
+    });
+    eprintln!(
+        "crash: {} writes over 5 kills, {n_unacknowledged} cut off; {} users cached",
+        all_records.len(),
+        users.len()
+    );
+    daemon.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_patches_on_one_group_and_one_user_lose_nothing() {
+    let server = Arc::new(TestServer::start().await);
+    let client = Client::new(&server.base, &server.token);
+    let mut member_ids = Vec::new();
+    for n in 0..50 {
+        let created = client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body(&format!("member{n}"), "Mem", "Ber")),
+            )
+            .await;
+        assert_eq!(created.status, Some(201));
+        member_ids.push(created.body["id"].as_str().unwrap().to_string());
+    }
+    let group = client
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({"displayName": "crowd"})),
+        )
+        .await;
+    let group_id = group.body["id"].as_str().unwrap().to_string();
+    let busy = client
+        .call(Method::POST, "/Users", Some(user_body("busy", "Bu", "Sy")))
+        .await;
+    let busy_id = busy.body["id"].as_str().unwrap().to_string();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, member_id) in member_ids.iter().enumerate() {
+        let client1 = client.clone();
+        let (group_id, busy_id, member_id) = (group_id.clone(), busy_id.clone(), member_id.clone());
+        tasks.spawn(async move {
+            let member = client1
+                .call(
+                    Method::PATCH,
+                    &format!("/Groups/{group_id}"),
+                    Some(json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": member_id}]}]})),
+                )
+                .await;
+            (member, n, "member")
+        });
+        let client2 = client.clone();
+        let busy2 = busy_id.clone();
+        tasks.spawn(async move {
+            let email = client2
+                .call(
+                    Method::PATCH,
+                    &format!("/Users/{busy2}"),
+                    Some(json!({"Operations": [{"op": "add", "path": "emails", "value": [{"value": format!("alias{n}@example.com"), "type": "other"}]}]})),
+                )
+                .await;
+            (email, n, "email")
+        });
+        let client3 = client.clone();
+        tasks.spawn(async move {
+            let title = client3
+                .call(
+                    Method::PATCH,
+                    &format!("/Users/{busy_id}"),
+                    Some(json!({"Operations": [{"op": "replace", "path": "title", "value": format!("title{n}")}]})),
+                )
+                .await;
+            (title, n, "title")
+        });
+    }
+    let all_done = async {
+        while let Some(joined) = tasks.join_next().await {
+            let (outcome, n, what) = joined.unwrap();
+            assert!(
+                matches!(outcome.status, Some(200..=299)),
+                "{what} {n}: {:?} {}",
+                outcome.status,
+                outcome.body
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all_done)
+        .await
+        .expect("150 concurrent PATCHes finish (no deadlock)");
+
+    // The group: the union of the 50 additions, in the cache and in the directory.
+    let group = client
+        .call(Method::GET, &format!("/Groups/{group_id}"), None)
+        .await;
+    let cached: BTreeSet<String> = group.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cached, member_ids.iter().cloned().collect());
+    let entry = server.entry(&server.group_dn("crowd")).unwrap();
+    let directory: BTreeSet<String> = values(&entry, "member")
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let expected: BTreeSet<String> = (0..50)
+        .map(|n| server.user_dn(&format!("member{n}")).to_ascii_lowercase())
+        .collect();
+    assert_eq!(directory, expected, "no placeholder, every member");
+
+    // The user: every email added (a union), and the title of one of the requests, which
+    // the directory holds too.
+    let user = client
+        .call(Method::GET, &format!("/Users/{busy_id}"), None)
+        .await;
+    let emails: BTreeSet<String> = user.body["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].as_str().unwrap().to_string())
+        .collect();
+    for n in 0..50 {
+        assert!(
+            emails.contains(&format!("alias{n}@example.com")),
+            "alias{n}"
+        );
+    }
+    assert!(emails.contains("busy@example.com"));
+    assert_eq!(emails.len(), 51);
+    let title = user.body["title"].as_str().unwrap();
+    assert!((0..50).any(|n| title == format!("title{n}")), "{title}");
+    let entry = server.entry(&server.user_dn("busy")).unwrap();
+    assert_eq!(values(&entry, "title"), [title]);
+    assert_eq!(values(&entry, "mail"), ["busy@example.com"]);
+    // Fifty emails and fifty titles: one version per write.
+    let version = user.body["meta"]["version"].as_str().unwrap();
+    assert_eq!(version, "W/\"101\"", "every write made its own version");
+}
