@@ -40,7 +40,7 @@ pub async fn rebuild_cache(
     };
     let entry_id_attr = config.ldap.flavor.entry_id_attribute().to_string();
     let store = service.store();
-    let now = now();
+    let now = crate::service::now();
     let mut report = RebuildReport::default();
     let mut scanned = 0u64;
 
@@ -221,15 +221,4 @@ pub async fn rebuild_cache(
         "cache rebuilt from the directory"
     );
     Ok(report)
-}
-
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|now| {
-            now.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

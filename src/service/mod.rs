@@ -533,7 +533,7 @@ fn check_if_match(conditions: &Conditions, version: i64) -> Result<(), ServiceEr
 }
 
 /// Now, as RFC 3339 with seconds precision.
-fn now() -> String {
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
