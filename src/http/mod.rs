@@ -94,7 +94,8 @@ pub fn filter(
                     headers,
                     peer: peer.map(|PeerAddr(addr)| addr),
                 };
-                handle(state, request, body).await
+                // Boxed so that the large request future is not copied on every move.
+                Box::pin(handle(state, request, body)).await
             },
         )
 }
@@ -361,7 +362,11 @@ where
             _ => None,
         },
     };
-    crate::audit::scope(context, route::dispatch(state, request, route, body)).await
+    crate::audit::scope(
+        context,
+        Box::pin(route::dispatch(state, request, route, body)),
+    )
+    .await
 }
 
 /// Reads the body, refusing with 413 as soon as it exceeds `limit`.

@@ -131,7 +131,9 @@ impl Route {
     }
 }
 
-/// Calls the one service function a route and method name, and renders the outcome.
+/// Calls the one service function a route and method name, and renders the outcome. Each
+/// service future is boxed: they are large, and this one would otherwise be as large as the
+/// largest of them and be copied whole on every move.
 pub(crate) async fn dispatch(
     state: &HttpState,
     request: &RawRequest,
@@ -184,8 +186,7 @@ pub(crate) async fn dispatch(
             match parse_json(&request.headers, &body)
                 .and_then(|doc| ListQuery::from_search_request(&doc))
             {
-                Ok(query) => service
-                    .list(kind, &query)
+                Ok(query) => Box::pin(service.list(kind, &query))
                     .await
                     .map(|list| Reply::json(StatusCode::OK, list)),
                 Err(err) => Err(err),
@@ -193,15 +194,13 @@ pub(crate) async fn dispatch(
         }
         Route::Collection(kind) => match *method {
             Method::GET => match ListQuery::from_query_string(&request.query) {
-                Ok(query) => service
-                    .list(Some(kind), &query)
+                Ok(query) => Box::pin(service.list(Some(kind), &query))
                     .await
                     .map(|list| Reply::json(StatusCode::OK, list)),
                 Err(err) => Err(err),
             },
             Method::POST => match parse_json(&request.headers, &body) {
-                Ok(doc) => service
-                    .create(kind, doc, &projection(&request.query))
+                Ok(doc) => Box::pin(service.create(kind, doc, &projection(&request.query)))
                     .await
                     .map(|created| resource_reply(StatusCode::CREATED, created, true)),
                 Err(err) => Err(err),
@@ -212,24 +211,22 @@ pub(crate) async fn dispatch(
             let conditions = conditions(&request.headers);
             let projection = projection(&request.query);
             match *method {
-                Method::GET => service.get(kind, &id, &projection).await.map(|found| {
-                    match &conditions.if_none_match {
+                Method::GET => Box::pin(service.get(kind, &id, &projection))
+                    .await
+                    .map(|found| match &conditions.if_none_match {
                         Some(tags) if etag_matches(tags, &found.etag) => {
                             Reply::not_modified(found.etag)
                         }
                         _ => resource_reply(StatusCode::OK, found, false),
-                    }
-                }),
+                    }),
                 Method::PUT => match parse_json(&request.headers, &body) {
-                    Ok(doc) => service
-                        .replace(kind, &id, doc, &conditions, &projection)
+                    Ok(doc) => Box::pin(service.replace(kind, &id, doc, &conditions, &projection))
                         .await
                         .map(|replaced| resource_reply(StatusCode::OK, replaced, false)),
                     Err(err) => Err(err),
                 },
                 Method::PATCH => match parse_json(&request.headers, &body) {
-                    Ok(doc) => service
-                        .patch(kind, &id, doc, &conditions, &projection)
+                    Ok(doc) => Box::pin(service.patch(kind, &id, doc, &conditions, &projection))
                         .await
                         .map(|patched| match patched {
                             Some(patched) => resource_reply(StatusCode::OK, patched, false),
@@ -237,8 +234,7 @@ pub(crate) async fn dispatch(
                         }),
                     Err(err) => Err(err),
                 },
-                Method::DELETE => service
-                    .delete(kind, &id, &conditions)
+                Method::DELETE => Box::pin(service.delete(kind, &id, &conditions))
                     .await
                     .map(|()| Reply::empty(StatusCode::NO_CONTENT)),
                 _ => return Reply::method_not_allowed(method, "GET, PUT, PATCH, DELETE"),

@@ -253,6 +253,20 @@ impl Service {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), DirectoryError>>,
     {
+        // Boxed: the directory, fsync and commit futures make this one large, and every
+        // caller's future would otherwise embed it and copy it on each move.
+        Box::pin(self.execute_plan(plan, then)).await
+    }
+
+    async fn execute_plan<F, Fut>(
+        &self,
+        plan: Plan,
+        then: F,
+    ) -> Result<Option<String>, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), DirectoryError>>,
+    {
         let resource_id = plan
             .upsert
             .as_ref()
