@@ -742,6 +742,30 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     }
     if let Some(resource) = &commit.upsert {
         let doc = resource.doc.to_string();
+        // Most writes change neither the name, the DN nor the ids: updating only the document
+        // leaves the five indexes' pages alone, and each page not rewritten is a WAL frame (a
+        // checksum and two writes) saved. When a keyed column differs, the full upsert below
+        // rewrites them.
+        let unchanged_keys = conn
+            .prepare_cached(
+                "UPDATE resources SET version = ?2, last_modified = ?3, doc = ?4 \
+                 WHERE id = ?1 AND name = ?5 AND external_id IS ?6 AND dn = ?7 \
+                 AND entry_uuid IS ?8 AND posix_id IS ?9",
+            )?
+            .execute(params![
+                resource.id,
+                resource.version,
+                resource.last_modified,
+                doc,
+                resource.name,
+                resource.external_id,
+                resource.dn,
+                resource.entry_uuid,
+                resource.posix_id
+            ])?;
+        if unchanged_keys == 1 {
+            return finish_commit(conn, commit);
+        }
         let result = conn.prepare_cached(
             "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc, dn_key, posix_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
@@ -773,6 +797,11 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         }
         result?;
     }
+    finish_commit(conn, commit)
+}
+
+/// The membership rows and the intent of `commit`, after its resource row.
+fn finish_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(group_id) = &commit.members_clear {
         conn.prepare_cached("DELETE FROM members WHERE group_id = ?1")?
             .execute(params![group_id])?;

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped on every incompatible change of the tables below.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS members (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id);
 CREATE TABLE IF NOT EXISTS intents (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     resource_id TEXT NOT NULL,
     plan TEXT NOT NULL
 );
@@ -53,7 +53,20 @@ pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
             "cache schema version {version} is newer than this scim2ldap ({SCHEMA_VERSION})"
         )));
     }
-    conn.execute_batch(TABLES)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let tx = conn.transaction()?;
+    if version == 1 {
+        // Version 2 drops AUTOINCREMENT from the intent log: a sequence number only has to be
+        // unique among pending intents, and AUTOINCREMENT cost a second page (sqlite_sequence)
+        // in every intent's transaction.
+        tx.execute_batch(
+            "CREATE TABLE intents_v2 (seq INTEGER PRIMARY KEY, resource_id TEXT NOT NULL, plan TEXT NOT NULL);
+             INSERT INTO intents_v2 (seq, resource_id, plan) SELECT seq, resource_id, plan FROM intents;
+             DROP TABLE intents;
+             ALTER TABLE intents_v2 RENAME TO intents;",
+        )?;
+    }
+    tx.execute_batch(TABLES)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
 }

@@ -154,3 +154,97 @@ async fn concurrent_commits_are_grouped_and_all_land() {
     }
     assert_eq!(store.count(Kind::User).await.expect("count"), 200);
 }
+
+#[tokio::test]
+async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cache.db");
+    {
+        let conn = Connection::open(&path).expect("opens");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE intents (seq INTEGER PRIMARY KEY AUTOINCREMENT, resource_id TEXT NOT NULL, plan TEXT NOT NULL);
+             INSERT INTO intents (resource_id, plan) VALUES ('u1', 'first'), ('u2', 'second');
+             PRAGMA user_version = 1;",
+        )
+        .expect("version 1 cache");
+    }
+    let store = Store::open(&path).expect("upgrades");
+    let pending = store.pending_intents().await.expect("intents");
+    let plans: Vec<(i64, &str)> = pending.iter().map(|i| (i.seq, i.plan.as_str())).collect();
+    assert_eq!(plans, vec![(1, "first"), (2, "second")]);
+    let seq = store
+        .record_intent("u3", "third".to_string())
+        .await
+        .expect("intent");
+    assert_eq!(seq, 3);
+    drop(store);
+    let conn = Connection::open(&path).expect("opens");
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'intents'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("intents table");
+    assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, 2);
+}
+
+#[tokio::test]
+async fn an_update_keeps_every_index_right_whether_or_not_a_key_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("cache.db")).expect("opens");
+    let commit = |resource: StoredResource| Commit {
+        upsert: Some(resource),
+        ..Commit::default()
+    };
+    store
+        .commit(commit(user("u1", "alice")))
+        .await
+        .expect("create");
+    // Only the document changes: the indexed columns stay as they were.
+    let mut doc_only = user("u1", "alice");
+    doc_only.version = 2;
+    doc_only.doc = json!({"userName": "alice", "title": "Engineer"});
+    store.commit(commit(doc_only)).await.expect("doc update");
+    let found = store
+        .find(Kind::User, IndexedField::Name, "ALICE")
+        .await
+        .expect("by name");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].version, 2);
+    assert_eq!(found[0].doc["title"], "Engineer");
+    // A rename, a new DN, external id and entryUUID: every index follows.
+    let mut renamed = user("u1", "alicia");
+    renamed.version = 3;
+    renamed.external_id = Some("ext-new".to_string());
+    renamed.entry_uuid = Some("uuid-1".to_string());
+    store.commit(commit(renamed)).await.expect("rename");
+    for (field, value) in [
+        (IndexedField::Name, "alicia"),
+        (IndexedField::Dn, "UID=alicia,ou=people"),
+        (IndexedField::ExternalId, "ext-new"),
+        (IndexedField::EntryUuid, "uuid-1"),
+    ] {
+        let found = store.find(Kind::User, field, value).await.expect("find");
+        assert_eq!(found.len(), 1, "{field:?} {value}");
+        assert_eq!(found[0].version, 3);
+    }
+    for (field, value) in [
+        (IndexedField::Name, "alice"),
+        (IndexedField::Dn, "uid=alice,ou=people"),
+        (IndexedField::ExternalId, "ext-u1"),
+    ] {
+        let found = store.find(Kind::User, field, value).await.expect("find");
+        assert!(found.is_empty(), "{field:?} {value} still indexed");
+    }
+    // A second user may now take the old name.
+    store
+        .commit(commit(user("u2", "alice")))
+        .await
+        .expect("old name is free");
+}
