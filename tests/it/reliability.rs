@@ -805,3 +805,261 @@ async fn fifty_concurrent_patches_on_one_group_and_one_user_lose_nothing() {
     let version = user.body["meta"]["version"].as_str().unwrap();
     assert_eq!(version, "W/\"101\"", "every write made its own version");
 }
+
+/// Polls `condition` (the directory, an external process) until it holds, for at most 20 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Log lines of the daemon that contain every one of `parts`.
+fn log_lines(log: &std::path::Path, parts: &[&str]) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .count()
+}
+
+/// Member DNs (lowercased, placeholder included) of the group entry `cn`.
+fn directory_members(server: &TestServer, cn: &str) -> BTreeSet<String> {
+    let entry = server.entry(&server.group_dn(cn)).unwrap();
+    values(&entry, "member")
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let setup = Client::new(&server.base, &server.token);
+    let create = |name: &str, password: Option<&str>| {
+        let mut body = user_body(name, "Before", "State");
+        body["title"] = json!("before");
+        if let Some(password) = password {
+            body["password"] = json!(password);
+        }
+        let setup = setup.clone();
+        async move {
+            let created = setup.call(Method::POST, "/Users", Some(body)).await;
+            assert_eq!(created.status, Some(201), "{}", created.body);
+            created.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mailer = create("mailer", None).await;
+    let mover = create("mover", None).await;
+    let locker = create("locker", Some("Locker-Pass-1")).await;
+    let leaver = create("leaver", Some("Leaver-Pass-1")).await;
+    let m1 = create("m1", None).await;
+    let m2 = create("m2", None).await;
+    let m3 = create("m3", None).await;
+    let mut group_ids = HashMap::new();
+    for (name, members) in [
+        ("movers", vec![&mover, &m1]),
+        ("solo", vec![&leaver]),
+        ("crowd", vec![&m1, &m2]),
+    ] {
+        let members: Vec<Value> = members.iter().map(|id| json!({"value": id})).collect();
+        let group = setup
+            .call(
+                Method::POST,
+                "/Groups",
+                Some(json!({"displayName": name, "members": members})),
+            )
+            .await;
+        assert_eq!(group.status, Some(201), "{}", group.body);
+        group_ids.insert(name, group.body["id"].as_str().unwrap().to_string());
+    }
+    server.stop_daemon().await;
+    let dn = |name: &str| server.user_dn(name).to_ascii_lowercase();
+    let before_user = |name: &str| server.entry(&server.user_dn(name)).unwrap();
+    let mover_entry = before_user("mover");
+
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let mut daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[("SCIM2LDAP_TEST_LOSE_REPLY", "1"), ("RUST_LOG", "info")],
+        std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    daemon.wait_ready().await;
+    let client = Client::new(&daemon.base, &server.token);
+    let lost = |outcome: Outcome| {
+        assert_eq!(outcome.status, Some(503), "{}", outcome.body);
+        assert!(outcome.retry_after.is_some(), "503 without Retry-After");
+    };
+    const PUT_BACK: &str = "entry put back to the cached state after a failed write";
+    let started = Instant::now();
+
+    // A create: the entry it added goes again.
+    lost(
+        client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body("ghost", "Gh", "Ost")),
+            )
+            .await,
+    );
+    eventually("the failed create's entry removed", || {
+        server.entry(&server.user_dn("ghost")).is_none()
+            && log_lines(&log_path, &["entry of a failed create removed"]) == 1
+    })
+    .await;
+    let listed = client
+        .call(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22ghost%22",
+            None,
+        )
+        .await;
+    assert_eq!(listed.body["totalResults"], 0);
+
+    // A PATCH of the mail.
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Users/{mailer}"),
+            Some(json!({"Operations": [{"op": "replace", "path": "emails", "value": [{"value": "changed@example.com", "type": "work", "primary": true}]}]})),
+        )
+        .await);
+    eventually("mailer's mail back", || {
+        let entry = before_user("mailer");
+        values(&entry, "mail") == ["mailer@example.com"]
+            && log_lines(&log_path, &[PUT_BACK, &mailer]) == 1
+    })
+    .await;
+
+    // A PUT that renames (modrdn, modify, and the member value in a group).
+    let mut renamed = user_body("moved", "After", "Change");
+    renamed["title"] = json!("after");
+    lost(
+        client
+            .call(Method::PUT, &format!("/Users/{mover}"), Some(renamed))
+            .await,
+    );
+    eventually("mover renamed back", || {
+        server.entry(&server.user_dn("moved")).is_none()
+            && log_lines(&log_path, &[PUT_BACK, &mover]) == 1
+            && directory_members(&server, "movers") == BTreeSet::from([dn("mover"), dn("m1")])
+    })
+    .await;
+    let entry = before_user("mover");
+    for attr in [
+        "uid",
+        "cn",
+        "givenName",
+        "sn",
+        "mail",
+        "title",
+        "scimId",
+        "entryUUID",
+    ] {
+        assert_eq!(values(&entry, attr), values(&mover_entry, attr), "{attr}");
+    }
+
+    // A deactivation: the lock goes again and the password works.
+    lost(
+        client
+            .call(
+                Method::PATCH,
+                &format!("/Users/{locker}"),
+                Some(json!({"Operations": [{"op": "replace", "path": "active", "value": false}]})),
+            )
+            .await,
+    );
+    eventually("locker unlocked", || {
+        let entry = before_user("locker");
+        values(&entry, "pwdAccountLockedTime").is_empty()
+            && log_lines(&log_path, &[PUT_BACK, &locker]) == 1
+    })
+    .await;
+    assert!(server.can_bind(&server.user_dn("locker"), "Locker-Pass-1"));
+
+    // A delete (first out of its group, then the entry): re-created, bindable, in its group.
+    lost(
+        client
+            .call(Method::DELETE, &format!("/Users/{leaver}"), None)
+            .await,
+    );
+    eventually("leaver re-created in its group", || {
+        server.entry(&server.user_dn("leaver")).is_some()
+            && log_lines(&log_path, &[PUT_BACK, &leaver]) == 1
+            && directory_members(&server, "solo") == BTreeSet::from([dn("leaver")])
+    })
+    .await;
+    let entry = before_user("leaver");
+    assert_eq!(values(&entry, "scimId"), [leaver.as_str()]);
+    assert_eq!(values(&entry, "title"), ["before"]);
+    assert!(server.can_bind(&server.user_dn("leaver"), "Leaver-Pass-1"));
+
+    // A member added, then a member removed.
+    let crowd = &group_ids["crowd"];
+    let crowd_before = BTreeSet::from([dn("m1"), dn("m2")]);
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Groups/{crowd}"),
+            Some(json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": m3}]}]})),
+        )
+        .await);
+    eventually("the added member gone", || {
+        directory_members(&server, "crowd") == crowd_before
+            && log_lines(&log_path, &[PUT_BACK, crowd]) == 1
+    })
+    .await;
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Groups/{crowd}"),
+            Some(json!({"Operations": [{"op": "remove", "path": "members", "value": [{"value": m1}]}]})),
+        )
+        .await);
+    eventually("the removed member back", || {
+        directory_members(&server, "crowd") == crowd_before
+            && log_lines(&log_path, &[PUT_BACK, crowd]) == 2
+    })
+    .await;
+    eprintln!("lost replies: six writes undone in {:?}", started.elapsed());
+    assert_eq!(log_lines(&log_path, &["could not check an entry"]), 0);
+
+    // The IdP sees the state before each write, and so does a reconciliation run.
+    let user = client
+        .call(Method::GET, &format!("/Users/{locker}"), None)
+        .await;
+    assert_eq!(user.body["active"], true);
+    let user = client
+        .call(Method::GET, &format!("/Users/{mover}"), None)
+        .await;
+    assert_eq!(user.body["userName"], "mover");
+    daemon.kill();
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "directory and cache differ: {report}");
+
+    // Without the hook, the IdP's retries all succeed.
+    server.launch().await;
+    let client = Client::new(&server.base, &server.token);
+    let created = client
+        .call(
+            Method::POST,
+            "/Users",
+            Some(user_body("ghost", "Gh", "Ost")),
+        )
+        .await;
+    assert_eq!(created.status, Some(201), "{}", created.body);
+    let deleted = client
+        .call(Method::DELETE, &format!("/Users/{leaver}"), None)
+        .await;
+    assert_eq!(deleted.status, Some(204));
+    assert!(server.entry(&server.user_dn("leaver")).is_none());
+    assert_eq!(
+        directory_members(&server, "solo"),
+        BTreeSet::from([server.slapd.placeholder_dn().to_ascii_lowercase()])
+    );
+}
