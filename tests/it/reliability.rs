@@ -977,6 +977,29 @@ async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
         .await;
     assert_eq!(listed.body["totalResults"], 0);
 
+    // A create that took over an existing entry (users.on_existing = "adopt"): never removed.
+    let foreign_dn = server.user_dn("foreign");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {foreign_dn}\nobjectClass: inetOrgPerson\nuid: foreign\ncn: F\nsn: F\n"
+        ))
+        .unwrap();
+    lost(
+        client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body("foreign", "Fo", "Reign")),
+            )
+            .await,
+    );
+    eventually("the adopted entry left alone", || {
+        log_lines(&log_path, &["took over an existing entry"]) == 1
+    })
+    .await;
+    assert!(server.entry(&foreign_dn).is_some());
+
     // A PATCH of the mail.
     lost(client
         .call(
@@ -1095,8 +1118,18 @@ async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
         .await;
     assert_eq!(user.body["userName"], "mover");
     daemon.kill();
-    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
-    assert_eq!(code, 0, "directory and cache differ: {report}");
+    // Only the adopted entry differs: an orphan now, as reconciliation reports it.
+    let (_, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["kind"], "orphan", "{report}");
+    assert!(
+        findings[0]["dn"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&foreign_dn),
+        "{report}"
+    );
 
     // Without the hook, the IdP's retries all succeed.
     server.launch().await;
