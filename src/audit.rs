@@ -46,6 +46,13 @@ pub async fn scope<F: std::future::Future>(context: AuditContext, future: F) -> 
     CONTEXT.scope(context, future).await
 }
 
+/// True while a client's request runs (its context carries a request id).
+pub fn in_request() -> bool {
+    CONTEXT
+        .try_with(|context| context.request_id.is_some())
+        .unwrap_or(false)
+}
+
 /// One change as applied (or attempted) on the directory.
 #[derive(Debug, Clone)]
 pub struct Change {

@@ -24,7 +24,8 @@
 //! - [`service`]: the use cases; orders every write as intent -> directory -> commit, and
 //!   serializes writes per resource.
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
-//!   repairs or reports drift and orphans, at start-up, on an interval and on demand.
+//!   repairs or reports drift and orphans, at start-up, on an interval and on demand; puts back
+//!   the entries of writes that failed transiently once the directory answers (`suspects`).
 //! - [`http`]: warp filter, accept loop with graceful drain (plain or TLS), routing, bearer auth,
 //!   rate limit, bearer auth with a bounded per-client throttle of failed attempts, body limit,
 //!   request ids. A handler extracts, calls one service function, replies.
@@ -47,7 +48,8 @@
 //!   secrets: those go to the log under the request id, which every response carries in
 //!   `X-Request-Id`.
 //! - A password is never stored, logged or returned; `expose_secret()` appears only at the LDAP
-//!   bind and password change, and bearer tokens are only ever compared as hashes. Logs name a
+//!   bind and password change, and bearer tokens are only ever compared as hashes. The hash of
+//!   a user being deleted is held in memory only, to re-create the entry if the delete fails. Logs name a
 //!   token by its configured name; attribute values appear at trace level at most.
 
 pub mod audit;
@@ -173,6 +175,12 @@ pub async fn run_with(
         None => None,
     };
     let pinger = tokio::spawn(ping_directory(service.clone(), control.clone(), stopped()));
+    // Puts back the entries of writes that failed transiently, once the directory answers.
+    let repairer = tokio::spawn(reconcile::repair_after_failures(
+        service.clone(),
+        config.reconcile.clone(),
+        stopped(),
+    ));
     let state = http::HttpState {
         service,
         control: control.clone(),
@@ -224,6 +232,9 @@ pub async fn run_with(
         let _ = metrics_server.await;
     }
     let _ = pinger.await;
+    if let Err(err) = repairer.await {
+        tracing::warn!(error = %err, "repair task ended abnormally");
+    }
     if let Err(err) = reconciler.await {
         tracing::warn!(error = %err, "reconcile task ended abnormally");
     }

@@ -403,6 +403,15 @@ pub fn record_reconcile(
     metrics.reconcile_last_success.set(now);
 }
 
+/// Records entries put back after failed writes (outside a reconciliation run), counted as
+/// drifted and repaired.
+pub fn record_suspect_repairs(repaired: usize) {
+    let repaired = u64::try_from(repaired).unwrap_or(u64::MAX);
+    let metrics = metrics();
+    metrics.reconcile_drifted.inc_by(repaired);
+    metrics.reconcile_repaired.inc_by(repaired);
+}
+
 /// Records a reconciliation run that stopped with an error.
 pub fn record_reconcile_failure(duration: Duration) {
     let metrics = metrics();

@@ -309,15 +309,39 @@ impl Directory {
         dn: &str,
         hash: &SecretString,
     ) -> Result<(), DirectoryError> {
+        self.set_password_hashes(dn, std::slice::from_ref(hash))
+            .await
+    }
+
+    /// Writes `userPassword` as exactly these hashes (an entry put back as it was).
+    pub async fn set_password_hashes(
+        &self,
+        dn: &str,
+        hashes: &[SecretString],
+    ) -> Result<(), DirectoryError> {
         self.run("password_hash", |mut ldap| async move {
-            let mods = vec![ldap3::Mod::Replace(
-                "userPassword",
-                HashSet::from([hash.expose_secret()]),
-            )];
+            let values: HashSet<&str> = hashes.iter().map(|hash| hash.expose_secret()).collect();
+            let mods = vec![ldap3::Mod::Replace("userPassword", values)];
             ldap.modify(dn, mods).await?.success()?;
             Ok(())
         })
         .await
+    }
+
+    /// The `userPassword` hashes of `dn`: empty when it has none, is gone, or the bound
+    /// identity may not read them.
+    pub async fn password_hashes(&self, dn: &str) -> Result<Vec<SecretString>, DirectoryError> {
+        Ok(self
+            .read(dn, &["userPassword"])
+            .await?
+            .map(|entry| {
+                entry
+                    .values("userPassword")
+                    .iter()
+                    .map(|hash| SecretString::from(hash.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Reads one entry; `None` when it does not exist.

@@ -11,6 +11,7 @@
 pub mod config;
 mod rebuild;
 mod report;
+mod suspects;
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use crate::store::{IndexedField, Kind, StoredResource};
 pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
 pub use rebuild::{rebuild_cache, RebuildReport};
 pub use report::{Action, Finding, FindingKind, Report};
+pub use suspects::repair_after_failures;
 
 /// Why a run stopped early.
 #[derive(Debug, thiserror::Error)]

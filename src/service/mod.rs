@@ -10,6 +10,7 @@ mod locks;
 mod plan;
 mod render;
 mod repair;
+mod suspects;
 mod users;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::scim::ScimError;
 use crate::store::{self, IndexedField, Kind, Store, StoreError, StoredResource};
 
 pub use plan::replay_intents;
+pub use repair::{SuspectPass, SuspectRepair};
 
 /// Seconds an IdP is told to wait after the directory was unavailable.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -145,6 +147,8 @@ pub struct Service {
     ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One reconcile run at a time.
     reconcile_lock: tokio::sync::Mutex<()>,
+    /// Resources whose last write failed transiently and may be half applied.
+    suspects: suspects::Suspects,
 }
 
 impl Service {
@@ -169,6 +173,7 @@ impl Service {
             locks: locks::KeyedLocks::default(),
             ignored_names: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            suspects: suspects::Suspects::default(),
         })
     }
 

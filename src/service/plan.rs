@@ -6,8 +6,10 @@
 //! missing entry is done, and a rename whose source is gone but whose target exists is done.
 //! The plan is a private persistence format of the intent table, hence its serde derives.
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::suspects::{FailedAdd, Suspect};
 use super::{Service, ServiceError};
 use crate::directory::{Directory, DirectoryError, Mod};
 use crate::store::{Commit, Kind, StoredResource};
@@ -79,6 +81,10 @@ pub(crate) struct Plan {
     /// The write also sets a password (never part of the stored plan; for the audit record).
     #[serde(skip)]
     pub sets_password: bool,
+    /// Password hashes of an entry the plan deletes, to put back if the delete is applied but
+    /// not acknowledged (never part of the stored plan).
+    #[serde(skip)]
+    pub password_hashes: Vec<SecretString>,
 }
 
 /// A `StoredResource` in the plan's persistence format.
@@ -149,6 +155,7 @@ impl Plan {
             members_remove: Vec::new(),
             members_clear: None,
             sets_password: false,
+            password_hashes: Vec::new(),
         }
     }
 
@@ -235,6 +242,22 @@ fn crash_after_directory() -> bool {
     })
 }
 
+/// Test hook: with `SCIM2LDAP_TEST_LOSE_REPLY=1` in the environment, a client's write whose
+/// directory operations all succeeded fails as if the connection had dropped before the last
+/// reply (a transient error, nothing committed). Replays and repairs are not affected. Read
+/// once per process.
+fn lose_reply() -> bool {
+    static LOSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOSE.get_or_init(|| std::env::var_os("SCIM2LDAP_TEST_LOSE_REPLY").is_some_and(|v| v == "1"))
+}
+
+/// What `apply_ops` learned on the way, also when it failed.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyTrace {
+    /// An add found its entry and took it over.
+    pub adopted: bool,
+}
+
 impl Service {
     /// Records `plan` as an intent, applies it to the directory, and commits it; on a
     /// directory failure the intent is dropped and nothing is committed.
@@ -282,14 +305,24 @@ impl Service {
         let seq = self.store.record_intent(&resource_id, text).await?;
         // The intent is in the WAL now (safe from a process crash); its fsync runs while the
         // directory works, and the reply waits for both (see store/mod.rs on durability).
+        let mut trace = ApplyTrace::default();
         let directory_work = async {
             let id_attr = self.config.ldap.flavor.entry_id_attribute();
-            match apply_ops(&self.directory, &plan.ops, id_attr, false).await {
+            match apply_ops(&self.directory, &plan.ops, id_attr, false, &mut trace).await {
                 Ok(entry_uuid) => then().await.map(|()| entry_uuid),
                 Err(err) => Err(err),
             }
         };
         let (applied, synced) = tokio::join!(directory_work, self.store.sync());
+        let applied = match applied {
+            Ok(_) if lose_reply() && crate::audit::in_request() => {
+                tracing::warn!("test hook: reporting an applied write as a lost reply");
+                Err(DirectoryError::Unavailable(
+                    "test hook: reply lost".to_string(),
+                ))
+            }
+            other => other,
+        };
         if let Err(sync_err) = synced {
             // The directory may hold the change while the IdP is told it failed; the intent is
             // in the WAL, so the next start replays it and both agree again.
@@ -325,8 +358,12 @@ impl Service {
                     "refused"
                 };
                 crate::audit::record(&plan.audit_change(), Some(class));
-                // The IdP is told nothing changed; a partly applied plan is repaired by
-                // reconciliation from the cache, which still holds the previous state.
+                // The IdP is told nothing changed, and the cache still holds the previous state.
+                // A transient failure may hide an applied or partly applied plan: the entry is
+                // put back to the cached state once the directory answers (reconcile/suspects).
+                if err.is_transient() {
+                    self.note_suspect(&plan, &trace).await;
+                }
                 let drop_intent = Commit {
                     intent_seq: Some(seq),
                     ..Commit::default()
@@ -340,12 +377,83 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Remembers the resource of `plan`, which failed transiently, as suspect.
+    async fn note_suspect(&self, plan: &Plan, trace: &ApplyTrace) {
+        let (kind, id) = match (&plan.upsert, &plan.delete) {
+            (Some(planned), _) => (
+                if planned.group {
+                    Kind::Group
+                } else {
+                    Kind::User
+                },
+                planned.id.clone(),
+            ),
+            (None, Some(id)) => match self.cached_kind(id).await {
+                Some(kind) => (kind, id.clone()),
+                None => return,
+            },
+            // An orphan's plan: the next reconciliation run looks at it again.
+            (None, None) => return,
+        };
+        let mut suspect = Suspect::new(kind, id);
+        for op in &plan.ops {
+            match op {
+                DirOp::Add { dn, .. } => {
+                    if let Some(planned) = plan
+                        .upsert
+                        .as_ref()
+                        .filter(|planned| planned.dn.eq_ignore_ascii_case(dn))
+                    {
+                        suspect.added = Some(FailedAdd {
+                            dn: dn.clone(),
+                            name: planned.name.clone(),
+                            adopted: trace.adopted,
+                        });
+                    }
+                }
+                DirOp::Rename { new_dn, .. } => suspect.dns.push(new_dn.clone()),
+                DirOp::AddValue { .. }
+                | DirOp::DeleteValue { .. }
+                | DirOp::AddValues { .. }
+                | DirOp::DeleteValues { .. } => {
+                    suspect.touched_groups |= kind == Kind::User;
+                }
+                DirOp::Modify { .. } | DirOp::Delete { .. } => {}
+            }
+        }
+        suspect.password_hashes = plan.password_hashes.clone();
+        tracing::info!(
+            resource_type = kind.as_str(),
+            resource_id = %suspect.id,
+            "write failed with the directory unavailable; its entry is checked when the directory answers"
+        );
+        self.suspects.insert(suspect);
+    }
+
+    /// The kind of cached resource `id`, if cached.
+    async fn cached_kind(&self, id: &str) -> Option<Kind> {
+        for kind in [Kind::User, Kind::Group] {
+            match self.store.get(kind, id).await {
+                Ok(Some(_)) => return Some(kind),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cache read failed; a failed write is left to reconciliation");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Applies `ops` in order; returns the directory id of an added entry when the server told it.
 async fn apply_ops(
     directory: &Directory,
     ops: &[DirOp],
     id_attr: &str,
     replay: bool,
+    trace: &mut ApplyTrace,
 ) -> Result<Option<String>, DirectoryError> {
     let mut entry_uuid = None;
     for op in ops {
@@ -354,6 +462,7 @@ async fn apply_ops(
                 match directory.add_returning(dn, attrs, id_attr).await {
                     Ok(id) => entry_uuid = id,
                     Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
+                        trace.adopted = true;
                         tracing::info!("entry exists; adopting it");
                         tracing::trace!(dn = %dn, "adopted entry");
                         let mods: Vec<Mod> = attrs
@@ -494,6 +603,7 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             &plan.ops,
             service.config.ldap.flavor.entry_id_attribute(),
             true,
+            &mut ApplyTrace::default(),
         )
         .await?;
         let change = plan.audit_change();

@@ -1,14 +1,51 @@
-//! Repairs for reconciliation: what an entry should be, and the write that puts it back. They
-//! take the same per-resource locks and go through the same intent/commit path as IdP writes.
+//! Repairs for reconciliation and after failed writes: what an entry should be, and the write
+//! that puts it back. They take the same per-resource locks and go through the same
+//! intent/commit path as IdP writes.
 
+use std::collections::{BTreeSet, HashSet};
+
+use secrecy::SecretString;
 use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
+use super::suspects::{FailedAdd, Suspect};
 use super::users::push_rename;
 use super::{Service, ServiceError};
-use crate::directory::Entry;
+use crate::directory::{Entry, Mod};
 use crate::mapping::{drift, parent_dn, rdn, Deactivate, OnDisableGroups, Projection};
 use crate::store::{Kind, StoredResource};
+
+/// What checking one suspect resource did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspectRepair {
+    /// The entry was put back to the cached state.
+    Repaired,
+    /// The entry that a failed create added was deleted.
+    Removed,
+    /// The entry already matched the cache (the write did not land, or a later one settled it).
+    InStep,
+    /// An entry at a failed create's DN was left alone: it was adopted, or cannot be told ours.
+    Kept,
+}
+
+/// The outcome of one pass over the suspects.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SuspectPass {
+    /// Entries checked.
+    pub checked: usize,
+    /// Put back to the cached state.
+    pub repaired: usize,
+    /// Added by a failed create, deleted.
+    pub removed: usize,
+    /// Left alone (see [`SuspectRepair::Kept`]).
+    pub kept: usize,
+    /// Failed transiently; kept for the next pass.
+    pub retry: usize,
+    /// Failed otherwise; left to reconciliation.
+    pub failed: usize,
+    /// Suspects were dropped for lack of room: a full reconciliation run is needed.
+    pub overflowed: bool,
+}
 
 impl Service {
     /// The validated configuration.
@@ -92,6 +129,18 @@ impl Service {
         let Some(resource) = self.store.get(kind, id).await? else {
             return Ok(false);
         };
+        self.repair_cached(resource, found_dn, &[]).await
+    }
+
+    /// `repair_entry` under the resource's lock; a re-created user entry gets
+    /// `password_hashes` (the hashes it had before a delete that was not acknowledged).
+    async fn repair_cached(
+        &self,
+        resource: StoredResource,
+        found_dn: Option<&str>,
+        password_hashes: &[SecretString],
+    ) -> Result<bool, ServiceError> {
+        let kind = resource.kind;
         let expected = self.expected_entry(&resource).await?;
         let attrs = self.attrs_to_read(kind);
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
@@ -104,6 +153,7 @@ impl Service {
         }
         let mut plan = Plan::new();
         let member_attr = self.config.groups.class.member_attribute().to_string();
+        let recreate = entry.is_none();
         match entry {
             None => {
                 let mut add_attrs = expected.to_add_attrs();
@@ -183,8 +233,215 @@ impl Service {
             dn: expected.dn.clone(),
             ..resource
         }));
-        self.execute(plan).await?;
+        if recreate && kind == Kind::User && !password_hashes.is_empty() {
+            plan.sets_password = true;
+            let directory = self.directory.clone();
+            let dn = expected.dn.clone();
+            let hashes = password_hashes.to_vec();
+            // ppolicy drops the lock when a password is set: write it again.
+            let relock = self.config.users.lock_cleared_by_password_change(&expected);
+            self.execute_then(plan, move || async move {
+                directory.set_password_hashes(&dn, &hashes).await?;
+                match relock {
+                    Some((attr, values)) => {
+                        directory.modify(&dn, &[Mod::Replace(attr, values)]).await
+                    }
+                    None => Ok(()),
+                }
+            })
+            .await?;
+        } else {
+            self.execute(plan).await?;
+        }
         Ok(true)
+    }
+
+    /// Checks every suspect resource (users first, then groups, then the groups of users whose
+    /// failed write touched memberships) and puts its entry back to the cached state. A check
+    /// that fails transiently keeps the suspect for the next pass.
+    pub async fn repair_suspects(&self) -> SuspectPass {
+        let (suspects, overflowed) = self.suspects.take();
+        let mut pass = SuspectPass {
+            overflowed,
+            ..SuspectPass::default()
+        };
+        let mut checked_groups = HashSet::new();
+        let mut member_groups = BTreeSet::new();
+        for suspect in suspects {
+            match suspect.kind {
+                Kind::Group => {
+                    checked_groups.insert(suspect.id.clone());
+                }
+                Kind::User if suspect.touched_groups => {
+                    match self.store.groups_of(&suspect.id).await {
+                        Ok(groups) => member_groups.extend(groups.into_iter().map(|(id, _)| id)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cache read failed; the user's groups are left to reconciliation")
+                        }
+                    }
+                }
+                Kind::User => {}
+            }
+            self.check_suspect(suspect, &mut pass).await;
+        }
+        for group_id in member_groups {
+            if !checked_groups.contains(&group_id) {
+                self.check_suspect(Suspect::new(Kind::Group, group_id), &mut pass)
+                    .await;
+            }
+        }
+        pass
+    }
+
+    /// Suspects waiting, and whether a full reconciliation run is asked for.
+    pub fn pending_suspects(&self) -> (usize, bool) {
+        self.suspects.pending()
+    }
+
+    /// Asks for a full reconciliation run at the next pass (one could not start).
+    pub fn request_full_reconcile(&self) {
+        self.suspects.set_overflowed();
+    }
+
+    /// Resolves when a write has failed transiently since the last call.
+    pub async fn suspect_added(&self) {
+        self.suspects.added().await
+    }
+
+    async fn check_suspect(&self, suspect: Suspect, pass: &mut SuspectPass) {
+        pass.checked += 1;
+        let resource_type = suspect.kind.as_str();
+        match self.repair_suspect(&suspect).await {
+            Ok(SuspectRepair::Repaired) => {
+                pass.repaired += 1;
+                tracing::info!(resource_type, resource_id = %suspect.id, "entry put back to the cached state after a failed write");
+            }
+            Ok(SuspectRepair::Removed) => {
+                pass.removed += 1;
+                tracing::info!(resource_type, resource_id = %suspect.id, "entry of a failed create removed");
+            }
+            Ok(SuspectRepair::InStep) => {
+                tracing::debug!(resource_type, resource_id = %suspect.id, "entry in step after a failed write");
+            }
+            Ok(SuspectRepair::Kept) => pass.kept += 1,
+            Err(ServiceError::Directory(err)) if err.is_transient() => {
+                pass.retry += 1;
+                tracing::debug!(resource_type, resource_id = %suspect.id, error = %err, "directory unavailable; checked again later");
+                self.suspects.put_back(suspect);
+            }
+            Err(err) => {
+                pass.failed += 1;
+                tracing::warn!(resource_type, resource_id = %suspect.id, error = %err, "could not check an entry after a failed write; reconciliation will");
+            }
+        }
+    }
+
+    /// Puts the entry of a suspect resource back to the cached state, or removes the entry a
+    /// failed create left. Under the resource's lock, from the cache as it is now: a write that
+    /// succeeded since leaves nothing to do.
+    pub(crate) async fn repair_suspect(
+        &self,
+        suspect: &Suspect,
+    ) -> Result<SuspectRepair, ServiceError> {
+        let _lock = self.locks.lock(format!("id:{}", suspect.id)).await;
+        match self.store.get(suspect.kind, &suspect.id).await? {
+            Some(resource) => {
+                let found = self.locate_entry(&resource, &suspect.dns).await?;
+                let repaired = self
+                    .repair_cached(resource, found.as_deref(), &suspect.password_hashes)
+                    .await?;
+                Ok(if repaired {
+                    SuspectRepair::Repaired
+                } else {
+                    SuspectRepair::InStep
+                })
+            }
+            None => match &suspect.added {
+                Some(added) => {
+                    self.remove_failed_add(suspect.kind, &suspect.id, added)
+                        .await
+                }
+                // Deleted since by a write that succeeded.
+                None => Ok(SuspectRepair::InStep),
+            },
+        }
+    }
+
+    /// The first of `candidates` (where a failed plan may have moved the entry) that holds the
+    /// entry of `resource`, told by its SCIM id or the directory's id.
+    async fn locate_entry(
+        &self,
+        resource: &StoredResource,
+        candidates: &[String],
+    ) -> Result<Option<String>, ServiceError> {
+        let id_attr = self.id_attribute(resource.kind);
+        let entry_id_attr = self.config.ldap.flavor.entry_id_attribute();
+        let mut attrs = vec![entry_id_attr];
+        attrs.extend(id_attr);
+        for dn in candidates {
+            let Some(entry) = self.directory.read(dn, &attrs).await? else {
+                continue;
+            };
+            let by_id = id_attr.is_some_and(|attr| entry.values(attr).contains(&resource.id));
+            let by_entry_id = resource.entry_uuid.as_deref().is_some_and(|uuid| {
+                entry
+                    .values(entry_id_attr)
+                    .iter()
+                    .any(|have| have.eq_ignore_ascii_case(uuid))
+            });
+            if by_id || by_entry_id {
+                return Ok(Some(entry.dn));
+            }
+        }
+        Ok(None)
+    }
+
+    fn id_attribute(&self, kind: Kind) -> Option<&str> {
+        match kind {
+            Kind::User => self.config.users.id_attribute.as_deref(),
+            Kind::Group => self.config.groups.id_attribute.as_deref(),
+        }
+    }
+
+    /// Deletes the entry a failed create of `id` added, when it carries `id` in the SCIM id
+    /// attribute: the IdP was told nothing was created and will create it again. An adopted
+    /// entry, or one not provably ours, is left alone.
+    async fn remove_failed_add(
+        &self,
+        kind: Kind,
+        id: &str,
+        added: &FailedAdd,
+    ) -> Result<SuspectRepair, ServiceError> {
+        // A create of the same name holds this lock until it is committed.
+        let _name_lock = self
+            .locks
+            .lock(format!(
+                "{}-name:{}",
+                kind.as_str(),
+                crate::store::name_key(&added.name)
+            ))
+            .await;
+        if added.adopted {
+            tracing::warn!(resource_type = kind.as_str(), resource_id = %id, "a failed create took over an existing entry; left as it is (reconciliation reports it)");
+            tracing::trace!(dn = %added.dn, "adopted entry left");
+            return Ok(SuspectRepair::Kept);
+        }
+        let Some(id_attr) = self.id_attribute(kind) else {
+            tracing::warn!(resource_type = kind.as_str(), resource_id = %id, "a failed create may have left its entry; without an id attribute it cannot be told from another (reconciliation reports it)");
+            return Ok(SuspectRepair::Kept);
+        };
+        let Some(entry) = self.directory.read(&added.dn, &[id_attr]).await? else {
+            return Ok(SuspectRepair::InStep);
+        };
+        if !entry.values(id_attr).iter().any(|have| have == id) {
+            // Someone else's entry (or a later create's): not ours to remove.
+            return Ok(SuspectRepair::InStep);
+        }
+        let mut plan = Plan::new();
+        plan.ops.push(DirOp::Delete { dn: entry.dn });
+        plan.delete = Some(id.to_string());
+        self.execute(plan).await?;
+        Ok(SuspectRepair::Removed)
     }
 
     /// A re-created user goes back into the groups the cache has it in.

@@ -213,7 +213,12 @@ impl Service {
             }
         }
         match self.config.users.on_delete {
-            OnDelete::Delete => plan.ops.push(DirOp::Delete { dn: old.dn.clone() }),
+            OnDelete::Delete => {
+                // Held in memory while the plan runs: if the delete is applied but its reply
+                // lost, the entry is re-created with them (see repair_suspects).
+                plan.password_hashes = self.directory.password_hashes(&old.dn).await?;
+                plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
+            }
             OnDelete::Disable => {
                 let schema = self.discovery.user_schema();
                 let dns = self.resolve_refs(&old.doc).await?;

@@ -12,7 +12,11 @@ fn with_password(mut body: Value, password: &str) -> Value {
 }
 
 /// Runs `scim2ldap reconcile` on the server's config; returns the exit code and the JSON report.
-fn reconcile_cli(server: &TestServer, args: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
+pub(crate) fn reconcile_cli(
+    server: &TestServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, Value) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
         .arg("reconcile")
         .arg("--config")

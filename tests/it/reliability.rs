@@ -279,88 +279,140 @@ fn first<'a>(attrs: &'a Attrs, attr: &str) -> Option<&'a str> {
 /// or group the cache does not know.
 async fn assert_agreement(server: &TestServer, client: &Client) -> (Vec<Value>, Vec<Value>) {
     let (users, groups) = cached(client).await;
+    let problems = disagreements(server, &users, &groups);
+    assert!(
+        problems.is_empty(),
+        "cache and directory differ:\n{}",
+        problems.join("\n")
+    );
+    (users, groups)
+}
+
+/// As `assert_agreement`, polling (the daemon repairs after failed writes) for up to `within`.
+async fn wait_for_agreement(
+    server: &TestServer,
+    client: &Client,
+    within: Duration,
+) -> (Vec<Value>, Vec<Value>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (users, groups) = cached(client).await;
+        let problems = disagreements(server, &users, &groups);
+        if problems.is_empty() {
+            return (users, groups);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache and directory still differ after {within:?}:\n{}",
+            problems.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Where the directory differs from the cached `users` and `groups`.
+fn disagreements(server: &TestServer, users: &[Value], groups: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |same: bool, what: String| {
+        if !same {
+            problems.push(what);
+        }
+    };
     let people = server.search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)");
     let entries: HashMap<String, Attrs> = people
         .into_iter()
         .map(|(dn, attrs)| (dn.to_ascii_lowercase(), attrs))
         .collect();
-    assert_eq!(
-        entries.len(),
-        users.len(),
-        "directory users vs cached users"
+    check(
+        entries.len() == users.len(),
+        format!(
+            "{} directory users vs {} cached users",
+            entries.len(),
+            users.len()
+        ),
     );
     let mut dn_of_id = HashMap::new();
-    for user in &users {
+    for user in users {
         let user_name = user["userName"].as_str().unwrap();
         let dn = server.user_dn(user_name);
-        let entry = entries
-            .get(&dn.to_ascii_lowercase())
-            .unwrap_or_else(|| panic!("cached user {user_name} has no entry"));
-        assert_eq!(first(entry, "uid"), Some(user_name));
-        assert_eq!(
-            first(entry, "title"),
-            user["title"].as_str(),
-            "{user_name} title"
+        dn_of_id.insert(user["id"].as_str().unwrap().to_string(), dn.clone());
+        let Some(entry) = entries.get(&dn.to_ascii_lowercase()) else {
+            check(false, format!("cached user {user_name} has no entry"));
+            continue;
+        };
+        check(
+            first(entry, "uid") == Some(user_name),
+            format!("{user_name} uid"),
         );
-        assert_eq!(
-            first(entry, "givenName"),
-            user["name"]["givenName"].as_str(),
-            "{user_name} givenName"
-        );
-        assert_eq!(
-            first(entry, "sn"),
-            user["name"]["familyName"].as_str(),
-            "{user_name} sn"
-        );
-        assert_eq!(
-            first(entry, "mail"),
-            user["emails"][0]["value"].as_str(),
-            "{user_name} mail"
-        );
+        for (attr, cached) in [
+            ("title", user["title"].as_str()),
+            ("givenName", user["name"]["givenName"].as_str()),
+            ("sn", user["name"]["familyName"].as_str()),
+            ("mail", user["emails"][0]["value"].as_str()),
+        ] {
+            check(
+                first(entry, attr) == cached,
+                format!(
+                    "{user_name} {attr}: directory {:?}, cache {cached:?}",
+                    first(entry, attr)
+                ),
+            );
+        }
         let locked = first(entry, "pwdAccountLockedTime").is_some();
-        assert_eq!(
-            locked,
-            user["active"] == false,
-            "{user_name} lock state vs active {}",
-            user["active"]
+        check(
+            locked == (user["active"] == false),
+            format!("{user_name} locked {locked} vs active {}", user["active"]),
         );
-        dn_of_id.insert(user["id"].as_str().unwrap().to_string(), dn);
     }
     let group_entries = server.search(&server.slapd.groups_dn(), "(objectClass=groupOfNames)");
-    assert_eq!(
-        group_entries.len(),
-        groups.len(),
-        "directory groups vs cached groups"
+    check(
+        group_entries.len() == groups.len(),
+        format!(
+            "{} directory groups vs {} cached groups",
+            group_entries.len(),
+            groups.len()
+        ),
     );
     let placeholder = server.slapd.placeholder_dn().to_ascii_lowercase();
-    for group in &groups {
+    for group in groups {
         let name = group["displayName"].as_str().unwrap();
         let dn = server.group_dn(name);
-        let (_, entry) = group_entries
+        let Some((_, entry)) = group_entries
             .iter()
             .find(|(entry_dn, _)| entry_dn.eq_ignore_ascii_case(&dn))
-            .unwrap_or_else(|| panic!("cached group {name} has no entry"));
-        let cached_members: BTreeSet<String> = group["members"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|member| {
-                let id = member["value"].as_str().unwrap();
-                dn_of_id
-                    .get(id)
-                    .unwrap_or_else(|| panic!("member {id} is no cached user"))
-                    .to_ascii_lowercase()
-            })
-            .collect();
+        else {
+            check(false, format!("cached group {name} has no entry"));
+            continue;
+        };
+        let mut cached_members = BTreeSet::new();
+        for member in group["members"].as_array().cloned().unwrap_or_default() {
+            let id = member["value"].as_str().unwrap();
+            match dn_of_id.get(id) {
+                Some(dn) => {
+                    cached_members.insert(dn.to_ascii_lowercase());
+                }
+                None => check(false, format!("member {id} of {name} is no cached user")),
+            }
+        }
         let directory_members: BTreeSet<String> = values(entry, "member")
             .into_iter()
             .map(str::to_ascii_lowercase)
             .filter(|member| *member != placeholder)
             .collect();
-        assert_eq!(cached_members, directory_members, "members of {name}");
+        check(
+            cached_members == directory_members,
+            format!(
+                "members of {name}: only in the cache {:?}, only in the directory {:?}",
+                cached_members
+                    .difference(&directory_members)
+                    .collect::<Vec<_>>(),
+                directory_members
+                    .difference(&cached_members)
+                    .collect::<Vec<_>>()
+            ),
+        );
     }
-    (users, groups)
+    problems
 }
 
 /// Changes acknowledged by the daemon are all in the cache (which agrees with the directory).
@@ -506,12 +558,14 @@ async fn a_directory_outage_under_load_answers_503_and_loses_nothing_acknowledge
         }
     }
     assert!(n_rejected >= 40, "{n_rejected} rejected");
-    // A request sent after the directory stopped and answered before it was started again
-    // cannot have reached it; one in flight at either moment may have (its outcome is unknown
-    // to the daemon too, and the IdP's retry settles it).
-    let unsure = |record: &Record| !(record.sent > stopped && record.answered < restarting);
-    let (users, groups) = cached(&client).await;
-    assert_acknowledged_present(&records, &users, &groups, &unsure);
+    // A 503 commits nothing, so the cache holds exactly the acknowledged writes. A write in
+    // flight when the directory stopped may have reached it all the same; the daemon puts such
+    // entries back to the cached state once the directory answers, so after that window the
+    // directory agrees with the cache and holds no rejected change.
+    let repairs_from = Instant::now();
+    let (users, groups) = wait_for_agreement(&server, &client, Duration::from_secs(20)).await;
+    let repair_window = repairs_from.elapsed();
+    assert_acknowledged_present(&records, &users, &groups, &|_| false);
     let directory_names: BTreeSet<String> = server
         .search(&server.slapd.people_dn(), "(objectClass=inetOrgPerson)")
         .iter()
@@ -522,7 +576,6 @@ async fn a_directory_outage_under_load_answers_503_and_loses_nothing_acknowledge
         .into_iter()
         .map(str::to_ascii_lowercase)
         .collect();
-    let mut n_unsure_landed = 0;
     for record in &records {
         if record.outcome.status != Some(503) {
             continue;
@@ -534,21 +587,24 @@ async fn a_directory_outage_under_load_answers_503_and_loses_nothing_acknowledge
                 let dn = server.user_dn(user["userName"].as_str().unwrap());
                 directory_members.contains(&dn.to_ascii_lowercase())
             }
-            // Titles and lock states: checked above against the cache, and below against the
-            // directory.
+            // Titles and lock states: the cache holds the last acknowledged one (above), and
+            // the directory agrees with the cache.
             _ => false,
         };
-        if landed {
-            assert!(
-                unsure(record),
-                "{:?} was rejected while the directory was down, yet is in it",
-                record.change
-            );
-            n_unsure_landed += 1;
-        }
+        assert!(
+            !landed,
+            "{:?} was answered 503, yet is in the directory",
+            record.change
+        );
     }
+    // Those sent after the stop and answered before the restart cannot have reached it.
+    let n_in_flight = records
+        .iter()
+        .filter(|r| r.outcome.status == Some(503))
+        .filter(|r| !(r.sent > stopped && r.answered < restarting))
+        .count();
     eprintln!(
-        "outage: {} requests, {n_rejected} answered 503, {n_unsure_landed} of those in flight at the stop landed",
+        "outage: {} requests, {n_rejected} answered 503 ({n_in_flight} in flight at the stop or restart); directory in step {repair_window:?} after the load",
         records.len()
     );
 
@@ -804,4 +860,295 @@ async fn fifty_concurrent_patches_on_one_group_and_one_user_lose_nothing() {
     // Fifty emails and fifty titles: one version per write.
     let version = user.body["meta"]["version"].as_str().unwrap();
     assert_eq!(version, "W/\"101\"", "every write made its own version");
+}
+
+/// Polls `condition` (the directory, an external process) until it holds, for at most 20 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Log lines of the daemon that contain every one of `parts`.
+fn log_lines(log: &std::path::Path, parts: &[&str]) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .count()
+}
+
+/// Member DNs (lowercased, placeholder included) of the group entry `cn`.
+fn directory_members(server: &TestServer, cn: &str) -> BTreeSet<String> {
+    let entry = server.entry(&server.group_dn(cn)).unwrap();
+    values(&entry, "member")
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let setup = Client::new(&server.base, &server.token);
+    let create = |name: &str, password: Option<&str>| {
+        let mut body = user_body(name, "Before", "State");
+        body["title"] = json!("before");
+        if let Some(password) = password {
+            body["password"] = json!(password);
+        }
+        let setup = setup.clone();
+        async move {
+            let created = setup.call(Method::POST, "/Users", Some(body)).await;
+            assert_eq!(created.status, Some(201), "{}", created.body);
+            created.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mailer = create("mailer", None).await;
+    let mover = create("mover", None).await;
+    let locker = create("locker", Some("Locker-Pass-1")).await;
+    let leaver = create("leaver", Some("Leaver-Pass-1")).await;
+    let m1 = create("m1", None).await;
+    let m2 = create("m2", None).await;
+    let m3 = create("m3", None).await;
+    let mut group_ids = HashMap::new();
+    for (name, members) in [
+        ("movers", vec![&mover, &m1]),
+        ("solo", vec![&leaver]),
+        ("crowd", vec![&m1, &m2]),
+    ] {
+        let members: Vec<Value> = members.iter().map(|id| json!({"value": id})).collect();
+        let group = setup
+            .call(
+                Method::POST,
+                "/Groups",
+                Some(json!({"displayName": name, "members": members})),
+            )
+            .await;
+        assert_eq!(group.status, Some(201), "{}", group.body);
+        group_ids.insert(name, group.body["id"].as_str().unwrap().to_string());
+    }
+    server.stop_daemon().await;
+    let dn = |name: &str| server.user_dn(name).to_ascii_lowercase();
+    let before_user = |name: &str| server.entry(&server.user_dn(name)).unwrap();
+    let mover_entry = before_user("mover");
+
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let mut daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[("SCIM2LDAP_TEST_LOSE_REPLY", "1"), ("RUST_LOG", "info")],
+        std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    daemon.wait_ready().await;
+    let client = Client::new(&daemon.base, &server.token);
+    let lost = |outcome: Outcome| {
+        assert_eq!(outcome.status, Some(503), "{}", outcome.body);
+        assert!(outcome.retry_after.is_some(), "503 without Retry-After");
+    };
+    const PUT_BACK: &str = "entry put back to the cached state after a failed write";
+    let started = Instant::now();
+
+    // A create: the entry it added goes again.
+    lost(
+        client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body("ghost", "Gh", "Ost")),
+            )
+            .await,
+    );
+    eventually("the failed create's entry removed", || {
+        server.entry(&server.user_dn("ghost")).is_none()
+            && log_lines(&log_path, &["entry of a failed create removed"]) == 1
+    })
+    .await;
+    let listed = client
+        .call(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22ghost%22",
+            None,
+        )
+        .await;
+    assert_eq!(listed.body["totalResults"], 0);
+
+    // A create that took over an existing entry (users.on_existing = "adopt"): never removed.
+    let foreign_dn = server.user_dn("foreign");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {foreign_dn}\nobjectClass: inetOrgPerson\nuid: foreign\ncn: F\nsn: F\n"
+        ))
+        .unwrap();
+    lost(
+        client
+            .call(
+                Method::POST,
+                "/Users",
+                Some(user_body("foreign", "Fo", "Reign")),
+            )
+            .await,
+    );
+    eventually("the adopted entry left alone", || {
+        log_lines(&log_path, &["took over an existing entry"]) == 1
+    })
+    .await;
+    assert!(server.entry(&foreign_dn).is_some());
+
+    // A PATCH of the mail.
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Users/{mailer}"),
+            Some(json!({"Operations": [{"op": "replace", "path": "emails", "value": [{"value": "changed@example.com", "type": "work", "primary": true}]}]})),
+        )
+        .await);
+    eventually("mailer's mail back", || {
+        let entry = before_user("mailer");
+        values(&entry, "mail") == ["mailer@example.com"]
+            && log_lines(&log_path, &[PUT_BACK, &mailer]) == 1
+    })
+    .await;
+
+    // A PUT that renames (modrdn, modify, and the member value in a group).
+    let mut renamed = user_body("moved", "After", "Change");
+    renamed["title"] = json!("after");
+    lost(
+        client
+            .call(Method::PUT, &format!("/Users/{mover}"), Some(renamed))
+            .await,
+    );
+    eventually("mover renamed back", || {
+        server.entry(&server.user_dn("moved")).is_none()
+            && log_lines(&log_path, &[PUT_BACK, &mover]) == 1
+            && directory_members(&server, "movers") == BTreeSet::from([dn("mover"), dn("m1")])
+    })
+    .await;
+    let entry = before_user("mover");
+    for attr in [
+        "uid",
+        "cn",
+        "givenName",
+        "sn",
+        "mail",
+        "title",
+        "scimId",
+        "entryUUID",
+    ] {
+        assert_eq!(values(&entry, attr), values(&mover_entry, attr), "{attr}");
+    }
+
+    // A deactivation: the lock goes again and the password works.
+    lost(
+        client
+            .call(
+                Method::PATCH,
+                &format!("/Users/{locker}"),
+                Some(json!({"Operations": [{"op": "replace", "path": "active", "value": false}]})),
+            )
+            .await,
+    );
+    eventually("locker unlocked", || {
+        let entry = before_user("locker");
+        values(&entry, "pwdAccountLockedTime").is_empty()
+            && log_lines(&log_path, &[PUT_BACK, &locker]) == 1
+    })
+    .await;
+    assert!(server.can_bind(&server.user_dn("locker"), "Locker-Pass-1"));
+
+    // A delete (first out of its group, then the entry): re-created, bindable, in its group.
+    lost(
+        client
+            .call(Method::DELETE, &format!("/Users/{leaver}"), None)
+            .await,
+    );
+    eventually("leaver re-created in its group", || {
+        server.entry(&server.user_dn("leaver")).is_some()
+            && log_lines(&log_path, &[PUT_BACK, &leaver]) == 1
+            && directory_members(&server, "solo") == BTreeSet::from([dn("leaver")])
+    })
+    .await;
+    let entry = before_user("leaver");
+    assert_eq!(values(&entry, "scimId"), [leaver.as_str()]);
+    assert_eq!(values(&entry, "title"), ["before"]);
+    assert!(server.can_bind(&server.user_dn("leaver"), "Leaver-Pass-1"));
+
+    // A member added, then a member removed.
+    let crowd = &group_ids["crowd"];
+    let crowd_before = BTreeSet::from([dn("m1"), dn("m2")]);
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Groups/{crowd}"),
+            Some(json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": m3}]}]})),
+        )
+        .await);
+    eventually("the added member gone", || {
+        directory_members(&server, "crowd") == crowd_before
+            && log_lines(&log_path, &[PUT_BACK, crowd]) == 1
+    })
+    .await;
+    lost(client
+        .call(
+            Method::PATCH,
+            &format!("/Groups/{crowd}"),
+            Some(json!({"Operations": [{"op": "remove", "path": "members", "value": [{"value": m1}]}]})),
+        )
+        .await);
+    eventually("the removed member back", || {
+        directory_members(&server, "crowd") == crowd_before
+            && log_lines(&log_path, &[PUT_BACK, crowd]) == 2
+    })
+    .await;
+    eprintln!("lost replies: six writes undone in {:?}", started.elapsed());
+    assert_eq!(log_lines(&log_path, &["could not check an entry"]), 0);
+
+    // The IdP sees the state before each write, and so does a reconciliation run.
+    let user = client
+        .call(Method::GET, &format!("/Users/{locker}"), None)
+        .await;
+    assert_eq!(user.body["active"], true);
+    let user = client
+        .call(Method::GET, &format!("/Users/{mover}"), None)
+        .await;
+    assert_eq!(user.body["userName"], "mover");
+    daemon.kill();
+    // Only the adopted entry differs: an orphan now, as reconciliation reports it.
+    let (_, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["kind"], "orphan", "{report}");
+    assert!(
+        findings[0]["dn"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&foreign_dn),
+        "{report}"
+    );
+
+    // Without the hook, the IdP's retries all succeed.
+    server.launch().await;
+    let client = Client::new(&server.base, &server.token);
+    let created = client
+        .call(
+            Method::POST,
+            "/Users",
+            Some(user_body("ghost", "Gh", "Ost")),
+        )
+        .await;
+    assert_eq!(created.status, Some(201), "{}", created.body);
+    let deleted = client
+        .call(Method::DELETE, &format!("/Users/{leaver}"), None)
+        .await;
+    assert_eq!(deleted.status, Some(204));
+    assert!(server.entry(&server.user_dn("leaver")).is_none());
+    assert_eq!(
+        directory_members(&server, "solo"),
+        BTreeSet::from([server.slapd.placeholder_dn().to_ascii_lowercase()])
+    );
 }
