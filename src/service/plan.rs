@@ -85,6 +85,10 @@ pub(crate) struct Plan {
     /// not acknowledged (never part of the stored plan).
     #[serde(skip)]
     pub password_hashes: Vec<SecretString>,
+    /// Read `password_hashes` from this entry before the directory operations run (beside
+    /// the intent's write, so that it costs no latency of its own).
+    #[serde(skip)]
+    pub keep_password_of: Option<String>,
 }
 
 /// A `StoredResource` in the plan's persistence format.
@@ -156,6 +160,7 @@ impl Plan {
             members_clear: None,
             sets_password: false,
             password_hashes: Vec::new(),
+            keep_password_of: None,
         }
     }
 
@@ -302,7 +307,30 @@ impl Service {
                 reason: format!("encode plan: {err}"),
             })
         })?;
-        let seq = self.store.record_intent(&resource_id, text).await?;
+        let mut plan = plan;
+        let keep_password = async {
+            match &plan.keep_password_of {
+                Some(dn) => self.directory.password_hashes(dn).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (seq, hashes) =
+            tokio::join!(self.store.record_intent(&resource_id, text), keep_password);
+        let seq = seq?;
+        match hashes {
+            Ok(hashes) => plan.password_hashes = hashes,
+            Err(err) => {
+                // Nothing was applied yet: drop the intent and answer as for any failure.
+                let drop_intent = Commit {
+                    intent_seq: Some(seq),
+                    ..Commit::default()
+                };
+                if let Err(store_err) = self.store.commit(drop_intent).await {
+                    tracing::error!(error = %store_err, "could not drop an unused intent");
+                }
+                return Err(err.into());
+            }
+        }
         // The intent is in the WAL now (safe from a process crash); its fsync runs while the
         // directory works, and the reply waits for both (see store/mod.rs on durability).
         let mut trace = ApplyTrace::default();

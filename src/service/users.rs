@@ -216,7 +216,7 @@ impl Service {
             OnDelete::Delete => {
                 // Held in memory while the plan runs: if the delete is applied but its reply
                 // lost, the entry is re-created with them (see repair_suspects).
-                plan.password_hashes = self.directory.password_hashes(&old.dn).await?;
+                plan.keep_password_of = Some(old.dn.clone());
                 plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
             }
             OnDelete::Disable => {
