@@ -9,7 +9,8 @@
 //! and reports the daemon's memory.
 //!
 //! Run with `scripts/bench` (or `cargo bench --bench throughput`). Environment: `BENCH_N` (writes
-//! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000).
+//! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000),
+//! `BENCH_WORKERS` (the daemon's `server.worker_threads`).
 
 // A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
 #![allow(
@@ -159,9 +160,14 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
         .replace("pool_size = 4", "pool_size = 8")
         .replace("timeout = \"5s\"", "timeout = \"30s\"");
     // The benchmark measures the daemon, not the rate limit.
+    let mut server_extra = "rate_limit_per_second = 0\n".to_string();
+    // BENCH_WORKERS sets `server.worker_threads` (default: the daemon's own default).
+    if let Ok(workers) = std::env::var("BENCH_WORKERS") {
+        server_extra.push_str(&format!("worker_threads = {workers}\n"));
+    }
     let config = config.replace(
         "base_path = \"/scim/v2\"\n",
-        "base_path = \"/scim/v2\"\nrate_limit_per_second = 0\n",
+        &format!("base_path = \"/scim/v2\"\n{server_extra}"),
     );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();

@@ -19,6 +19,12 @@ use crate::mapping::config::{RawGroupMapping, RawUserMapping};
 /// Prefix of environment overrides: `SCIM2LDAP__LDAP__URL` sets `ldap.url`.
 pub const ENV_PREFIX: &str = "SCIM2LDAP";
 
+/// One request thread: a write costs the daemon well under a millisecond of CPU, so one
+/// thread outpaces any directory that syncs its writes, and a single thread saves the
+/// cross-thread wake-ups that cost more than the work on small machines (README,
+/// Performance). Raise `server.worker_threads` for read-heavy loads on many cores.
+const DEFAULT_WORKER_THREADS: u16 = 1;
+
 /// Every problem found in a configuration, each naming its key.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -103,6 +109,10 @@ pub struct RawServer {
     /// `rate_limit_burst`, default 1000: requests admitted at once above the steady rate.
     /// Env `SCIM2LDAP__SERVER__RATE_LIMIT_BURST`.
     pub rate_limit_burst: Option<u32>,
+    /// `worker_threads`, default 1: threads serving requests; 0 means one per CPU core. The
+    /// cache writer and its fsync have threads of their own. Env
+    /// `SCIM2LDAP__SERVER__WORKER_THREADS`.
+    pub worker_threads: Option<u16>,
 }
 
 /// `[auth]` keys.
@@ -202,6 +212,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The request rate limit; None when disabled.
     pub rate_limit: Option<RateLimit>,
+    /// Request-serving threads; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 /// Where the listener's certificate chain and private key are (PEM files).
@@ -545,6 +557,7 @@ fn validate_server(
         tls: tls?,
         metrics_listen: metrics_listen?,
         rate_limit: rate_limit?,
+        worker_threads: usize::from(raw.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS)),
     })
 }
 

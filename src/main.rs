@@ -111,8 +111,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The async runtime, with `worker_threads` request threads (0: one per core).
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .context("start the async runtime")
@@ -121,7 +126,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = scim2ldap::config::load(&config_path, None)?;
     init_tracing(&config.log);
-    runtime()?.block_on(async move {
+    runtime(config.server.worker_threads)?.block_on(async move {
         let listener = scim2ldap::http::bind(config.server.listen)
             .await
             .with_context(|| format!("bind {}", config.server.listen))?;
@@ -219,7 +224,8 @@ fn check(config_path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let problems = runtime()?.block_on(scim2ldap::check::check_directory(&config));
+    let problems =
+        runtime(config.server.worker_threads)?.block_on(scim2ldap::check::check_directory(&config));
     if problems.is_empty() {
         println!(
             "ok: configuration valid, directory reachable, bind works, base DNs and schema present"
@@ -247,7 +253,7 @@ fn reconcile(
         format: config.log.format,
         level: "warn".to_string(),
     });
-    runtime()?.block_on(async move {
+    runtime(0)?.block_on(async move {
         // A repairing run holds the cache lock, so it never runs beside the daemon; a dry run
         // only reads and may.
         let _lock = if dry_run {
@@ -321,7 +327,7 @@ fn demo(listen: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<Ex
         level: "info".to_string(),
     });
     let listen: std::net::SocketAddr = listen.parse().context("--listen must be address:port")?;
-    runtime()?.block_on(scim2ldap::demo::run(listen, token_file, shutdown_signal()))?;
+    runtime(1)?.block_on(scim2ldap::demo::run(listen, token_file, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -201,6 +201,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
     );
     assert_eq!(config.server.tls, None);
     assert_eq!(config.server.metrics_listen, None);
+    assert_eq!(config.server.worker_threads, 1);
     assert!(!format!("{:?}", config.auth).contains("1111"));
 
     let config = load_text(
@@ -208,6 +209,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
         &[
             ("SCIM2LDAP__SERVER__RATE_LIMIT_PER_SECOND", "0"),
             ("SCIM2LDAP__SERVER__METRICS_LISTEN", "127.0.0.1:9100"),
+            ("SCIM2LDAP__SERVER__WORKER_THREADS", "0"),
             (
                 "SCIM2LDAP__AUTH__TOKENS__ENTRA",
                 "sha256:2222222222222222222222222222222222222222222222222222222222222222",
@@ -216,6 +218,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
     )
     .expect("loads");
     assert_eq!(config.server.rate_limit, None);
+    assert_eq!(config.server.worker_threads, 0);
     assert_eq!(
         config.server.metrics_listen,
         Some("127.0.0.1:9100".parse().expect("address"))
