@@ -327,7 +327,7 @@ fn demo(listen: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<Ex
         level: "info".to_string(),
     });
     let listen: std::net::SocketAddr = listen.parse().context("--listen must be address:port")?;
-    runtime(1)?.block_on(scim2ldap::demo::run(listen, token_file, shutdown_signal()))?;
+    runtime(2)?.block_on(scim2ldap::demo::run(listen, token_file, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

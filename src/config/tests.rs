@@ -201,7 +201,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
     );
     assert_eq!(config.server.tls, None);
     assert_eq!(config.server.metrics_listen, None);
-    assert_eq!(config.server.worker_threads, 1);
+    assert_eq!(config.server.worker_threads, 2);
     assert!(!format!("{:?}", config.auth).contains("1111"));
 
     let config = load_text(
