@@ -7,7 +7,7 @@ const SCHEMA_VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS resources (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -26,7 +26,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS resources_name ON resources (kind, name_key);
 CREATE INDEX IF NOT EXISTS resources_external_id ON resources (kind, external_id);
 CREATE INDEX IF NOT EXISTS resources_dn ON resources (dn_key);
 CREATE INDEX IF NOT EXISTS resources_entry_uuid ON resources (entry_uuid);
-CREATE UNIQUE INDEX IF NOT EXISTS resources_posix_id ON resources (kind, posix_id);
+CREATE UNIQUE INDEX IF NOT EXISTS resources_posix_id ON resources (kind, posix_id)
+    WHERE posix_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS members (
     group_id TEXT NOT NULL,
     member_id TEXT NOT NULL,
@@ -55,14 +56,26 @@ pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     let tx = conn.transaction()?;
     if version == 1 {
-        // Version 2 drops AUTOINCREMENT from the intent log: a sequence number only has to be
-        // unique among pending intents, and AUTOINCREMENT cost a second page (sqlite_sequence)
-        // in every intent's transaction.
+        // Version 2 writes fewer pages per write. AUTOINCREMENT goes: a new row's `seq` is
+        // still above every existing one (creation order for paging), intents only need it
+        // unique among pending ones, and it cost a sqlite_sequence page in every create and
+        // intent. The POSIX id index leaves out rows without one (an index entry per create
+        // when POSIX attributes are off). The tables are copied; TABLES recreates the indexes.
         tx.execute_batch(
             "CREATE TABLE intents_v2 (seq INTEGER PRIMARY KEY, resource_id TEXT NOT NULL, plan TEXT NOT NULL);
              INSERT INTO intents_v2 (seq, resource_id, plan) SELECT seq, resource_id, plan FROM intents;
              DROP TABLE intents;
-             ALTER TABLE intents_v2 RENAME TO intents;",
+             ALTER TABLE intents_v2 RENAME TO intents;
+             CREATE TABLE resources_v2 (
+                 seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+                 name TEXT NOT NULL, name_key TEXT NOT NULL, external_id TEXT, dn TEXT NOT NULL,
+                 dn_key TEXT NOT NULL, entry_uuid TEXT, posix_id INTEGER,
+                 version INTEGER NOT NULL, created TEXT NOT NULL, last_modified TEXT NOT NULL,
+                 doc TEXT NOT NULL);
+             INSERT INTO resources_v2 SELECT seq, id, kind, name, name_key, external_id, dn,
+                 dn_key, entry_uuid, posix_id, version, created, last_modified, doc FROM resources;
+             DROP TABLE resources;
+             ALTER TABLE resources_v2 RENAME TO resources;",
         )?;
     }
     tx.execute_batch(TABLES)?;

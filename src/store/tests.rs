@@ -165,6 +165,19 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
             "PRAGMA journal_mode = WAL;
              CREATE TABLE intents (seq INTEGER PRIMARY KEY AUTOINCREMENT, resource_id TEXT NOT NULL, plan TEXT NOT NULL);
              INSERT INTO intents (resource_id, plan) VALUES ('u1', 'first'), ('u2', 'second');
+             CREATE TABLE resources (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+                 name TEXT NOT NULL, name_key TEXT NOT NULL, external_id TEXT, dn TEXT NOT NULL,
+                 dn_key TEXT NOT NULL, entry_uuid TEXT, posix_id INTEGER,
+                 version INTEGER NOT NULL, created TEXT NOT NULL, last_modified TEXT NOT NULL,
+                 doc TEXT NOT NULL);
+             CREATE UNIQUE INDEX resources_name ON resources (kind, name_key);
+             CREATE UNIQUE INDEX resources_posix_id ON resources (kind, posix_id);
+             INSERT INTO resources (id, kind, name, name_key, external_id, dn, dn_key, entry_uuid,
+                 posix_id, version, created, last_modified, doc)
+                 VALUES ('a', 'User', 'Alice', 'alice', NULL, 'uid=Alice,ou=people',
+                 'uid=alice,ou=people', NULL, NULL, 3, '2024-01-01T00:00:00Z',
+                 '2024-01-02T00:00:00Z', '{\"userName\":\"Alice\"}');
              PRAGMA user_version = 1;",
         )
         .expect("version 1 cache");
@@ -178,6 +191,36 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
         .await
         .expect("intent");
     assert_eq!(seq, 3);
+    let alice = store
+        .get(Kind::User, "a")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!((alice.name.as_str(), alice.version), ("Alice", 3));
+    assert_eq!(
+        store
+            .find(Kind::User, IndexedField::Name, "ALICE")
+            .await
+            .expect("by name")
+            .len(),
+        1
+    );
+    // Two users without a POSIX id no longer share an index slot, and a new one sorts last.
+    store
+        .commit(Commit {
+            upsert: Some(user("b", "bob")),
+            ..Commit::default()
+        })
+        .await
+        .expect("second user");
+    let ids: Vec<String> = store
+        .list(Kind::User)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
     drop(store);
     let conn = Connection::open(&path).expect("opens");
     let sql: String = conn
@@ -188,6 +231,22 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
         )
         .expect("intents table");
     assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'resources'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("resources table");
+    assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+    let index: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'resources_posix_id'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("posix index");
+    assert!(index.contains("WHERE posix_id IS NOT NULL"), "{index}");
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("version");
