@@ -37,11 +37,24 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Latencies of one phase, and its wall time.
+/// Latencies of one phase, its wall time, and the CPU the daemon, the load generator (this
+/// process) and slapd spent on it.
 struct Phase {
     latencies: Vec<Duration>,
     wall: Duration,
     cpu: Option<Duration>,
+    client_cpu: Duration,
+    slapd_cpu: Duration,
+}
+
+/// The directory's process, for its CPU time per phase.
+static SLAPD_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn slapd_cpu() -> Duration {
+    SLAPD_PID
+        .get()
+        .map(|&pid| process_cpu(pid))
+        .unwrap_or_default()
 }
 
 impl Phase {
@@ -57,8 +70,10 @@ impl Phase {
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
     }
     fn cpu_per_op_us(&self) -> Option<f64> {
-        self.cpu
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64)
+        self.cpu.map(|cpu| self.per_op_us(cpu))
+    }
+    fn per_op_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
 }
 
@@ -71,6 +86,8 @@ where
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = daemon_pid.map(process_cpu);
+    let client_before = process_cpu(std::process::id());
+    let slapd_before = slapd_cpu();
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
@@ -103,6 +120,8 @@ where
         latencies,
         wall,
         cpu,
+        client_cpu: process_cpu(std::process::id()).saturating_sub(client_before),
+        slapd_cpu: slapd_cpu().saturating_sub(slapd_before),
     }
 }
 
@@ -274,6 +293,9 @@ async fn main() {
         ..SlapdOptions::default()
     })
     .unwrap();
+    if let Some(pid) = slapd.pid() {
+        let _ = SLAPD_PID.set(pid);
+    }
     let dir = tempfile::tempdir().unwrap();
     let daemon = Arc::new(start_daemon(&slapd, dir.path()).await);
     let pid = daemon.child.id();
@@ -434,6 +456,12 @@ async fn main() {
                 raw.ops_per_sec(), ms(raw.percentile(0.5)), ms(raw.percentile(0.99)),
                 scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)),
                 scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
+            );
+            println!(
+                "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0}",
+                raw.per_op_us(raw.slapd_cpu), raw.per_op_us(raw.client_cpu),
+                scim.per_op_us(scim.slapd_cpu), scim.cpu_per_op_us().unwrap_or(0.0),
+                scim.per_op_us(scim.client_cpu),
             );
             rows.push(Row {
                 op,
@@ -627,11 +655,15 @@ async fn main() {
             latencies: adds,
             wall: Duration::from_secs(1),
             cpu: None,
+            client_cpu: Duration::ZERO,
+            slapd_cpu: Duration::ZERO,
         };
         let remove = Phase {
             latencies: removes,
             wall: Duration::from_secs(1),
             cpu: None,
+            client_cpu: Duration::ZERO,
+            slapd_cpu: Duration::ZERO,
         };
         println!(
             "{label:<18} add one member p50 {} p99 {} ms | remove one p50 {} p99 {} ms",
@@ -680,11 +712,15 @@ async fn main() {
             latencies: raw_adds,
             wall: Duration::from_secs(1),
             cpu: None,
+            client_cpu: Duration::ZERO,
+            slapd_cpu: Duration::ZERO,
         };
         let raw_remove = Phase {
             latencies: raw_removes,
             wall: Duration::from_secs(1),
             cpu: None,
+            client_cpu: Duration::ZERO,
+            slapd_cpu: Duration::ZERO,
         };
         println!(
             "{label:<18} raw ldap3: add p50 {} ms | remove p50 {} ms",

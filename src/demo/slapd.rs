@@ -320,6 +320,11 @@ impl Slapd {
         &self.dir
     }
 
+    /// The process id of the server, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut().map(Child::try_wait) {
