@@ -252,7 +252,8 @@ impl Service {
             Kind::User => self.create_user(doc).await,
             Kind::Group => self.create_group(doc).await,
         }?;
-        Ok(self.reply(stored, projection, true).await?)
+        // A user just created is in no group yet; a new group's members came with it.
+        Ok(self.reply(stored, projection, kind == Kind::Group).await?)
     }
 
     /// `GET /Users/{id}` or `GET /Groups/{id}`.
@@ -263,8 +264,8 @@ impl Service {
         projection: &ListQuery,
     ) -> Result<ResourceReply, ScimError> {
         let stored = self.load(kind, id).await?;
-        let with_members = !excludes_members(kind, projection);
-        Ok(self.reply(stored, projection, with_members).await?)
+        let with_related = !excludes_related(kind, projection);
+        Ok(self.reply(stored, projection, with_related).await?)
     }
 
     /// `PUT /Users/{id}` or `PUT /Groups/{id}`.
@@ -303,8 +304,8 @@ impl Service {
         if kind == Kind::Group && !asked {
             return Ok(None);
         }
-        let with_members = !excludes_members(kind, projection);
-        Ok(Some(self.reply(stored, projection, with_members).await?))
+        let with_related = !excludes_related(kind, projection);
+        Ok(Some(self.reply(stored, projection, with_related).await?))
     }
 
     /// `DELETE /Users/{id}` or `DELETE /Groups/{id}`.
@@ -361,17 +362,17 @@ impl Service {
                         .map_err(ServiceError::from)?;
                     total += n_kind;
                     for stored in page {
-                        let with_members = !excludes_members(kind, query);
-                        matched.push(self.render(stored, with_members).await?);
+                        let with_related = !excludes_related(kind, query);
+                        matched.push(self.render(stored, with_related).await?);
                     }
                     continue;
                 }
                 _ => self.store.list(kind).await.map_err(ServiceError::from)?,
             };
-            let with_members = !excludes_members(kind, query);
+            let with_related = !excludes_related(kind, query);
             let mut rendered = Vec::with_capacity(candidates.len());
             for stored in candidates {
-                let resource = self.render(stored, with_members).await?;
+                let resource = self.render(stored, with_related).await?;
                 if query
                     .filter
                     .as_ref()
@@ -476,12 +477,12 @@ impl Service {
         &self,
         stored: StoredResource,
         projection: &ListQuery,
-        with_members: bool,
+        with_related: bool,
     ) -> Result<ResourceReply, ServiceError> {
         let kind = stored.kind;
         let etag = render::etag(stored.version);
         let location = self.location(kind, &stored.id);
-        let body = self.render(stored, with_members).await?;
+        let body = self.render(stored, with_related).await?;
         Ok(ResourceReply {
             body: projection.project(body, self.schema(kind)),
             etag,
@@ -515,14 +516,21 @@ fn indexed_lookup(
 }
 
 /// True when the request leaves `members` out, so a large group's list need not be read.
-fn excludes_members(kind: Kind, query: &ListQuery) -> bool {
-    if kind != Kind::Group {
-        return false;
-    }
+/// True when `query` leaves out the attribute read from the membership table: a group's
+/// `members` or a user's `groups` (so the table need not be read).
+fn excludes_related(kind: Kind, query: &ListQuery) -> bool {
+    let (related, core_urn) = match kind {
+        Kind::Group => ("members", crate::scim::schema::GROUP_URN),
+        Kind::User => ("groups", crate::scim::schema::USER_URN),
+    };
     let named = |paths: &[crate::scim::path::AttrPath]| {
-        paths
-            .iter()
-            .any(|path| path.name.eq_ignore_ascii_case("members"))
+        paths.iter().any(|path| {
+            path.name.eq_ignore_ascii_case(related)
+                && path
+                    .urn
+                    .as_deref()
+                    .is_none_or(|urn| urn.eq_ignore_ascii_case(core_urn))
+        })
     };
     named(&query.excluded_attributes) || (!query.attributes.is_empty() && !named(&query.attributes))
 }

@@ -13,11 +13,12 @@ pub(crate) fn etag(version: i64) -> String {
 }
 
 impl Service {
-    /// The resource as a client sees it; `with_members` false leaves a group's members out.
+    /// The resource as a client sees it; `with_related` false leaves a group's `members` or a
+    /// user's `groups` out (not read from the membership table).
     pub(crate) async fn render(
         &self,
         stored: StoredResource,
-        with_members: bool,
+        with_related: bool,
     ) -> Result<Value, ServiceError> {
         let kind = stored.kind;
         let location = self.location(kind, &stored.id);
@@ -38,7 +39,7 @@ impl Service {
         object.insert("schemas".to_string(), Value::Array(schemas));
         object.insert("id".to_string(), Value::from(stored.id.as_str()));
         match kind {
-            Kind::User => {
+            Kind::User if with_related => {
                 let groups = self.store.groups_of(&stored.id).await?;
                 if !groups.is_empty() {
                     let groups: Vec<Value> = groups
@@ -55,7 +56,7 @@ impl Service {
                     object.insert("groups".to_string(), Value::Array(groups));
                 }
             }
-            Kind::Group if with_members => {
+            Kind::Group if with_related => {
                 let members = self.store.members(&stored.id).await?;
                 let members: Vec<Value> = members
                     .into_iter()
@@ -69,7 +70,7 @@ impl Service {
                     .collect();
                 object.insert("members".to_string(), Value::Array(members));
             }
-            Kind::Group => {}
+            Kind::User | Kind::Group => {}
         }
         object.insert(
             "meta".to_string(),

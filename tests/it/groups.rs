@@ -195,6 +195,22 @@ async fn users_show_their_groups_and_leave_them_when_deleted() {
         .map(|g| g["display"].as_str().unwrap())
         .collect();
     assert_eq!(groups, ["Solo", "Staff"]);
+    // `groups` asked for by its full name, left out, or not asked for.
+    let by_urn = server
+        .get(&format!(
+            "/Users/{ann}?attributes=urn:ietf:params:scim:schemas:core:2.0:User:groups"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(by_urn["groups"].as_array().map(Vec::len), Some(2));
+    for query in ["excludedAttributes=groups", "attributes=userName"] {
+        let reply = server
+            .get(&format!("/Users/{ann}?{query}"))
+            .await
+            .expect(200);
+        assert!(reply.get("groups").is_none(), "{query}: {reply}");
+        assert_eq!(reply["id"].as_str(), Some(ann.as_str()));
+    }
     let without = server
         .get(&format!("/Groups/{gid}?excludedAttributes=members"))
         .await
