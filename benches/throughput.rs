@@ -10,7 +10,9 @@
 //!
 //! Run with `scripts/bench` (or `cargo bench --bench throughput`). Environment: `BENCH_N` (writes
 //! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000),
-//! `BENCH_WORKERS` (the daemon's `server.worker_threads`).
+//! `BENCH_WORKERS` (the daemon's `server.worker_threads`), `BENCH_ROUNDS` (default 3: each write
+//! phase pair runs that many times and the round with the median ratio is reported, with the
+//! spread).
 
 // A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
 #![allow(
@@ -273,6 +275,13 @@ struct Row {
     concurrency: usize,
     raw: Phase,
     scim: Phase,
+    /// Lowest and highest ratio over the rounds.
+    spread: (f64, f64),
+}
+
+/// SCIM throughput over raw throughput.
+fn ratio(raw: &Phase, scim: &Phase) -> f64 {
+    scim.ops_per_sec() / raw.ops_per_sec()
 }
 
 fn ms(d: Duration) -> String {
@@ -286,6 +295,7 @@ async fn main() {
     let n_users = env_usize("BENCH_USERS", 100_000);
     let n_group = env_usize("BENCH_GROUP", 50_000).min(n_users);
     let n_reads = env_usize("BENCH_READS", 20_000);
+    let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
     let levels = [1usize, 8, 32];
 
     let slapd = Slapd::start(SlapdOptions {
@@ -313,161 +323,179 @@ async fn main() {
     let mut rows = Vec::new();
     let people = slapd.people_dn();
     for &c in &levels {
-        // Raw LDAP.
-        let pool = Arc::new(ldap_pool(&slapd, c).await);
-        let dn = {
-            let people = people.clone();
-            move |i: usize| format!("uid=raw-{c}-{i},{people}")
-        };
-        let phase = |op: &'static str| {
-            let pool = pool.clone();
-            let dn = dn.clone();
-            move |worker: usize, i: usize| {
-                let mut ldap = pool[worker].clone();
-                let dn = dn(i);
-                async move {
-                    let name = format!("raw-{c}-{i}");
-                    match op {
-                        "add" => {
-                            let mail = format!("{name}@example.com");
-                            let id = format!("00000000-0000-4000-8000-{i:012}");
-                            let attrs = vec![
-                                (
-                                    "objectClass",
-                                    HashSet::from(["inetOrgPerson", "scimResource"]),
-                                ),
-                                ("uid", HashSet::from([name.as_str()])),
-                                ("cn", HashSet::from(["Bench User"])),
-                                ("sn", HashSet::from([name.as_str()])),
-                                ("givenName", HashSet::from(["Bench"])),
-                                ("mail", HashSet::from([mail.as_str()])),
-                                ("title", HashSet::from(["Engineer"])),
-                                ("scimId", HashSet::from([id.as_str()])),
-                            ];
-                            ldap.add(&dn, attrs).await.unwrap().success().unwrap();
-                        }
-                        "modify" => {
-                            let mods =
-                                vec![Mod::Replace("title", HashSet::from(["Senior Engineer"]))];
-                            ldap.modify(&dn, mods).await.unwrap().success().unwrap();
-                        }
-                        "lock" => {
-                            let mods = vec![Mod::Replace(
-                                "pwdAccountLockedTime",
-                                HashSet::from(["000001010000Z"]),
-                            )];
-                            ldap.modify(&dn, mods).await.unwrap().success().unwrap();
-                        }
-                        _ => {
-                            ldap.delete(&dn).await.unwrap().success().unwrap();
+        let mut by_round: Vec<Vec<(&'static str, Phase, Phase)>> = Vec::new();
+        for round in 0..rounds {
+            // Raw LDAP.
+            let pool = Arc::new(ldap_pool(&slapd, c).await);
+            let dn = {
+                let people = people.clone();
+                move |i: usize| format!("uid=raw-{c}-{round}-{i},{people}")
+            };
+            let phase = |op: &'static str| {
+                let pool = pool.clone();
+                let dn = dn.clone();
+                move |worker: usize, i: usize| {
+                    let mut ldap = pool[worker].clone();
+                    let dn = dn(i);
+                    async move {
+                        let name = format!("raw-{c}-{round}-{i}");
+                        match op {
+                            "add" => {
+                                let mail = format!("{name}@example.com");
+                                let id = format!("00000000-0000-4000-8000-{:012}", round * n + i);
+                                let attrs = vec![
+                                    (
+                                        "objectClass",
+                                        HashSet::from(["inetOrgPerson", "scimResource"]),
+                                    ),
+                                    ("uid", HashSet::from([name.as_str()])),
+                                    ("cn", HashSet::from(["Bench User"])),
+                                    ("sn", HashSet::from([name.as_str()])),
+                                    ("givenName", HashSet::from(["Bench"])),
+                                    ("mail", HashSet::from([mail.as_str()])),
+                                    ("title", HashSet::from(["Engineer"])),
+                                    ("scimId", HashSet::from([id.as_str()])),
+                                ];
+                                ldap.add(&dn, attrs).await.unwrap().success().unwrap();
+                            }
+                            "modify" => {
+                                let mods =
+                                    vec![Mod::Replace("title", HashSet::from(["Senior Engineer"]))];
+                                ldap.modify(&dn, mods).await.unwrap().success().unwrap();
+                            }
+                            "lock" => {
+                                let mods = vec![Mod::Replace(
+                                    "pwdAccountLockedTime",
+                                    HashSet::from(["000001010000Z"]),
+                                )];
+                                ldap.modify(&dn, mods).await.unwrap().success().unwrap();
+                            }
+                            _ => {
+                                ldap.delete(&dn).await.unwrap().success().unwrap();
+                            }
                         }
                     }
                 }
-            }
-        };
-        let raw_add = run_phase(n, c, None, phase("add")).await;
-        let raw_modify = run_phase(n, c, None, phase("modify")).await;
-        let raw_lock = run_phase(n, c, None, phase("lock")).await;
-        let raw_delete = run_phase(n, c, None, phase("delete")).await;
+            };
+            let raw_add = run_phase(n, c, None, phase("add")).await;
+            let raw_modify = run_phase(n, c, None, phase("modify")).await;
+            let raw_lock = run_phase(n, c, None, phase("lock")).await;
+            let raw_delete = run_phase(n, c, None, phase("delete")).await;
 
-        // The same through SCIM.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap();
-        let ids: Arc<Vec<std::sync::OnceLock<String>>> =
-            Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
-        let scim_phase = |op: &'static str| {
-            let client = client.clone();
-            let daemon = daemon.clone();
-            let ids = ids.clone();
-            move |_worker: usize, i: usize| {
+            // The same through SCIM.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap();
+            let ids: Arc<Vec<std::sync::OnceLock<String>>> =
+                Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
+            let scim_phase = |op: &'static str| {
                 let client = client.clone();
                 let daemon = daemon.clone();
                 let ids = ids.clone();
-                async move {
-                    let name = format!("scim-{c}-{i}");
-                    match op {
-                        "add" => {
-                            let created = scim(
-                                &client,
-                                &daemon,
-                                reqwest::Method::POST,
-                                "/Users",
-                                Some(&user_doc(&name, "Engineer")),
-                                201,
-                            )
-                            .await;
-                            let _ = ids[i].set(created["id"].as_str().unwrap().to_string());
-                        }
-                        "modify" => {
-                            let id = ids[i].get().unwrap();
-                            scim(
-                                &client,
-                                &daemon,
-                                reqwest::Method::PUT,
-                                &format!("/Users/{id}"),
-                                Some(&user_doc(&name, "Senior Engineer")),
-                                200,
-                            )
-                            .await;
-                        }
-                        "lock" => {
-                            let id = ids[i].get().unwrap();
-                            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]});
-                            scim(
-                                &client,
-                                &daemon,
-                                reqwest::Method::PATCH,
-                                &format!("/Users/{id}"),
-                                Some(&body),
-                                200,
-                            )
-                            .await;
-                        }
-                        _ => {
-                            let id = ids[i].get().unwrap();
-                            scim(
-                                &client,
-                                &daemon,
-                                reqwest::Method::DELETE,
-                                &format!("/Users/{id}"),
-                                None,
-                                204,
-                            )
-                            .await;
+                move |_worker: usize, i: usize| {
+                    let client = client.clone();
+                    let daemon = daemon.clone();
+                    let ids = ids.clone();
+                    async move {
+                        let name = format!("scim-{c}-{round}-{i}");
+                        match op {
+                            "add" => {
+                                let created = scim(
+                                    &client,
+                                    &daemon,
+                                    reqwest::Method::POST,
+                                    "/Users",
+                                    Some(&user_doc(&name, "Engineer")),
+                                    201,
+                                )
+                                .await;
+                                let _ = ids[i].set(created["id"].as_str().unwrap().to_string());
+                            }
+                            "modify" => {
+                                let id = ids[i].get().unwrap();
+                                scim(
+                                    &client,
+                                    &daemon,
+                                    reqwest::Method::PUT,
+                                    &format!("/Users/{id}"),
+                                    Some(&user_doc(&name, "Senior Engineer")),
+                                    200,
+                                )
+                                .await;
+                            }
+                            "lock" => {
+                                let id = ids[i].get().unwrap();
+                                let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]});
+                                scim(
+                                    &client,
+                                    &daemon,
+                                    reqwest::Method::PATCH,
+                                    &format!("/Users/{id}"),
+                                    Some(&body),
+                                    200,
+                                )
+                                .await;
+                            }
+                            _ => {
+                                let id = ids[i].get().unwrap();
+                                scim(
+                                    &client,
+                                    &daemon,
+                                    reqwest::Method::DELETE,
+                                    &format!("/Users/{id}"),
+                                    None,
+                                    204,
+                                )
+                                .await;
+                            }
                         }
                     }
                 }
-            }
-        };
-        let scim_add = run_phase(n, c, Some(pid), scim_phase("add")).await;
-        let scim_modify = run_phase(n, c, Some(pid), scim_phase("modify")).await;
-        let scim_lock = run_phase(n, c, Some(pid), scim_phase("lock")).await;
-        let scim_delete = run_phase(n, c, Some(pid), scim_phase("delete")).await;
-        for (op, raw, scim) in [
-            ("create (POST / add)", raw_add, scim_add),
-            ("update (PUT / modify)", raw_modify, scim_modify),
-            ("deactivate (PATCH / lock)", raw_lock, scim_lock),
-            ("delete (DELETE / delete)", raw_delete, scim_delete),
-        ] {
-            println!(
-                "c={c:<2} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} | ratio {:.2} | daemon CPU {:.0} us/op",
+            };
+            let scim_add = run_phase(n, c, Some(pid), scim_phase("add")).await;
+            let scim_modify = run_phase(n, c, Some(pid), scim_phase("modify")).await;
+            let scim_lock = run_phase(n, c, Some(pid), scim_phase("lock")).await;
+            let scim_delete = run_phase(n, c, Some(pid), scim_phase("delete")).await;
+            let mut this_round = Vec::new();
+            for (op, raw, scim) in [
+                ("create (POST / add)", raw_add, scim_add),
+                ("update (PUT / modify)", raw_modify, scim_modify),
+                ("deactivate (PATCH / lock)", raw_lock, scim_lock),
+                ("delete (DELETE / delete)", raw_delete, scim_delete),
+            ] {
+                println!(
+                "c={c:<2} round {round} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} | ratio {:.2} | daemon CPU {:.0} us/op",
                 raw.ops_per_sec(), ms(raw.percentile(0.5)), ms(raw.percentile(0.99)),
                 scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)),
                 scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
             );
-            println!(
+                println!(
                 "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0}",
                 raw.per_op_us(raw.slapd_cpu), raw.per_op_us(raw.client_cpu),
                 scim.per_op_us(scim.slapd_cpu), scim.cpu_per_op_us().unwrap_or(0.0),
                 scim.per_op_us(scim.client_cpu),
             );
+                this_round.push((op, raw, scim));
+            }
+            by_round.push(this_round);
+        }
+        // Per operation, the round with the median ratio, and the spread of all rounds.
+        for _ in 0..4 {
+            let mut runs: Vec<(&'static str, Phase, Phase)> =
+                by_round.iter_mut().map(|round| round.remove(0)).collect();
+            runs.sort_by(|a, b| ratio(&a.1, &a.2).total_cmp(&ratio(&b.1, &b.2)));
+            let spread = (ratio(&runs[0].1, &runs[0].2), {
+                let last = &runs[runs.len() - 1];
+                ratio(&last.1, &last.2)
+            });
+            let (op, raw, scim) = runs.swap_remove(runs.len() / 2);
             rows.push(Row {
                 op,
                 concurrency: c,
                 raw,
                 scim,
+                spread,
             });
         }
     }
@@ -765,16 +793,18 @@ async fn main() {
     let _ = restarted.wait();
 
     // The README table.
-    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio | raw p50/p99 ms | SCIM p50/p99 ms | daemon CPU/op |");
+    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | daemon CPU/op |");
     println!("|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {}/{} | {}/{} | {:.0} µs |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {:.0} µs |",
             row.op,
             row.concurrency,
             row.raw.ops_per_sec(),
             row.scim.ops_per_sec(),
-            row.scim.ops_per_sec() / row.raw.ops_per_sec(),
+            ratio(&row.raw, &row.scim),
+            row.spread.0,
+            row.spread.1,
             ms(row.raw.percentile(0.5)),
             ms(row.raw.percentile(0.99)),
             ms(row.scim.percentile(0.5)),
