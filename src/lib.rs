@@ -49,8 +49,8 @@
 //!   `X-Request-Id`.
 //! - A password is never stored, logged or returned; `expose_secret()` appears only at the LDAP
 //!   bind and password change, and bearer tokens are only ever compared as hashes. The hash of
-//!   a user being deleted is held in memory only, to re-create the entry if the delete fails. Logs name a
-//!   token by its configured name; attribute values appear at trace level at most.
+//!   a user being deleted is held in memory only, to re-create the entry if the delete fails.
+//!   Logs name a token by its configured name; attribute values appear at trace level at most.
 
 pub mod audit;
 pub mod check;

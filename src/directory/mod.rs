@@ -302,18 +302,9 @@ impl Directory {
         .await
     }
 
-    /// Writes an already hashed `userPassword` (for directories without the Password Modify
-    /// extended operation). The hash is kept out of logs like a password.
-    pub async fn set_password_hash(
-        &self,
-        dn: &str,
-        hash: &SecretString,
-    ) -> Result<(), DirectoryError> {
-        self.set_password_hashes(dn, std::slice::from_ref(hash))
-            .await
-    }
-
-    /// Writes `userPassword` as exactly these hashes (an entry put back as it was).
+    /// Writes `userPassword` as exactly these already hashed values (for directories without
+    /// the Password Modify extended operation, or an entry put back as it was). The hashes are
+    /// kept out of logs like a password.
     pub async fn set_password_hashes(
         &self,
         dn: &str,

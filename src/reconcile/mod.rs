@@ -132,13 +132,6 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn id_attribute(&self, kind: Kind) -> Option<String> {
-        match kind {
-            Kind::User => self.service.config().users.id_attribute.clone(),
-            Kind::Group => self.service.config().groups.id_attribute.clone(),
-        }
-    }
-
     fn attrs_to_read(&self, kind: Kind) -> Vec<String> {
         let (_, mut attrs) = match kind {
             Kind::User => self.service.config().users.ldap_names(),
@@ -193,8 +186,9 @@ impl Run<'_> {
     ) -> Result<Option<StoredResource>, ReconcileError> {
         let store = self.service.store();
         if let Some(id) = self
+            .service
             .id_attribute(kind)
-            .and_then(|attr| entry.first(&attr).map(str::to_string))
+            .and_then(|attr| entry.first(attr).map(str::to_string))
         {
             if let Some(found) = store.get(kind, &id).await? {
                 return Ok(Some(found));

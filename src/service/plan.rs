@@ -108,6 +108,17 @@ pub(crate) struct PlannedResource {
     pub doc: serde_json::Value,
 }
 
+impl PlannedResource {
+    /// User or Group.
+    pub(crate) fn kind(&self) -> Kind {
+        if self.group {
+            Kind::Group
+        } else {
+            Kind::User
+        }
+    }
+}
+
 impl From<&StoredResource> for PlannedResource {
     fn from(stored: &StoredResource) -> PlannedResource {
         PlannedResource {
@@ -129,12 +140,8 @@ impl From<&StoredResource> for PlannedResource {
 impl From<PlannedResource> for StoredResource {
     fn from(planned: PlannedResource) -> StoredResource {
         StoredResource {
+            kind: planned.kind(),
             id: planned.id,
-            kind: if planned.group {
-                Kind::Group
-            } else {
-                Kind::User
-            },
             name: planned.name,
             external_id: planned.external_id,
             dn: planned.dn,
@@ -204,10 +211,7 @@ impl Plan {
             crate::audit::push_name(&mut attributes, "userPassword");
         }
         let (resource_type, resource_id) = match (&self.upsert, &self.delete) {
-            (Some(planned), _) => (
-                Some(if planned.group { "Group" } else { "User" }),
-                planned.id.clone(),
-            ),
+            (Some(planned), _) => (Some(planned.kind().as_str()), planned.id.clone()),
             (None, Some(id)) => (None, id.clone()),
             (None, None) => (None, String::new()),
         };
@@ -321,13 +325,7 @@ impl Service {
             Ok(hashes) => plan.password_hashes = hashes,
             Err(err) => {
                 // Nothing was applied yet: drop the intent and answer as for any failure.
-                let drop_intent = Commit {
-                    intent_seq: Some(seq),
-                    ..Commit::default()
-                };
-                if let Err(store_err) = self.store.commit(drop_intent).await {
-                    tracing::error!(error = %store_err, "could not drop an unused intent");
-                }
+                self.drop_intent(seq).await;
                 return Err(err.into());
             }
         }
@@ -392,13 +390,7 @@ impl Service {
                 if err.is_transient() {
                     self.note_suspect(&plan, &trace).await;
                 }
-                let drop_intent = Commit {
-                    intent_seq: Some(seq),
-                    ..Commit::default()
-                };
-                if let Err(store_err) = self.store.commit(drop_intent).await {
-                    tracing::error!(error = %store_err, "could not drop a failed intent");
-                }
+                self.drop_intent(seq).await;
                 Err(err.into())
             }
         }
@@ -406,17 +398,21 @@ impl Service {
 }
 
 impl Service {
+    /// Removes intent `seq` of a plan that changed nothing it could commit.
+    async fn drop_intent(&self, seq: i64) {
+        let drop_intent = Commit {
+            intent_seq: Some(seq),
+            ..Commit::default()
+        };
+        if let Err(store_err) = self.store.commit(drop_intent).await {
+            tracing::error!(error = %store_err, "could not drop a failed intent");
+        }
+    }
+
     /// Remembers the resource of `plan`, which failed transiently, as suspect.
     async fn note_suspect(&self, plan: &Plan, trace: &ApplyTrace) {
         let (kind, id) = match (&plan.upsert, &plan.delete) {
-            (Some(planned), _) => (
-                if planned.group {
-                    Kind::Group
-                } else {
-                    Kind::User
-                },
-                planned.id.clone(),
-            ),
+            (Some(planned), _) => (planned.kind(), planned.id.clone()),
             (None, Some(id)) => match self.cached_kind(id).await {
                 Some(kind) => (kind, id.clone()),
                 None => return,

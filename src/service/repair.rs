@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
 use super::suspects::{FailedAdd, Suspect};
-use super::users::push_rename;
+use super::users::{push_rename, NewPassword};
 use super::{Service, ServiceError};
-use crate::directory::{Entry, Mod};
+use crate::directory::Entry;
 use crate::mapping::{drift, parent_dn, rdn, Deactivate, OnDisableGroups, Projection};
 use crate::store::{Kind, StoredResource};
 
@@ -234,22 +234,13 @@ impl Service {
             ..resource
         }));
         if recreate && kind == Kind::User && !password_hashes.is_empty() {
-            plan.sets_password = true;
-            let directory = self.directory.clone();
-            let dn = expected.dn.clone();
-            let hashes = password_hashes.to_vec();
-            // ppolicy drops the lock when a password is set: write it again.
             let relock = self.config.users.lock_cleared_by_password_change(&expected);
-            self.execute_then(plan, move || async move {
-                directory.set_password_hashes(&dn, &hashes).await?;
-                match relock {
-                    Some((attr, values)) => {
-                        directory.modify(&dn, &[Mod::Replace(attr, values)]).await
-                    }
-                    None => Ok(()),
-                }
-            })
-            .await?;
+            let password = (
+                expected.dn.clone(),
+                NewPassword::Hashes(password_hashes.to_vec()),
+            );
+            self.execute_with_password(plan, Some(password), relock)
+                .await?;
         } else {
             self.execute(plan).await?;
         }
@@ -396,7 +387,8 @@ impl Service {
         Ok(None)
     }
 
-    fn id_attribute(&self, kind: Kind) -> Option<&str> {
+    /// The attribute holding the SCIM id in the directory for `kind`, if configured.
+    pub(crate) fn id_attribute(&self, kind: Kind) -> Option<&str> {
         match kind {
             Kind::User => self.config.users.id_attribute.as_deref(),
             Kind::Group => self.config.groups.id_attribute.as_deref(),

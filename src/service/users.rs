@@ -14,6 +14,14 @@ use crate::scim::patch::PatchRequest;
 use crate::scim::validate::validate_resource;
 use crate::store::{Kind, StoredResource};
 
+/// A password to set on an entry: from the IdP, or the hashes an entry had before (a repair).
+pub(crate) enum NewPassword {
+    /// In clear, set by the directory or hashed here (`users.password_hashing`).
+    Plain(SecretString),
+    /// Stored hashes, written back as they are.
+    Hashes(Vec<SecretString>),
+}
+
 impl Service {
     /// `POST /Users`.
     #[tracing::instrument(skip_all)]
@@ -73,9 +81,12 @@ impl Service {
             .config
             .users
             .lock_cleared_by_password_change(&projection);
-        let password = validated
-            .password
-            .map(|password| (projection.dn.clone(), SecretString::from(password)));
+        let password = validated.password.map(|password| {
+            (
+                projection.dn.clone(),
+                NewPassword::Plain(SecretString::from(password)),
+            )
+        });
         let entry_uuid = self.execute_with_password(plan, password, relock).await?;
         tracing::debug!(resource_id = %stored.id, "user created");
         Ok(StoredResource {
@@ -186,8 +197,12 @@ impl Service {
             .config
             .users
             .lock_cleared_by_password_change(&new_projection);
-        let password =
-            password.map(|password| (new_projection.dn.clone(), SecretString::from(password)));
+        let password = password.map(|password| {
+            (
+                new_projection.dn.clone(),
+                NewPassword::Plain(SecretString::from(password)),
+            )
+        });
         self.execute_with_password(plan, password, relock).await?;
         tracing::debug!(resource_id = %stored.id, version = stored.version, "user updated");
         Ok(stored)
@@ -249,13 +264,13 @@ impl Service {
         Ok(())
     }
 
-    /// Runs `plan` and sets `password` (dn, secret) after its directory operations and before
+    /// Runs `plan` and sets `password` on entry `dn` after its directory operations and before
     /// its commit, so a failed password change leaves nothing committed. `relock` (attribute,
     /// values) is written again after the password change, which cleared it.
-    async fn execute_with_password(
+    pub(crate) async fn execute_with_password(
         &self,
         mut plan: Plan,
-        password: Option<(String, SecretString)>,
+        password: Option<(String, NewPassword)>,
         relock: Option<(String, Vec<String>)>,
     ) -> Result<Option<String>, ServiceError> {
         match password {
@@ -265,17 +280,20 @@ impl Service {
                 let directory = self.directory.clone();
                 let hashing = self.config.users.password_hashing;
                 self.execute_then(plan, move || async move {
-                    match hashing {
-                        PasswordHashing::Directory => {
+                    match (password, hashing) {
+                        (NewPassword::Plain(password), PasswordHashing::Directory) => {
                             directory.set_password(&dn, &password).await?
                         }
-                        PasswordHashing::Ssha => {
+                        (NewPassword::Plain(password), PasswordHashing::Ssha) => {
                             let salt: [u8; 8] = rand::random();
                             let hash = SecretString::from(crate::mapping::ssha(
                                 password.expose_secret(),
                                 &salt,
                             ));
-                            directory.set_password_hash(&dn, &hash).await?
+                            directory.set_password_hashes(&dn, &[hash]).await?
+                        }
+                        (NewPassword::Hashes(hashes), _) => {
+                            directory.set_password_hashes(&dn, &hashes).await?
                         }
                     }
                     match relock {
