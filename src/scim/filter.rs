@@ -204,6 +204,20 @@ impl Filter {
         self.validate_in(Scope::Element(attribute))
     }
 
+    /// Whether the filter names the top-level attribute `name` (ignoring case, any schema URN),
+    /// so that a resource must carry it to be matched.
+    pub fn names_attribute(&self, name: &str) -> bool {
+        match self {
+            Filter::And(operands) | Filter::Or(operands) => {
+                operands.iter().any(|operand| operand.names_attribute(name))
+            }
+            Filter::Not(operand) => operand.names_attribute(name),
+            Filter::Compare { path, .. }
+            | Filter::Present(path)
+            | Filter::ValuePath { path, .. } => path.name.eq_ignore_ascii_case(name),
+        }
+    }
+
     /// Whether `resource` (SCIM wire form) matches the filter.
     pub fn matches(&self, resource: &Value, schema: &ResourceSchema) -> bool {
         self.eval(Scope::Resource(schema), resource)

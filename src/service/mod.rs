@@ -361,15 +361,15 @@ impl Service {
                         .await
                         .map_err(ServiceError::from)?;
                     total += n_kind;
+                    let with_related = !excludes_related(kind, query);
                     for stored in page {
-                        let with_related = !excludes_related(kind, query);
                         matched.push(self.render(stored, with_related).await?);
                     }
                     continue;
                 }
                 _ => self.store.list(kind).await.map_err(ServiceError::from)?,
             };
-            let with_related = !excludes_related(kind, query);
+            let with_related = list_needs_related(kind, query);
             let mut rendered = Vec::with_capacity(candidates.len());
             for stored in candidates {
                 let resource = self.render(stored, with_related).await?;
@@ -515,14 +515,10 @@ fn indexed_lookup(
     Some((field, value.to_string()))
 }
 
-/// True when the request leaves `members` out, so a large group's list need not be read.
 /// True when `query` leaves out the attribute read from the membership table: a group's
 /// `members` or a user's `groups` (so the table need not be read).
 fn excludes_related(kind: Kind, query: &ListQuery) -> bool {
-    let (related, core_urn) = match kind {
-        Kind::Group => ("members", crate::scim::schema::GROUP_URN),
-        Kind::User => ("groups", crate::scim::schema::USER_URN),
-    };
+    let (related, core_urn) = related_attribute(kind);
     let named = |paths: &[crate::scim::path::AttrPath]| {
         paths.iter().any(|path| {
             path.name.eq_ignore_ascii_case(related)
@@ -533,6 +529,29 @@ fn excludes_related(kind: Kind, query: &ListQuery) -> bool {
         })
     };
     named(&query.excluded_attributes) || (!query.attributes.is_empty() && !named(&query.attributes))
+}
+
+/// The attribute read from the membership table for `kind`, and its core schema URN.
+fn related_attribute(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Group => ("members", crate::scim::schema::GROUP_URN),
+        Kind::User => ("groups", crate::scim::schema::USER_URN),
+    }
+}
+
+/// Whether a list must render `members` / `groups`: the reply carries them, or the filter or
+/// the sort key, evaluated on the rendered resource, names them.
+fn list_needs_related(kind: Kind, query: &ListQuery) -> bool {
+    let (related, _) = related_attribute(kind);
+    !excludes_related(kind, query)
+        || query
+            .filter
+            .as_ref()
+            .is_some_and(|filter| filter.names_attribute(related))
+        || query
+            .sort_by
+            .as_ref()
+            .is_some_and(|path| path.name.eq_ignore_ascii_case(related))
 }
 
 /// Checks `If-Match` against the stored version.

@@ -203,6 +203,29 @@ async fn users_show_their_groups_and_leave_them_when_deleted() {
         .await
         .expect(200);
     assert_eq!(by_urn["groups"].as_array().map(Vec::len), Some(2));
+    // A filter on the left-out attribute still sees it.
+    let found = server
+        .get(&format!(
+            "/Users?filter=groups.value eq \"{gid}\"&excludedAttributes=groups"
+        ))
+        .await
+        .expect(200);
+    let ids: Vec<&str> = found["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{found}");
+    assert!(found["Resources"][0].get("groups").is_none());
+    let found = server
+        .get(&format!(
+            "/Groups?filter=members.value eq \"{ann}\"&excludedAttributes=members"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(found["totalResults"], 2, "{found}");
+    assert!(found["Resources"][0].get("members").is_none());
     for query in ["excludedAttributes=groups", "attributes=userName"] {
         let reply = server
             .get(&format!("/Users/{ann}?{query}"))

@@ -738,3 +738,18 @@ proptest! {
         let _ = crate::scim::path::PatchPath::parse(&text);
     }
 }
+
+#[test]
+fn a_filter_tells_which_top_level_attributes_it_names() {
+    let filter = Filter::parse(
+        r#"userName eq "a" or not (urn:ietf:params:scim:schemas:core:2.0:User:GROUPS pr) and emails[type eq "work"]"#,
+    )
+    .expect("parses");
+    for name in ["userName", "groups", "emails"] {
+        assert!(filter.names_attribute(name), "{name}");
+    }
+    // `type` is a sub-attribute inside the value filter, not a top-level attribute.
+    for name in ["type", "members", "displayName"] {
+        assert!(!filter.names_attribute(name), "{name}");
+    }
+}
