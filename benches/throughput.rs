@@ -71,6 +71,16 @@ impl Phase {
         }
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
     }
+    /// A phase of sequential single operations, of which only the latencies count.
+    fn latencies_only(latencies: Vec<Duration>) -> Phase {
+        Phase {
+            latencies,
+            wall: Duration::from_secs(1),
+            cpu: None,
+            client_cpu: Duration::ZERO,
+            slapd_cpu: Duration::ZERO,
+        }
+    }
     fn cpu_per_op_us(&self) -> Option<f64> {
         self.cpu.map(|cpu| self.per_op_us(cpu))
     }
@@ -681,20 +691,8 @@ async fn main() {
             .await;
             removes.push(t.elapsed());
         }
-        let add = Phase {
-            latencies: adds,
-            wall: Duration::from_secs(1),
-            cpu: None,
-            client_cpu: Duration::ZERO,
-            slapd_cpu: Duration::ZERO,
-        };
-        let remove = Phase {
-            latencies: removes,
-            wall: Duration::from_secs(1),
-            cpu: None,
-            client_cpu: Duration::ZERO,
-            slapd_cpu: Duration::ZERO,
-        };
+        let add = Phase::latencies_only(adds);
+        let remove = Phase::latencies_only(removes);
         println!(
             "{label:<18} add one member p50 {} p99 {} ms | remove one p50 {} p99 {} ms",
             ms(add.percentile(0.5)),
@@ -738,20 +736,8 @@ async fn main() {
                 .unwrap();
             raw_removes.push(t.elapsed());
         }
-        let raw_add = Phase {
-            latencies: raw_adds,
-            wall: Duration::from_secs(1),
-            cpu: None,
-            client_cpu: Duration::ZERO,
-            slapd_cpu: Duration::ZERO,
-        };
-        let raw_remove = Phase {
-            latencies: raw_removes,
-            wall: Duration::from_secs(1),
-            cpu: None,
-            client_cpu: Duration::ZERO,
-            slapd_cpu: Duration::ZERO,
-        };
+        let raw_add = Phase::latencies_only(raw_adds);
+        let raw_remove = Phase::latencies_only(raw_removes);
         println!(
             "{label:<18} raw ldap3: add p50 {} ms | remove p50 {} ms",
             ms(raw_add.percentile(0.5)),
