@@ -12,7 +12,9 @@
 //! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000),
 //! `BENCH_WORKERS` (the daemon's `server.worker_threads`), `BENCH_ROUNDS` (default 3: each write
 //! phase pair runs that many times and the round with the median ratio is reported, with the
-//! spread).
+//! spread), `BENCH_CACHE_DIR` (where the daemon's cache goes, default beside the directory's
+//! files: point it at another disk to measure the usual deployment, where the two do not share
+//! one device's flushes).
 
 // A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
 #![allow(
@@ -47,6 +49,8 @@ struct Phase {
     cpu: Option<Duration>,
     client_cpu: Duration,
     slapd_cpu: Duration,
+    /// Each request's time inside the daemon (its access log's `duration_us`), SCIM phases only.
+    in_daemon: Vec<Duration>,
 }
 
 /// The directory's process, for its CPU time per phase.
@@ -64,12 +68,7 @@ impl Phase {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+        percentile(&self.latencies, p)
     }
     /// A phase of sequential single operations, of which only the latencies count.
     fn latencies_only(latencies: Vec<Duration>) -> Phase {
@@ -79,6 +78,7 @@ impl Phase {
             cpu: None,
             client_cpu: Duration::ZERO,
             slapd_cpu: Duration::ZERO,
+            in_daemon: Vec::new(),
         }
     }
     fn cpu_per_op_us(&self) -> Option<f64> {
@@ -87,6 +87,16 @@ impl Phase {
     fn per_op_us(&self, cpu: Duration) -> f64 {
         cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
+}
+
+/// The `p` quantile of `latencies` (zero when empty).
+fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Runs `n` operations `op(i)` with `concurrency` workers; times each.
@@ -134,7 +144,28 @@ where
         cpu,
         client_cpu: process_cpu(std::process::id()).saturating_sub(client_before),
         slapd_cpu: slapd_cpu().saturating_sub(slapd_before),
+        in_daemon: Vec::new(),
     }
+}
+
+/// `run_phase` against the daemon, with each request's time inside it read from its log.
+async fn run_scim_phase<F, Fut>(n: usize, concurrency: usize, daemon: &Daemon, op: F) -> Phase
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let log_start = std::fs::metadata(&daemon.log_path).map_or(0, |m| m.len());
+    let mut phase = run_phase(n, concurrency, Some(daemon.child.id()), op).await;
+    let log = std::fs::read(&daemon.log_path).unwrap();
+    let new = String::from_utf8_lossy(&log[log_start as usize..]);
+    phase.in_daemon = new
+        .lines()
+        .filter(|line| line.contains("scim2ldap::http: request status="))
+        .filter_map(|line| line.split("duration_us=").nth(1))
+        .filter_map(|us| us.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    phase
 }
 
 /// User + system CPU time of a process, from /proc.
@@ -168,6 +199,7 @@ struct Daemon {
     root: String,
     token: String,
     config_path: std::path::PathBuf,
+    log_path: std::path::PathBuf,
 }
 
 impl Drop for Daemon {
@@ -183,8 +215,14 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
         .unwrap()
         .local_addr()
         .unwrap();
-    let config =
-        scim2ldap::demo::config_toml(slapd, listen, &token.hash_line, &dir.join("cache.db"));
+    let config = scim2ldap::demo::config_toml(
+        slapd,
+        listen,
+        &token.hash_line,
+        &std::env::var_os("BENCH_CACHE_DIR")
+            .map_or_else(|| dir.to_path_buf(), std::path::PathBuf::from)
+            .join("cache.db"),
+    );
     // Production-like settings: 8 connections, and a timeout long enough for a 1000-member
     // modify on a busy two-core machine.
     let config = config
@@ -202,7 +240,8 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
     );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
         .args(["serve", "--config"])
         .arg(&config_path)
@@ -224,6 +263,7 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
                 root,
                 token: token.plaintext,
                 config_path,
+                log_path,
             };
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -463,10 +503,10 @@ async fn main() {
                     }
                 }
             };
-            let scim_add = run_phase(n, c, Some(pid), scim_phase("add")).await;
-            let scim_modify = run_phase(n, c, Some(pid), scim_phase("modify")).await;
-            let scim_lock = run_phase(n, c, Some(pid), scim_phase("lock")).await;
-            let scim_delete = run_phase(n, c, Some(pid), scim_phase("delete")).await;
+            let scim_add = run_scim_phase(n, c, &daemon, scim_phase("add")).await;
+            let scim_modify = run_scim_phase(n, c, &daemon, scim_phase("modify")).await;
+            let scim_lock = run_scim_phase(n, c, &daemon, scim_phase("lock")).await;
+            let scim_delete = run_scim_phase(n, c, &daemon, scim_phase("delete")).await;
             let mut this_round = Vec::new();
             for (op, raw, scim) in [
                 ("create (POST / add)", raw_add, scim_add),
@@ -475,9 +515,9 @@ async fn main() {
                 ("delete (DELETE / delete)", raw_delete, scim_delete),
             ] {
                 println!(
-                "c={c:<2} round {round} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} | ratio {:.2} | daemon CPU {:.0} us/op",
+                "c={c:<2} round {round} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} (in daemon p50 {}) | ratio {:.2} | daemon CPU {:.0} us/op",
                 raw.ops_per_sec(), ms(raw.percentile(0.5)), ms(raw.percentile(0.99)),
-                scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)),
+                scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)), ms(percentile(&scim.in_daemon, 0.5)),
                 scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
             );
                 println!(
@@ -781,11 +821,11 @@ async fn main() {
     let _ = restarted.wait();
 
     // The README table.
-    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | daemon CPU/op |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | daemon CPU/op |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {:.0} µs |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {:.0} µs |",
             row.op,
             row.concurrency,
             row.raw.ops_per_sec(),
@@ -797,6 +837,7 @@ async fn main() {
             ms(row.raw.percentile(0.99)),
             ms(row.scim.percentile(0.5)),
             ms(row.scim.percentile(0.99)),
+            ms(percentile(&row.scim.in_daemon, 0.5)),
             row.scim.cpu_per_op_us().unwrap_or(0.0)
         );
     }

@@ -3,14 +3,15 @@
 //! Only this module touches the database file. It holds each resource as the IdP last set it
 //! (never a password), its DN and directory id, its version, indexes for the names IdPs filter
 //! on, the group membership table (one row per member, never a blob), and the intent log of
-//! writes that were started but not yet committed. Writes go through one writer thread that
-//! commits whatever is queued in one transaction (group commit); reads use their own
-//! connections, which WAL lets run beside the writer.
+//! writes that were started but not yet committed. Writes go through one writer connection:
+//! the caller that finds it free commits whatever is queued in one transaction (group commit,
+//! without a hand-off to another thread); reads use their own connections, which WAL lets run
+//! beside the writer.
 //!
 //! Durability: transactions run with `synchronous = NORMAL`, so a committed write survives the
 //! process being killed (it is in the WAL, in the OS page cache) but not by itself a power loss.
-//! Power-loss durability comes from `sync`: a second thread fsyncs the WAL file, batching every
-//! caller that waits at the time. The service calls it after recording an intent, in parallel
+//! Power-loss durability comes from `sync`: a sync thread fsyncs the WAL file, batching every
+//! caller that waits at the time. The same thread checkpoints the WAL into the database file. The service calls it after recording an intent, in parallel
 //! with the directory write, and acknowledges only when both are done: after a power loss, an
 //! acknowledged write is either committed or its intent is on disk and is replayed.
 
@@ -184,11 +185,85 @@ const MAX_BATCH: usize = 512;
 /// Read connections kept open.
 const N_READERS: usize = 4;
 
-/// The cache: one writer thread, a few read connections.
+/// The writer connection and the jobs waiting for it. Whoever submits a job while nobody is
+/// writing runs every queued job (its own and those submitted meanwhile) in one transaction per
+/// round, on its own thread, until the queue is empty (flat combining): an uncontended write
+/// costs no hand-off to another thread and back, and under load the jobs still share
+/// transactions. A round takes tens of microseconds: SQLite writes to the WAL without syncing it
+/// (see `sync`) and checkpoints run on the sync thread.
+struct Writer {
+    state: Mutex<WriterState>,
+    conn: Mutex<Connection>,
+    syncer: std::sync::mpsc::SyncSender<SyncJob>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    queue: Vec<Job>,
+    busy: bool,
+    /// Jobs written since the sync thread was last asked to checkpoint.
+    since_checkpoint: usize,
+}
+
+/// Work for the sync thread.
+enum SyncJob {
+    /// Fsync the WAL, then answer.
+    Sync(oneshot::Sender<Result<(), StoreError>>),
+    /// Copy the WAL into the database file (passive: writers go on meanwhile).
+    Checkpoint,
+}
+
+/// Jobs between two checkpoints: 400 to 1,100 WAL pages of ordinary writes.
+const CHECKPOINT_EVERY: usize = 128;
+/// The writer's own checkpoint, a backstop for when the sync thread falls behind (pages).
+const AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
+impl Writer {
+    fn submit(&self, job: Job) {
+        {
+            let mut state = lock(&self.state);
+            state.queue.push(job);
+            if state.busy {
+                return;
+            }
+            state.busy = true;
+        }
+        // Only the one that set `busy` takes the connection, so this never waits long.
+        let mut conn = lock(&self.conn);
+        loop {
+            let batch = {
+                let mut state = lock(&self.state);
+                if state.queue.is_empty() {
+                    state.busy = false;
+                    return;
+                }
+                let n = state.queue.len().min(MAX_BATCH);
+                state.since_checkpoint += n;
+                if state.since_checkpoint >= CHECKPOINT_EVERY {
+                    state.since_checkpoint = 0;
+                    // A full queue means a checkpoint is pending already.
+                    let _ = self.syncer.try_send(SyncJob::Checkpoint);
+                }
+                state.queue.drain(..n).collect::<Vec<_>>()
+            };
+            run_batch(&mut conn, batch);
+        }
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere: the data behind these locks (a queue, a
+/// connection whose failed transaction SQLite rolled back) stays consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The cache: the writer connection, a sync thread, a few read connections.
 #[derive(Clone)]
 pub struct Store {
-    writer: std::sync::mpsc::SyncSender<Job>,
-    syncer: std::sync::mpsc::SyncSender<oneshot::Sender<Result<(), StoreError>>>,
+    writer: Arc<Writer>,
+    syncer: std::sync::mpsc::SyncSender<SyncJob>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -207,6 +282,14 @@ impl Store {
         }
         let mut writer_conn = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
         schema::prepare(&mut writer_conn).map_err(|err| open_err(err.to_string()))?;
+        // Checkpoints run on the sync thread, off the request threads that write.
+        writer_conn
+            .pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
+            .map_err(|err| open_err(err.to_string()))?;
+        let checkpointer = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
+        checkpointer
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|err| open_err(err.to_string()))?;
         let mut readers = Vec::with_capacity(N_READERS);
         for _ in 0..N_READERS {
             let conn = Connection::open_with_flags(
@@ -218,22 +301,21 @@ impl Store {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             readers.push(Mutex::new(conn));
         }
-        let (sender, receiver) = std::sync::mpsc::sync_channel(4096);
-        std::thread::Builder::new()
-            .name("cache-writer".to_string())
-            .spawn(move || writer_loop(writer_conn, receiver))
-            .map_err(|err| open_err(err.to_string()))?;
         let (sync_sender, sync_receiver) = std::sync::mpsc::sync_channel(4096);
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let wal_path = PathBuf::from(wal_path);
         std::thread::Builder::new()
             .name("cache-sync".to_string())
-            .spawn(move || sync_loop(&wal_path, sync_receiver))
+            .spawn(move || sync_loop(&wal_path, &checkpointer, sync_receiver))
             .map_err(|err| open_err(err.to_string()))?;
         Ok(Store {
-            syncer: sync_sender,
-            writer: sender,
+            syncer: sync_sender.clone(),
+            writer: Arc::new(Writer {
+                state: Mutex::new(WriterState::default()),
+                conn: Mutex::new(writer_conn),
+                syncer: sync_sender,
+            }),
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -255,7 +337,7 @@ impl Store {
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
         self.syncer
-            .send(reply)
+            .send(SyncJob::Sync(reply))
             .map_err(|_| StoreError::WriterGone)?;
         receive.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -272,9 +354,8 @@ impl Store {
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        // The channel is bounded; a full channel blocks this task briefly, which is the
-        // back-pressure we want when the disk is slower than the requests.
-        self.writer.send(job).map_err(|_| StoreError::WriterGone)
+        self.writer.submit(job);
+        Ok(())
     }
 
     /// Runs a point lookup (by a primary or unique index) on a free reader connection right
@@ -616,61 +697,69 @@ impl RawRow {
     }
 }
 
-/// Fsyncs the WAL for every batch of waiting callers. fsync flushes the file's data whichever
-/// descriptor asks, so this thread's own handle covers what the writer thread appended; pages
-/// already checkpointed into the database file were synced by SQLite itself.
+/// Fsyncs the WAL for every batch of waiting callers, and checkpoints when the writer asks.
+/// fsync flushes the file's data whichever descriptor asks, so this thread's own handle covers
+/// what the writer appended; pages already checkpointed into the database file were synced by
+/// SQLite itself. A checkpoint runs after the waiting callers are answered; when one fails
+/// (never expected), the next one or the writer's own backstop copies the pages.
 fn sync_loop(
     wal_path: &Path,
-    requests: std::sync::mpsc::Receiver<oneshot::Sender<Result<(), StoreError>>>,
+    checkpointer: &Connection,
+    requests: std::sync::mpsc::Receiver<SyncJob>,
 ) {
     let mut wal: Option<std::fs::File> = None;
     while let Ok(first) = requests.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = requests.try_recv() {
-            waiting.push(more);
+        let mut waiting = Vec::new();
+        let mut checkpoint = false;
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| requests.try_recv().ok())) {
+            match job {
+                SyncJob::Sync(reply) => waiting.push(reply),
+                SyncJob::Checkpoint => checkpoint = true,
+            }
         }
-        let result = (|| -> std::io::Result<()> {
-            if wal.is_none() {
-                wal = Some(
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(wal_path)?,
-                );
+        if !waiting.is_empty() {
+            let failure = fsync(&mut wal, wal_path).err();
+            for reply in waiting {
+                let _ = reply.send(match &failure {
+                    None => Ok(()),
+                    Some(reason) => Err(StoreError::Open {
+                        path: wal_path.to_path_buf(),
+                        reason: reason.clone(),
+                    }),
+                });
             }
-            match &wal {
-                Some(file) => file.sync_data(),
-                None => Ok(()),
+        }
+        if checkpoint {
+            if let Err(err) =
+                checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %err, "cache checkpoint failed");
             }
-        })();
-        let failure = result.err().map(|err| {
-            // A WAL replaced behind our back (never expected) is reopened on the next sync.
-            wal = None;
-            format!("fsync {}: {err}", wal_path.display())
-        });
-        for reply in waiting {
-            let _ = reply.send(match &failure {
-                None => Ok(()),
-                Some(reason) => Err(StoreError::Open {
-                    path: wal_path.to_path_buf(),
-                    reason: reason.clone(),
-                }),
-            });
         }
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+/// Fsyncs the WAL through `wal`, opening it first when needed.
+fn fsync(wal: &mut Option<std::fs::File>, wal_path: &Path) -> Result<(), String> {
+    let result = (|| -> std::io::Result<()> {
+        if wal.is_none() {
+            *wal = Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(wal_path)?,
+            );
         }
-        run_batch(&mut conn, batch);
-    }
+        match wal {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    })();
+    result.map_err(|err| {
+        // A WAL replaced behind our back (never expected) is reopened on the next sync.
+        *wal = None;
+        format!("fsync {}: {err}", wal_path.display())
+    })
 }
 
 /// Runs a batch in one transaction. When a job fails (a name taken, say), the transaction is
