@@ -189,10 +189,12 @@ const N_READERS: usize = 4;
 /// writing runs every queued job (its own and those submitted meanwhile) in one transaction per
 /// round, on its own thread, until the queue is empty (flat combining): an uncontended write
 /// costs no hand-off to another thread and back, and under load the jobs still share
-/// transactions. A round takes tens of microseconds: SQLite writes to the WAL without syncing it
-/// (see `sync`) and checkpoints run on the sync thread.
+/// transactions. A round takes tens of microseconds: SQLite appends to the WAL without syncing
+/// it (see `sync`). Checkpoints, which sync, run on the sync thread through `exclusive`.
 struct Writer {
     state: Mutex<WriterState>,
+    /// Signalled when a writing caller stops, for `exclusive`.
+    idle: std::sync::Condvar,
     conn: Mutex<Connection>,
     syncer: std::sync::mpsc::SyncSender<SyncJob>,
 }
@@ -200,7 +202,10 @@ struct Writer {
 #[derive(Default)]
 struct WriterState {
     queue: Vec<Job>,
+    /// A caller is writing the queue (or `exclusive` holds the connection).
     busy: bool,
+    /// `exclusive` waits: the writing caller stops after its round and leaves the queue to it.
+    exclusive_waiting: bool,
     /// Jobs written since the sync thread was last asked to checkpoint.
     since_checkpoint: usize,
 }
@@ -209,7 +214,7 @@ struct WriterState {
 enum SyncJob {
     /// Fsync the WAL, then answer.
     Sync(oneshot::Sender<Result<(), StoreError>>),
-    /// Copy the WAL into the database file (passive: writers go on meanwhile).
+    /// Copy the WAL into the database file.
     Checkpoint,
 }
 
@@ -223,18 +228,23 @@ impl Writer {
         {
             let mut state = lock(&self.state);
             state.queue.push(job);
-            if state.busy {
+            if state.busy || state.exclusive_waiting {
                 return;
             }
             state.busy = true;
         }
         // Only the one that set `busy` takes the connection, so this never waits long.
-        let mut conn = lock(&self.conn);
+        self.write_queue(&mut lock(&self.conn));
+    }
+
+    /// Writes the queue round by round until it is empty, or until `exclusive` waits.
+    fn write_queue(&self, conn: &mut Connection) {
         loop {
             let batch = {
                 let mut state = lock(&self.state);
-                if state.queue.is_empty() {
+                if state.queue.is_empty() || state.exclusive_waiting {
                     state.busy = false;
+                    self.idle.notify_all();
                     return;
                 }
                 let n = state.queue.len().min(MAX_BATCH);
@@ -246,8 +256,30 @@ impl Writer {
                 }
                 state.queue.drain(..n).collect::<Vec<_>>()
             };
-            run_batch(&mut conn, batch);
+            run_batch(conn, batch);
         }
+    }
+
+    /// Runs `work` on the connection with no write in progress or starting meanwhile (jobs
+    /// submitted meanwhile wait in the queue), then writes the queue. For blocking work such as
+    /// a checkpoint: a passive checkpoint that writers overtake never completes, and the WAL
+    /// restarts from its beginning only after one that did.
+    fn exclusive(&self, work: impl FnOnce(&mut Connection)) {
+        {
+            let mut state = lock(&self.state);
+            state.exclusive_waiting = true;
+            while state.busy {
+                state = self
+                    .idle
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            state.exclusive_waiting = false;
+            state.busy = true;
+        }
+        let mut conn = lock(&self.conn);
+        work(&mut conn);
+        self.write_queue(&mut conn);
     }
 }
 
@@ -286,10 +318,6 @@ impl Store {
         writer_conn
             .pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
             .map_err(|err| open_err(err.to_string()))?;
-        let checkpointer = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
-        checkpointer
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|err| open_err(err.to_string()))?;
         let mut readers = Vec::with_capacity(N_READERS);
         for _ in 0..N_READERS {
             let conn = Connection::open_with_flags(
@@ -302,20 +330,24 @@ impl Store {
             readers.push(Mutex::new(conn));
         }
         let (sync_sender, sync_receiver) = std::sync::mpsc::sync_channel(4096);
+        let writer = Arc::new(Writer {
+            state: Mutex::new(WriterState::default()),
+            idle: std::sync::Condvar::new(),
+            conn: Mutex::new(writer_conn),
+            syncer: sync_sender.clone(),
+        });
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let wal_path = PathBuf::from(wal_path);
+        // A weak reference: the thread ends when the last `Store` (and its sender) is gone.
+        let weak_writer = Arc::downgrade(&writer);
         std::thread::Builder::new()
             .name("cache-sync".to_string())
-            .spawn(move || sync_loop(&wal_path, &checkpointer, sync_receiver))
+            .spawn(move || sync_loop(&wal_path, &weak_writer, sync_receiver))
             .map_err(|err| open_err(err.to_string()))?;
         Ok(Store {
-            syncer: sync_sender.clone(),
-            writer: Arc::new(Writer {
-                state: Mutex::new(WriterState::default()),
-                conn: Mutex::new(writer_conn),
-                syncer: sync_sender,
-            }),
+            syncer: sync_sender,
+            writer,
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -704,7 +736,7 @@ impl RawRow {
 /// (never expected), the next one or the writer's own backstop copies the pages.
 fn sync_loop(
     wal_path: &Path,
-    checkpointer: &Connection,
+    writer: &std::sync::Weak<Writer>,
     requests: std::sync::mpsc::Receiver<SyncJob>,
 ) {
     let mut wal: Option<std::fs::File> = None;
@@ -729,12 +761,12 @@ fn sync_loop(
                 });
             }
         }
-        if checkpoint {
-            if let Err(err) =
-                checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(error = %err, "cache checkpoint failed");
-            }
+        if let Some(writer) = writer.upgrade().filter(|_| checkpoint) {
+            writer.exclusive(|conn| {
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %err, "cache checkpoint failed");
+                }
+            });
         }
     }
 }
