@@ -51,6 +51,34 @@ struct Phase {
     slapd_cpu: Duration,
     /// Each request's time inside the daemon (its access log's `duration_us`), SCIM phases only.
     in_daemon: Vec<Duration>,
+    /// Cache flushes the disk under the working directory completed (when the kernel says).
+    disk_flushes: Option<u64>,
+}
+
+/// The block device statistics file of the disk holding the benchmark's files.
+static DISK_STAT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Flush requests the disk has completed (field 16 of /sys/block/*/stat, Linux 5.5 and later).
+fn disk_flushes() -> Option<u64> {
+    let path = DISK_STAT.get()?.as_ref()?;
+    let stat = std::fs::read_to_string(path).ok()?;
+    stat.split_whitespace().nth(15)?.parse().ok()
+}
+
+/// Finds the whole disk under `dir` for `disk_flushes`.
+fn find_disk(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    let device = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    // A partition's own counters leave flushes out; its disk is the parent directory.
+    let disk = if device.join("partition").exists() {
+        device.join("..")
+    } else {
+        device
+    };
+    Some(disk.join("stat")).filter(|stat| stat.exists())
 }
 
 /// The directory's process, for its CPU time per phase.
@@ -79,7 +107,11 @@ impl Phase {
             client_cpu: Duration::ZERO,
             slapd_cpu: Duration::ZERO,
             in_daemon: Vec::new(),
+            disk_flushes: None,
         }
+    }
+    fn flushes_per_op(&self) -> f64 {
+        self.disk_flushes.unwrap_or(0) as f64 / self.latencies.len().max(1) as f64
     }
     fn cpu_per_op_us(&self) -> Option<f64> {
         self.cpu.map(|cpu| self.per_op_us(cpu))
@@ -110,6 +142,7 @@ where
     let cpu_before = daemon_pid.map(process_cpu);
     let client_before = process_cpu(std::process::id());
     let slapd_before = slapd_cpu();
+    let flushes_before = disk_flushes();
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
@@ -145,6 +178,9 @@ where
         client_cpu: process_cpu(std::process::id()).saturating_sub(client_before),
         slapd_cpu: slapd_cpu().saturating_sub(slapd_before),
         in_daemon: Vec::new(),
+        disk_flushes: flushes_before
+            .zip(disk_flushes())
+            .map(|(before, after)| after.saturating_sub(before)),
     }
 }
 
@@ -357,6 +393,7 @@ async fn main() {
         let _ = SLAPD_PID.set(pid);
     }
     let dir = tempfile::tempdir().unwrap();
+    let _ = DISK_STAT.set(find_disk(dir.path()));
     let daemon = Arc::new(start_daemon(&slapd, dir.path()).await);
     let pid = daemon.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -521,10 +558,11 @@ async fn main() {
                 scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
             );
                 println!(
-                "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0}",
+                "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0} | disk flushes/op: raw {:.2}, SCIM {:.2}",
                 raw.per_op_us(raw.slapd_cpu), raw.per_op_us(raw.client_cpu),
                 scim.per_op_us(scim.slapd_cpu), scim.cpu_per_op_us().unwrap_or(0.0),
                 scim.per_op_us(scim.client_cpu),
+                raw.flushes_per_op(), scim.flushes_per_op(),
             );
                 this_round.push((op, raw, scim));
             }

@@ -77,6 +77,8 @@ struct Metrics {
     http_requests: Family<RequestLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     http_rate_limited: Counter,
+    cache_fsyncs: Counter,
+    cache_fsync_callers: Counter,
     tls_handshake_failures: Counter,
     directory_operations: Family<DirectoryLabels, Counter>,
     directory_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
@@ -119,6 +121,18 @@ impl Metrics {
             "Time from reading a request to its reply, by route template and method",
             Unit::Seconds,
             http_duration.clone(),
+        );
+        let cache_fsyncs = Counter::default();
+        registry.register(
+            "cache_fsyncs",
+            "Fsyncs of the cache's WAL (one serves every write waiting at the time)",
+            cache_fsyncs.clone(),
+        );
+        let cache_fsync_callers = Counter::default();
+        registry.register(
+            "cache_fsync_callers",
+            "Writes made durable by those fsyncs",
+            cache_fsync_callers.clone(),
         );
         let http_rate_limited = Counter::default();
         registry.register(
@@ -236,6 +250,8 @@ impl Metrics {
             http_requests,
             http_duration,
             http_rate_limited,
+            cache_fsyncs,
+            cache_fsync_callers,
             tls_handshake_failures,
             directory_operations,
             directory_duration,
@@ -324,6 +340,15 @@ pub fn record_request(route: &'static str, method: &http::Method, status: u16, e
 }
 
 /// Records a request refused by the rate limit.
+/// Records one fsync of the cache, which served `callers` waiting writes.
+pub fn record_cache_fsync(callers: usize) {
+    let metrics = metrics();
+    metrics.cache_fsyncs.inc();
+    metrics
+        .cache_fsync_callers
+        .inc_by(u64::try_from(callers).unwrap_or(u64::MAX));
+}
+
 pub fn record_rate_limited() {
     metrics().http_rate_limited.inc();
 }
@@ -444,6 +469,7 @@ mod tests {
     fn reconcile_results_and_requests_render_in_the_text_format() {
         record_reconcile(10, 2, 1, 3, Duration::from_millis(1500));
         record_request("/Users", &http::Method::POST, 201, Duration::from_millis(3));
+        record_cache_fsync(3);
         record_request(
             "/Users",
             &http::Method::from_bytes(b"BREW").expect("method"),
@@ -461,6 +487,8 @@ mod tests {
             "scim2ldap_http_requests_total{route=\"/Users\",method=\"other\",status=\"405\"} ",
             "scim2ldap_http_request_duration_seconds_bucket{",
             "scim2ldap_cache_resources{kind=\"user\"} 4",
+            "scim2ldap_cache_fsyncs_total ",
+            "scim2ldap_cache_fsync_callers_total ",
             "# EOF",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");

@@ -332,14 +332,21 @@ impl Service {
         // The intent is in the WAL now (safe from a process crash); its fsync runs while the
         // directory works, and the reply waits for both (see store/mod.rs on durability).
         let mut trace = ApplyTrace::default();
+        let started = std::time::Instant::now();
         let directory_work = async {
             let id_attr = self.config.ldap.flavor.entry_id_attribute();
-            match apply_ops(&self.directory, &plan.ops, id_attr, false, &mut trace).await {
-                Ok(entry_uuid) => then().await.map(|()| entry_uuid),
-                Err(err) => Err(err),
+            let applied =
+                match apply_ops(&self.directory, &plan.ops, id_attr, false, &mut trace).await {
+                    Ok(entry_uuid) => then().await.map(|()| entry_uuid),
+                    Err(err) => Err(err),
+                };
+            if applied.is_ok() {
+                self.note_directory_write(started.elapsed());
             }
+            applied
         };
-        let (applied, synced) = tokio::join!(directory_work, self.store.sync());
+        let synced = self.store.sync_by(started + self.directory_write_slack());
+        let (applied, synced) = tokio::join!(directory_work, synced);
         let applied = match applied {
             Ok(_) if lose_reply() && crate::audit::in_request() => {
                 tracing::warn!("test hook: reporting an applied write as a lost reply");
@@ -398,6 +405,25 @@ impl Service {
 }
 
 impl Service {
+    /// Adds one successful write's directory time to the moving average.
+    fn note_directory_write(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // Racing updates may lose a sample; an average does not mind.
+        let average = self.directory_write_us.load(Ordering::Relaxed);
+        self.directory_write_us.store(
+            average.saturating_mul(7).saturating_add(took) / 8,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long the cache's fsync may take, from the start of the directory work, without
+    /// delaying the reply: half the directory's usual time, to leave room for a slow flush.
+    fn directory_write_slack(&self) -> std::time::Duration {
+        use std::sync::atomic::Ordering;
+        std::time::Duration::from_micros(self.directory_write_us.load(Ordering::Relaxed) / 2)
+    }
+
     /// Removes intent `seq` of a plan that changed nothing it could commit.
     async fn drop_intent(&self, seq: i64) {
         let drop_intent = Commit {

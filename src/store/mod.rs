@@ -11,7 +11,8 @@
 //! Durability: transactions run with `synchronous = NORMAL`, so a committed write survives the
 //! process being killed (it is in the WAL, in the OS page cache) but not by itself a power loss.
 //! Power-loss durability comes from `sync`: a sync thread fsyncs the WAL file, batching every
-//! caller that waits at the time. The same thread checkpoints the WAL into the database file. The service calls it after recording an intent, in parallel
+//! caller that waits at the time, and holding the fsync back while every waiting caller can
+//! spare the time (`sync_by`), so that one flush serves more writes. The same thread checkpoints the WAL into the database file. The service calls it after recording an intent, in parallel
 //! with the directory write, and acknowledges only when both are done: after a power loss, an
 //! acknowledged write is either committed or its intent is on disk and is replayed.
 
@@ -19,6 +20,7 @@ mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
@@ -212,12 +214,17 @@ struct WriterState {
 
 /// Work for the sync thread.
 enum SyncJob {
-    /// Fsync the WAL, then answer.
-    Sync(oneshot::Sender<Result<(), StoreError>>),
+    /// Fsync the WAL, then answer; the caller needs the answer by `by`.
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+        by: std::time::Instant,
+    },
     /// Copy the WAL into the database file.
     Checkpoint,
 }
 
+/// Longest an fsync is held back to serve more callers.
+const MAX_SYNC_DELAY: Duration = Duration::from_millis(2);
 /// Jobs between two checkpoints: 400 to 1,100 WAL pages of ordinary writes.
 const CHECKPOINT_EVERY: usize = 128;
 /// The writer's own checkpoint, a backstop for when the sync thread falls behind (pages).
@@ -367,9 +374,17 @@ impl Store {
     /// Makes everything written before this call durable against power loss: one fsync of the
     /// WAL file, shared by every caller waiting at the time.
     pub async fn sync(&self) -> Result<(), StoreError> {
+        self.sync_by(std::time::Instant::now()).await
+    }
+
+    /// `sync` for a caller that will not need the answer before `by` (it waits for something
+    /// else meanwhile). The sync thread may hold the fsync back until shortly before the
+    /// earliest such time of the callers waiting, so that one fsync serves more of them: on a
+    /// disk the directory shares, every flush of ours is one the directory waits behind.
+    pub async fn sync_by(&self, by: std::time::Instant) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
         self.syncer
-            .send(SyncJob::Sync(reply))
+            .send(SyncJob::Sync { reply, by })
             .map_err(|_| StoreError::WriterGone)?;
         receive.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -740,17 +755,25 @@ fn sync_loop(
     requests: std::sync::mpsc::Receiver<SyncJob>,
 ) {
     let mut wal: Option<std::fs::File> = None;
+    // How long an fsync takes here (moving average, microseconds); starts high, so that
+    // nothing is held back before a first measurement.
+    let mut fsync_us = 10_000u64;
     while let Ok(first) = requests.recv() {
-        let mut waiting = Vec::new();
-        let mut checkpoint = false;
-        for job in std::iter::once(first).chain(std::iter::from_fn(|| requests.try_recv().ok())) {
-            match job {
-                SyncJob::Sync(reply) => waiting.push(reply),
-                SyncJob::Checkpoint => checkpoint = true,
-            }
-        }
+        let Gathered {
+            waiting,
+            checkpoint,
+        } = gather(
+            first,
+            &requests,
+            Duration::from_micros(fsync_us),
+            MAX_SYNC_DELAY,
+        );
         if !waiting.is_empty() {
+            let started = std::time::Instant::now();
             let failure = fsync(&mut wal, wal_path).err();
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            crate::metrics::record_cache_fsync(waiting.len());
+            fsync_us = fsync_us.saturating_mul(7).saturating_add(took) / 8;
             for reply in waiting {
                 let _ = reply.send(match &failure {
                     None => Ok(()),
@@ -769,6 +792,49 @@ fn sync_loop(
             });
         }
     }
+}
+
+/// What the sync thread does next.
+struct Gathered {
+    /// Callers waiting for an fsync.
+    waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// A checkpoint was asked for.
+    checkpoint: bool,
+}
+
+/// Takes `first` and the jobs that arrive until the fsync must begin for the earliest caller to
+/// have its answer by its time (an fsync taking `fsync_time`), waiting `max_delay` at most.
+fn gather(
+    first: SyncJob,
+    requests: &std::sync::mpsc::Receiver<SyncJob>,
+    fsync_time: Duration,
+    max_delay: Duration,
+) -> Gathered {
+    let mut gathered = Gathered {
+        waiting: Vec::new(),
+        checkpoint: false,
+    };
+    let mut start_by: Option<std::time::Instant> = None;
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        match job {
+            SyncJob::Sync { reply, by } => {
+                let latest_start = by
+                    .checked_sub(fsync_time)
+                    .unwrap_or(by)
+                    .min(std::time::Instant::now() + max_delay);
+                start_by = Some(start_by.map_or(latest_start, |t| t.min(latest_start)));
+                gathered.waiting.push(reply);
+            }
+            SyncJob::Checkpoint => gathered.checkpoint = true,
+        }
+        let now = std::time::Instant::now();
+        next = match start_by.filter(|t| *t > now) {
+            Some(t) => requests.recv_timeout(t - now).ok(),
+            None => requests.try_recv().ok(),
+        };
+    }
+    gathered
 }
 
 /// Fsyncs the WAL through `wal`, opening it first when needed.

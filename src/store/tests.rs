@@ -348,3 +348,50 @@ async fn checkpoints_keep_the_wal_short_under_continuous_writes() {
         "database file {empty} -> {size} bytes: nothing checkpointed"
     );
 }
+
+#[test]
+fn the_sync_thread_waits_for_callers_only_as_long_as_the_earliest_can_spare() {
+    let (send, receive) = std::sync::mpsc::sync_channel(16);
+    let job = |by: std::time::Instant| SyncJob::Sync {
+        reply: oneshot::channel().0,
+        by,
+    };
+    let fsync_time = Duration::from_millis(1);
+    let late = |delay_ms: u64, job: SyncJob| {
+        let send = send.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = send.send(job);
+        })
+    };
+    // The first caller can spare ten seconds; callers and a checkpoint arriving within the
+    // allowed wait share its fsync.
+    let now = std::time::Instant::now();
+    let a = late(50, job(now + Duration::from_secs(10)));
+    let b = late(100, SyncJob::Checkpoint);
+    let gathered = gather(
+        job(now + Duration::from_secs(10)),
+        &receive,
+        fsync_time,
+        Duration::from_millis(400),
+    );
+    assert_eq!(gathered.waiting.len(), 2);
+    assert!(gathered.checkpoint);
+    assert!(
+        now.elapsed() >= Duration::from_millis(400),
+        "left before the wait was over"
+    );
+    a.join().expect("sender");
+    b.join().expect("sender");
+    // A caller that needs the answer now is not held back: the late one waits for the next.
+    let c = late(200, job(now));
+    let gathered = gather(
+        job(std::time::Instant::now()),
+        &receive,
+        fsync_time,
+        Duration::from_secs(10),
+    );
+    assert_eq!(gathered.waiting.len(), 1);
+    c.join().expect("sender");
+    assert_eq!(receive.try_iter().count(), 1);
+}

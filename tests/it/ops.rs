@@ -703,7 +703,9 @@ async fn audit_records_name_the_token_and_attributes_and_sighup_rotates_tokens()
     ] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
-    // Exactly one request line per request, with its route template and status.
+    // Exactly one request line per request, with its route template and status (the PATCH's
+    // is written after its audit record).
+    process.wait_for("\"status\":200").await;
     let request_lines: Vec<Value> = process
         .lines()
         .iter()
