@@ -20,7 +20,8 @@
 //!   reconnect with backoff, result codes classified transient or permanent, DN and filter
 //!   escaping in one place.
 //! - [`store`]: the reconciliation cache (SQLite, WAL): resources as the IdP last set them,
-//!   memberships as rows, the intent log; one writer thread with group commit.
+//!   memberships as rows, the intent log; one writer connection with group commit, a sync
+//!   thread for fsyncs and checkpoints.
 //! - [`service`]: the use cases; orders every write as intent -> directory -> commit, and
 //!   serializes writes per resource.
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and

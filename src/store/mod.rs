@@ -60,7 +60,7 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
-    /// The writer thread is gone (shutdown).
+    /// The sync thread is gone (shutdown), or a write was dropped unanswered.
     #[error("cache writer stopped")]
     WriterGone,
     /// The database file could not be opened or prepared.
@@ -257,6 +257,7 @@ impl Writer {
 
     /// Writes the queue round by round until it is empty, or until `exclusive` waits.
     fn write_queue(&self, conn: &mut Connection) {
+        let _unwinding = ReleaseOnPanic(self);
         loop {
             let batch = {
                 let mut state = lock(&self.state);
@@ -301,6 +302,19 @@ impl Writer {
     }
 }
 
+/// Leaves the writer to the next caller when a round panics (never expected): the jobs of that
+/// round fail as dropped (`WriterGone`), the queued ones are written by the next submitter.
+struct ReleaseOnPanic<'w>(&'w Writer);
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(&self.0.state).busy = false;
+            self.0.idle.notify_all();
+        }
+    }
+}
+
 /// Locks `mutex`, also after a panic elsewhere: the data behind these locks (a queue, a
 /// connection whose failed transaction SQLite rolled back) stays consistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -319,7 +333,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when needed) the cache at `path` and starts its writer thread.
+    /// Opens (creating when needed) the cache at `path` and starts its sync thread.
     ///
     /// Fails when the file cannot be opened, is not a scim2ldap cache, or is from a newer version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
