@@ -12,9 +12,10 @@
 //! process being killed (it is in the WAL, in the OS page cache) but not by itself a power loss.
 //! Power-loss durability comes from `sync`: a sync thread fsyncs the WAL file, batching every
 //! caller that waits at the time, and holding the fsync back while every waiting caller can
-//! spare the time (`sync_by`), so that one flush serves more writes. The same thread checkpoints the WAL into the database file. The service calls it after recording an intent, in parallel
-//! with the directory write, and acknowledges only when both are done: after a power loss, an
-//! acknowledged write is either committed or its intent is on disk and is replayed.
+//! spare the time (`sync_by`), so that one flush serves more writes. The service calls it after
+//! recording an intent, in parallel with the directory write, and acknowledges only when both
+//! are done: after a power loss, an acknowledged write is either committed or its intent is on
+//! disk and is replayed. The same thread checkpoints the WAL into the database file.
 
 mod schema;
 
