@@ -339,7 +339,6 @@ pub fn record_request(route: &'static str, method: &http::Method, status: u16, e
         .observe(elapsed.as_secs_f64());
 }
 
-/// Records a request refused by the rate limit.
 /// Records one fsync of the cache, which served `callers` waiting writes.
 pub fn record_cache_fsync(callers: usize) {
     let metrics = metrics();
@@ -349,6 +348,7 @@ pub fn record_cache_fsync(callers: usize) {
         .inc_by(u64::try_from(callers).unwrap_or(u64::MAX));
 }
 
+/// Records a request refused by the rate limit.
 pub fn record_rate_limited() {
     metrics().http_rate_limited.inc();
 }

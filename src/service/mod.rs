@@ -149,9 +149,9 @@ pub struct Service {
     reconcile_lock: tokio::sync::Mutex<()>,
     /// Resources whose last write failed transiently and may be half applied.
     suspects: suspects::Suspects,
-    /// How long a write's directory work takes (moving average, microseconds): the cache's
-    /// fsync, which runs beside it, may take its time up to about half of that.
-    directory_write_us: std::sync::atomic::AtomicU64,
+    /// How long a write's directory work takes: the cache's fsync, which runs beside it, may
+    /// take its time up to about half of that.
+    directory_write_time: crate::store::MovingAverage,
 }
 
 impl Service {
@@ -177,7 +177,7 @@ impl Service {
             ignored_names: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
             suspects: suspects::Suspects::default(),
-            directory_write_us: std::sync::atomic::AtomicU64::new(0),
+            directory_write_time: crate::store::MovingAverage::new(std::time::Duration::ZERO),
         })
     }
 

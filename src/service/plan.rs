@@ -341,11 +341,14 @@ impl Service {
                     Err(err) => Err(err),
                 };
             if applied.is_ok() {
-                self.note_directory_write(started.elapsed());
+                self.directory_write_time.note(started.elapsed());
             }
             applied
         };
-        let synced = self.store.sync_by(started + self.directory_write_slack());
+        // Half the directory's usual time, to leave room for a slow flush.
+        let synced = self
+            .store
+            .sync_by(started + self.directory_write_time.get() / 2);
         let (applied, synced) = tokio::join!(directory_work, synced);
         let applied = match applied {
             Ok(_) if lose_reply() && crate::audit::in_request() => {
@@ -405,25 +408,6 @@ impl Service {
 }
 
 impl Service {
-    /// Adds one successful write's directory time to the moving average.
-    fn note_directory_write(&self, took: std::time::Duration) {
-        use std::sync::atomic::Ordering;
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        // Racing updates may lose a sample; an average does not mind.
-        let average = self.directory_write_us.load(Ordering::Relaxed);
-        self.directory_write_us.store(
-            average.saturating_mul(7).saturating_add(took) / 8,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// How long the cache's fsync may take, from the start of the directory work, without
-    /// delaying the reply: half the directory's usual time, to leave room for a slow flush.
-    fn directory_write_slack(&self) -> std::time::Duration {
-        use std::sync::atomic::Ordering;
-        std::time::Duration::from_micros(self.directory_write_us.load(Ordering::Relaxed) / 2)
-    }
-
     /// Removes intent `seq` of a plan that changed nothing it could commit.
     async fn drop_intent(&self, seq: i64) {
         let drop_intent = Commit {

@@ -316,6 +316,35 @@ impl Drop for ReleaseOnPanic<'_> {
     }
 }
 
+/// A moving average of durations (each sample weighs 1/8), shared between threads. Racing
+/// updates may lose a sample; an average does not mind.
+#[derive(Debug)]
+pub struct MovingAverage(std::sync::atomic::AtomicU64);
+
+impl MovingAverage {
+    /// An average that starts at `initial`.
+    pub fn new(initial: Duration) -> MovingAverage {
+        MovingAverage(std::sync::atomic::AtomicU64::new(micros(initial)))
+    }
+
+    /// Adds one sample.
+    pub fn note(&self, sample: Duration) {
+        use std::sync::atomic::Ordering;
+        let average = self.0.load(Ordering::Relaxed);
+        let next = average.saturating_mul(7).saturating_add(micros(sample)) / 8;
+        self.0.store(next, Ordering::Relaxed);
+    }
+
+    /// The current average.
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Locks `mutex`, also after a panic elsewhere: the data behind these locks (a queue, a
 /// connection whose failed transaction SQLite rolled back) stays consistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -783,25 +812,19 @@ fn sync_loop(
     requests: std::sync::mpsc::Receiver<SyncJob>,
 ) {
     let mut wal: Option<std::fs::File> = None;
-    // How long an fsync takes here (moving average, microseconds); starts high, so that
-    // nothing is held back before a first measurement.
-    let mut fsync_us = 10_000u64;
+    // How long an fsync takes here; starts high, so that nothing is held back before a first
+    // measurement.
+    let fsync_time = MovingAverage::new(Duration::from_millis(10));
     while let Ok(first) = requests.recv() {
         let Gathered {
             waiting,
             checkpoint,
-        } = gather(
-            first,
-            &requests,
-            Duration::from_micros(fsync_us),
-            MAX_SYNC_DELAY,
-        );
+        } = gather(first, &requests, fsync_time.get(), MAX_SYNC_DELAY);
         if !waiting.is_empty() {
             let started = std::time::Instant::now();
             let failure = fsync(&mut wal, wal_path).err();
-            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            fsync_time.note(started.elapsed());
             crate::metrics::record_cache_fsync(waiting.len());
-            fsync_us = fsync_us.saturating_mul(7).saturating_add(took) / 8;
             for reply in waiting {
                 let _ = reply.send(match &failure {
                     None => Ok(()),

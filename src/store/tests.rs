@@ -395,3 +395,12 @@ fn the_sync_thread_waits_for_callers_only_as_long_as_the_earliest_can_spare() {
     c.join().expect("sender");
     assert_eq!(receive.try_iter().count(), 1);
 }
+
+#[test]
+fn a_moving_average_weighs_each_sample_an_eighth_and_never_overflows() {
+    let average = MovingAverage::new(Duration::ZERO);
+    average.note(Duration::from_micros(800));
+    assert_eq!(average.get(), Duration::from_micros(100));
+    average.note(Duration::MAX);
+    assert!(average.get() > Duration::from_secs(3600));
+}
