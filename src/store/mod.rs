@@ -264,7 +264,10 @@ impl Writer {
                 let mut state = lock(&self.state);
                 if state.queue.is_empty() || state.exclusive_waiting {
                     state.busy = false;
-                    self.idle.notify_all();
+                    // Only `exclusive` waits for an idle writer; a notify costs a system call.
+                    if state.exclusive_waiting {
+                        self.idle.notify_all();
+                    }
                     return;
                 }
                 let n = state.queue.len().min(MAX_BATCH);
@@ -283,7 +286,8 @@ impl Writer {
     /// Runs `work` on the connection with no write in progress or starting meanwhile (jobs
     /// submitted meanwhile wait in the queue), then writes the queue. For blocking work such as
     /// a checkpoint: a passive checkpoint that writers overtake never completes, and the WAL
-    /// restarts from its beginning only after one that did.
+    /// restarts from its beginning only after one that did. Only the sync thread calls it, so
+    /// one flag tells a writing caller that somebody waits.
     fn exclusive(&self, work: impl FnOnce(&mut Connection)) {
         {
             let mut state = lock(&self.state);
