@@ -51,6 +51,9 @@ struct Phase {
     slapd_cpu: Duration,
     /// Each request's time inside the daemon (its access log's `duration_us`), SCIM phases only.
     in_daemon: Vec<Duration>,
+    /// Mean time per request the daemon waited on directory operations (from its metrics),
+    /// SCIM phases only: the same work as a raw phase's, seen from inside the daemon.
+    directory: Option<Duration>,
     /// Cache flushes the disk under the working directory completed (when the kernel says).
     disk_flushes: Option<u64>,
 }
@@ -98,6 +101,9 @@ impl Phase {
     fn percentile(&self, p: f64) -> Duration {
         percentile(&self.latencies, p)
     }
+    fn mean(&self) -> Duration {
+        self.latencies.iter().sum::<Duration>() / self.latencies.len().max(1) as u32
+    }
     /// A phase of sequential single operations, of which only the latencies count.
     fn latencies_only(latencies: Vec<Duration>) -> Phase {
         Phase {
@@ -107,6 +113,7 @@ impl Phase {
             client_cpu: Duration::ZERO,
             slapd_cpu: Duration::ZERO,
             in_daemon: Vec::new(),
+            directory: None,
             disk_flushes: None,
         }
     }
@@ -178,6 +185,7 @@ where
         client_cpu: process_cpu(std::process::id()).saturating_sub(client_before),
         slapd_cpu: slapd_cpu().saturating_sub(slapd_before),
         in_daemon: Vec::new(),
+        directory: None,
         disk_flushes: flushes_before
             .zip(disk_flushes())
             .map(|(before, after)| after.saturating_sub(before)),
@@ -191,7 +199,11 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let log_start = std::fs::metadata(&daemon.log_path).map_or(0, |m| m.len());
+    let directory_before = directory_seconds(daemon).await;
     let mut phase = run_phase(n, concurrency, Some(daemon.child.id()), op).await;
+    phase.directory = Some(Duration::from_secs_f64(
+        (directory_seconds(daemon).await - directory_before).max(0.0) / n.max(1) as f64,
+    ));
     let log = std::fs::read(&daemon.log_path).unwrap();
     let new = String::from_utf8_lossy(&log[log_start as usize..]);
     phase.in_daemon = new
@@ -202,6 +214,24 @@ where
         .map(Duration::from_micros)
         .collect();
     phase
+}
+
+/// Seconds the daemon has spent in directory operations other than binds, from its metrics.
+async fn directory_seconds(daemon: &Daemon) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", daemon.root))
+        .bearer_auth(&daemon.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("scim2ldap_directory_operation_duration_seconds_sum{"))
+        .filter(|line| !line.contains("operation=\"bind\""))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// User + system CPU time of a process, from /proc.
@@ -552,10 +582,11 @@ async fn main() {
                 ("delete (DELETE / delete)", raw_delete, scim_delete),
             ] {
                 println!(
-                "c={c:<2} round {round} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} (in daemon p50 {}) | ratio {:.2} | daemon CPU {:.0} us/op",
+                "c={c:<2} round {round} {op:<26} raw {:>7.0}/s p50 {} p99 {} | scim {:>7.0}/s p50 {} p99 {} (in daemon p50 {}) | ratio {:.2} | daemon CPU {:.0} us/op\n     directory mean ms: raw {}, inside the daemon {}",
                 raw.ops_per_sec(), ms(raw.percentile(0.5)), ms(raw.percentile(0.99)),
                 scim.ops_per_sec(), ms(scim.percentile(0.5)), ms(scim.percentile(0.99)), ms(percentile(&scim.in_daemon, 0.5)),
                 scim.ops_per_sec() / raw.ops_per_sec(), scim.cpu_per_op_us().unwrap_or(0.0),
+                ms(raw.mean()), ms(scim.directory.unwrap_or_default()),
             );
                 println!(
                 "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0} | disk flushes/op: raw {:.2}, SCIM {:.2}",
@@ -859,11 +890,11 @@ async fn main() {
     let _ = restarted.wait();
 
     // The README table.
-    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | daemon CPU/op |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | directory, mean ms: raw / in daemon | daemon CPU/op |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {:.0} µs |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {} / {} | {:.0} µs |",
             row.op,
             row.concurrency,
             row.raw.ops_per_sec(),
@@ -876,6 +907,8 @@ async fn main() {
             ms(row.scim.percentile(0.5)),
             ms(row.scim.percentile(0.99)),
             ms(percentile(&row.scim.in_daemon, 0.5)),
+            ms(row.raw.mean()),
+            ms(row.scim.directory.unwrap_or_default()),
             row.scim.cpu_per_op_us().unwrap_or(0.0)
         );
     }
