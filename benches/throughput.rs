@@ -14,7 +14,9 @@
 //! phase pair runs that many times and the round with the median ratio is reported, with the
 //! spread), `BENCH_CACHE_DIR` (where the daemon's cache goes, default beside the directory's
 //! files: point it at another disk to measure the usual deployment, where the two do not share
-//! one device's flushes).
+//! one device's flushes), `BENCH_LEVELS` (the concurrency levels, default `1,8,32`) and
+//! `BENCH_BIN` (another build of the daemon, to compare two builds on the same harness: run them
+//! in turn, several times each, since single runs on a shared machine vary).
 
 // A benchmark fails loudly; the daemon process is waited for in `Daemon`'s Drop.
 #![allow(
@@ -234,6 +236,11 @@ async fn directory_seconds(daemon: &Daemon) -> f64 {
         .sum()
 }
 
+/// The daemon binary: this build's, or `BENCH_BIN` (to compare another build on this harness).
+fn daemon_binary() -> std::ffi::OsString {
+    std::env::var_os("BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_scim2ldap").into())
+}
+
 /// User + system CPU time of a process, from /proc.
 fn process_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -308,7 +315,7 @@ async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+    let child = std::process::Command::new(daemon_binary())
         .args(["serve", "--config"])
         .arg(&config_path)
         .stderr(log)
@@ -412,7 +419,18 @@ async fn main() {
     let n_group = env_usize("BENCH_GROUP", 50_000).min(n_users);
     let n_reads = env_usize("BENCH_READS", 20_000);
     let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
-    let levels = [1usize, 8, 32];
+    let levels: Vec<usize> = match std::env::var("BENCH_LEVELS") {
+        Ok(levels) => levels
+            .split(',')
+            .map(|level| {
+                level
+                    .trim()
+                    .parse()
+                    .expect("BENCH_LEVELS: numbers, such as 1,8")
+            })
+            .collect(),
+        Err(_) => vec![1, 8, 32],
+    };
 
     let slapd = Slapd::start(SlapdOptions {
         fsync: true,
@@ -692,7 +710,7 @@ async fn main() {
 
     // Reconcile every entry (a dry run, which may run beside the daemon).
     let reconcile_started = Instant::now();
-    let mut reconciler = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+    let mut reconciler = std::process::Command::new(daemon_binary())
         .args(["reconcile", "--dry-run", "--json", "--config"])
         .arg(&daemon.config_path)
         .stdout(std::process::Stdio::piped())
@@ -863,7 +881,7 @@ async fn main() {
     drop(daemon);
     let restart_started = Instant::now();
     let log = std::fs::File::create(dir.path().join("daemon2.log")).unwrap();
-    let mut restarted = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+    let mut restarted = std::process::Command::new(daemon_binary())
         .args(["serve", "--config"])
         .arg(&config_path)
         .stderr(log)
