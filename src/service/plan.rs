@@ -345,14 +345,11 @@ impl Service {
             }
             applied
         };
-        // Half the directory's usual time, to leave room for a slow flush. The fsync starts now
-        // and runs while the directory works; its answer is awaited only after the directory's,
-        // so that when it comes first (the usual case) it does not wake this request for nothing.
+        // Half the directory's usual time, to leave room for a slow flush.
         let synced = self
             .store
             .sync_by(started + self.directory_write_time.get() / 2);
-        let applied = directory_work.await;
-        let synced = synced.await;
+        let (applied, synced) = tokio::join!(directory_work, synced);
         let applied = match applied {
             Ok(_) if lose_reply() && crate::audit::in_request() => {
                 tracing::warn!("test hook: reporting an applied write as a lost reply");

@@ -440,20 +440,12 @@ impl Store {
     /// else meanwhile). The sync thread may hold the fsync back until shortly before the
     /// earliest such time of the callers waiting, so that one fsync serves more of them: on a
     /// disk the directory shares, every flush of ours is one the directory waits behind.
-    ///
-    /// The request goes to the sync thread at once, not when the future is first polled: a
-    /// caller can await its other work first and this one after, and an fsync that finished
-    /// meanwhile then costs it no wake-up.
-    pub fn sync_by(
-        &self,
-        by: std::time::Instant,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+    pub async fn sync_by(&self, by: std::time::Instant) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
-        let sent = self.syncer.send(SyncJob::Sync { reply, by });
-        async move {
-            sent.map_err(|_| StoreError::WriterGone)?;
-            receive.await.map_err(|_| StoreError::WriterGone)?
-        }
+        self.syncer
+            .send(SyncJob::Sync { reply, by })
+            .map_err(|_| StoreError::WriterGone)?;
+        receive.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Applies `commit` in one transaction; durable against a process crash when it returns
