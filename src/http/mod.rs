@@ -256,7 +256,7 @@ where
     B: Buf,
 {
     let started = Instant::now();
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let request_id = crate::new_uuid().simple().to_string();
     let route = route::Route::resolve(&state.base_path, &request.path);
     let span = tracing::info_span!(
         "request",

@@ -82,7 +82,7 @@ pub async fn run(
     result
 }
 
-#[tracing::instrument(skip_all, fields(run_id = %uuid::Uuid::new_v4().simple()))]
+#[tracing::instrument(skip_all, fields(run_id = %crate::new_uuid().simple()))]
 async fn run_inner(
     service: &Service,
     options: RunOptions,

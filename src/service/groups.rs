@@ -35,7 +35,7 @@ impl Service {
             )
             .await?;
         let members = self.resolve_members(&member_ids).await?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::new_uuid().to_string();
         let posix_range = (self.config.groups.class == crate::mapping::GroupClass::PosixGroup)
             .then_some(self.config.groups.gid_number_range);
         let (_alloc_lock, posix_id) = self.allocate_posix_id(Kind::Group, posix_range).await?;

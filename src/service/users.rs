@@ -42,7 +42,7 @@ impl Service {
         let _name_lock = self
             .claim_name(Kind::User, &StoredResource::none(Kind::User), &user_name)
             .await?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::new_uuid().to_string();
         let created = now();
         let dns = self.resolve_refs(&validated.doc).await?;
         let posix_range = self
