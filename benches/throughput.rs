@@ -282,20 +282,15 @@ impl Drop for Daemon {
     }
 }
 
-async fn start_daemon(slapd: &Slapd, dir: &Path) -> Daemon {
+/// Starts the daemon with its files in `dir` and its cache in `cache_dir`.
+async fn start_daemon(slapd: &Slapd, dir: &Path, cache_dir: &Path) -> Daemon {
     let token = scim2ldap::http::new_token();
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = scim2ldap::demo::config_toml(
-        slapd,
-        listen,
-        &token.hash_line,
-        &std::env::var_os("BENCH_CACHE_DIR")
-            .map_or_else(|| dir.to_path_buf(), std::path::PathBuf::from)
-            .join("cache.db"),
-    );
+    let config =
+        scim2ldap::demo::config_toml(slapd, listen, &token.hash_line, &cache_dir.join("cache.db"));
     // Production-like settings: 8 connections, and a timeout long enough for a 1000-member
     // modify on a busy two-core machine.
     let config = config
@@ -442,7 +437,15 @@ async fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let _ = DISK_STAT.set(find_disk(dir.path()));
-    let daemon = Arc::new(start_daemon(&slapd, dir.path()).await);
+    // A fresh cache on every run, under BENCH_CACHE_DIR when set (removed at the end).
+    let cache_dir = match std::env::var_os("BENCH_CACHE_DIR") {
+        Some(base) => tempfile::Builder::new()
+            .prefix("scim2ldap-bench-")
+            .tempdir_in(base)
+            .unwrap(),
+        None => tempfile::tempdir_in(dir.path()).unwrap(),
+    };
+    let daemon = Arc::new(start_daemon(&slapd, dir.path(), cache_dir.path()).await);
     let pid = daemon.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (idle_rss, _) = memory_mib(pid);
