@@ -36,6 +36,9 @@ use ldap3::{LdapConnAsync, Mod};
 use scim2ldap::demo::slapd::{Slapd, SlapdOptions};
 use serde_json::{json, Value};
 
+/// Concurrency of the crowd phase of the group benchmark.
+const CROWD_LEVEL: usize = 32;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -788,9 +791,11 @@ async fn main() {
     // that none is in a group already; a small BENCH_USERS gets fewer rounds.
     let rounds = 300.min(n_users.saturating_sub(n_group + 10) / 2).max(1);
     let mut group_results = Vec::new();
-    for (label, gid) in [
-        ("50k-member group", big_id.clone()),
-        ("10-member group", small_id.clone()),
+    let mut crowd_results: Vec<(Phase, Phase)> = Vec::new();
+    let big_label = format!("{n_group}-member group");
+    for (label, cn, gid) in [
+        (big_label.as_str(), "big", big_id.clone()),
+        ("10-member group", "small", small_id.clone()),
     ] {
         let mut adds = Vec::new();
         let mut removes = Vec::new();
@@ -831,15 +836,7 @@ async fn main() {
             ms(remove.percentile(0.99))
         );
         // The same change straight through ldap3, for the directory's own share of the cost.
-        let group_dn = format!(
-            "cn={},{}",
-            if label.starts_with("10") {
-                "small"
-            } else {
-                "big"
-            },
-            slapd.groups_dn()
-        );
+        let group_dn = format!("cn={cn},{}", slapd.groups_dn());
         let mut ldap = ldap_pool(&slapd, 1).await.remove(0);
         let mut raw_adds = Vec::new();
         let mut raw_removes = Vec::new();
@@ -874,6 +871,89 @@ async fn main() {
             ms(raw_remove.percentile(0.5))
         );
         group_results.push((label, add, remove));
+
+        // A crowd assigned at once, as an IdP sends it: one PATCH per member, CROWD_LEVEL at a
+        // time (the daemon merges those waiting for the group), against the same one-member
+        // modifies straight through ldap3 on as many connections.
+        let crowd_start = n_group + 10 + 2 * rounds;
+        let crowd_n = env_usize("BENCH_CROWD", 960).min(n_users.saturating_sub(crowd_start));
+        if crowd_n == 0 {
+            continue;
+        }
+        let crowd: Arc<Vec<(String, String)>> = Arc::new(
+            (crowd_start..crowd_start + crowd_n)
+                .map(|k| {
+                    let id = ids[k].get().unwrap().clone();
+                    (id, format!("uid=user{k:06},{people}"))
+                })
+                .collect(),
+        );
+        let scim_members = |remove: bool| {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            let crowd = crowd.clone();
+            let gid = gid.clone();
+            move |_worker: usize, i: usize| {
+                let client = client.clone();
+                let daemon = daemon.clone();
+                let member = crowd[i].0.clone();
+                let path = format!("/Groups/{gid}");
+                async move {
+                    let body = if remove {
+                        json!({"Operations": [{"op": "remove", "path": format!("members[value eq \"{member}\"]")}]})
+                    } else {
+                        patch_members("add", vec![json!({"value": member})])
+                    };
+                    scim(
+                        &client,
+                        &daemon,
+                        reqwest::Method::PATCH,
+                        &path,
+                        Some(&body),
+                        204,
+                    )
+                    .await;
+                }
+            }
+        };
+        let scim_add = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(false)).await;
+        let scim_remove = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(true)).await;
+        let pool = Arc::new(ldap_pool(&slapd, CROWD_LEVEL).await);
+        let raw_members = |remove: bool| {
+            let pool = pool.clone();
+            let crowd = crowd.clone();
+            let group_dn = group_dn.clone();
+            move |worker: usize, i: usize| {
+                let mut ldap = pool[worker].clone();
+                let member_dn = crowd[i].1.clone();
+                let group_dn = group_dn.clone();
+                async move {
+                    let values = HashSet::from([member_dn.as_str()]);
+                    let change = if remove {
+                        Mod::Delete("member", values)
+                    } else {
+                        Mod::Add("member", values)
+                    };
+                    ldap.modify(&group_dn, vec![change])
+                        .await
+                        .unwrap()
+                        .success()
+                        .unwrap();
+                }
+            }
+        };
+        let raw_add = run_phase(crowd_n, CROWD_LEVEL, None, raw_members(false)).await;
+        let raw_remove = run_phase(crowd_n, CROWD_LEVEL, None, raw_members(true)).await;
+        println!(
+            "{label:<18} {crowd_n} members, {CROWD_LEVEL} at a time: SCIM add {:.0}/s, remove {:.0}/s (p50 {} / {} ms) | ldap3 add {:.0}/s, remove {:.0}/s",
+            scim_add.ops_per_sec(),
+            scim_remove.ops_per_sec(),
+            ms(scim_add.percentile(0.5)),
+            ms(scim_remove.percentile(0.5)),
+            raw_add.ops_per_sec(),
+            raw_remove.ops_per_sec()
+        );
+        crowd_results.push((scim_add, scim_remove));
     }
     let (rss_end, peak) = memory_mib(pid);
     println!("\nmemory: idle {idle_rss:.1} MiB, after {n_users} users {rss_loaded:.1} MiB, end {rss_end:.1} MiB, peak {peak:.1} MiB");
@@ -940,6 +1020,13 @@ async fn main() {
         big_add.percentile(0.5).as_secs_f64() / small_add.percentile(0.5).as_secs_f64(),
         big_remove.percentile(0.5).as_secs_f64() / small_remove.percentile(0.5).as_secs_f64()
     );
+    if let [(big_add, big_remove), (small_add, small_remove)] = crowd_results.as_slice() {
+        println!(
+            "large group, {CROWD_LEVEL} at a time: add {:.2}x, remove {:.2}x the 10-member cost per member",
+            small_add.ops_per_sec() / big_add.ops_per_sec(),
+            small_remove.ops_per_sec() / big_remove.ops_per_sec()
+        );
+    }
 }
 
 fn cpu_model() -> String {

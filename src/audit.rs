@@ -46,6 +46,11 @@ pub async fn scope<F: std::future::Future>(context: AuditContext, future: F) -> 
     CONTEXT.scope(context, future).await
 }
 
+/// The audit context of the running future, to carry into work done on its behalf elsewhere.
+pub fn current() -> Option<AuditContext> {
+    CONTEXT.try_with(AuditContext::clone).ok()
+}
+
 /// True while a client's request runs (its context carries a request id).
 pub fn in_request() -> bool {
     CONTEXT

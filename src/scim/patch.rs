@@ -1120,6 +1120,11 @@ pub struct MembersDelta {
 }
 
 impl MembersDelta {
+    /// True when the request only adds and removes named members.
+    pub fn only_adds_and_removes(&self) -> bool {
+        self.replace.is_none() && !self.remove_all && self.other_ops.is_empty()
+    }
+
     fn add_ids(&mut self, ids: Vec<String>) {
         for id in ids {
             if let Some(list) = &mut self.replace {

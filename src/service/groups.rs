@@ -13,7 +13,7 @@ use crate::scim::ScimError;
 use crate::store::{Kind, StoredResource};
 
 /// A member to write: SCIM id and the value that stands for it in the group entry.
-struct Member {
+pub(super) struct Member {
     id: String,
     value: String,
 }
@@ -115,15 +115,22 @@ impl Service {
     }
 
     /// `PATCH /Groups/{id}`. Requests that touch only `members`, `displayName` and
-    /// `externalId` (every shape the IdPs send) never read the member list.
+    /// `externalId` (every shape the IdPs send) never read the member list; those that only add
+    /// and remove members are merged with others waiting for the group (see `members.rs`).
     #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn patch_group(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &str,
         doc: Value,
         conditions: &Conditions,
     ) -> Result<StoredResource, ServiceError> {
         let request = PatchRequest::from_json(&doc)?;
+        if conditions.if_match.is_none() {
+            if let Some(delta) = members_delta(&request).filter(MembersDelta::only_adds_and_removes)
+            {
+                return self.patch_members(id, delta.add, delta.remove).await;
+            }
+        }
         let schema = self.discovery.group_schema();
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::Group, id).await?;
@@ -166,7 +173,7 @@ impl Service {
     }
 
     /// Writes a group change: rename, attributes, and the member delta.
-    async fn update_group(
+    pub(super) async fn update_group(
         &self,
         old: StoredResource,
         new_doc: Value,
@@ -355,7 +362,10 @@ impl Service {
     }
 
     /// Looks up users to add; every id must be a provisioned user, or nothing is done.
-    async fn resolve_members(&self, ids: &[String]) -> Result<Vec<Member>, ServiceError> {
+    pub(super) async fn resolve_members(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Member>, ServiceError> {
         let mut members = Vec::with_capacity(ids.len());
         let mut unknown = Vec::new();
         for id in ids {

@@ -21,19 +21,32 @@ pub(crate) struct KeyGuard<'a> {
 impl KeyedLocks {
     /// Waits for and takes the lock of `key`.
     pub(crate) async fn lock(&self, key: String) -> KeyGuard<'_> {
-        let mutex = {
-            let mut locks = self
-                .locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            locks.entry(key.clone()).or_default().clone()
-        };
-        let guard = mutex.lock_owned().await;
+        let guard = self.mutex(&key).lock_owned().await;
         KeyGuard {
             owner: self,
             key,
             guard: Some(guard),
         }
+    }
+
+    /// Takes the lock of `key` if nobody holds it.
+    pub(crate) fn try_lock(&self, key: String) -> Option<KeyGuard<'_>> {
+        let guard = self.mutex(&key).try_lock_owned().ok();
+        // Built even on failure: dropping it forgets the key again when nobody else wants it.
+        let guard = KeyGuard {
+            owner: self,
+            key,
+            guard,
+        };
+        guard.guard.is_some().then_some(guard)
+    }
+
+    fn mutex(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(key.to_string()).or_default().clone()
     }
 }
 
@@ -52,5 +65,23 @@ impl Drop for KeyGuard<'_> {
         {
             locks.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyedLocks;
+
+    #[tokio::test]
+    async fn try_lock_takes_a_free_key_only_and_forgets_keys_nobody_wants() {
+        let locks = KeyedLocks::default();
+        let held = locks.try_lock("a".to_string());
+        assert!(held.is_some());
+        assert!(locks.try_lock("a".to_string()).is_none());
+        assert!(locks.try_lock("b".to_string()).is_some());
+        drop(held);
+        let again = locks.lock("a".to_string()).await;
+        drop(again);
+        assert!(locks.locks.lock().unwrap().is_empty());
     }
 }

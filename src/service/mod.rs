@@ -7,6 +7,7 @@
 
 mod groups;
 mod locks;
+mod members;
 mod plan;
 mod render;
 mod repair;
@@ -143,6 +144,8 @@ pub struct Service {
     store: Store,
     discovery: Discovery,
     locks: locks::KeyedLocks,
+    /// Member changes waiting for their group.
+    member_queue: members::MemberQueue,
     /// Unknown attribute names already logged.
     ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One reconcile run at a time.
@@ -174,6 +177,7 @@ impl Service {
             store,
             discovery,
             locks: locks::KeyedLocks::default(),
+            member_queue: members::MemberQueue::default(),
             ignored_names: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
             suspects: suspects::Suspects::default(),
@@ -293,7 +297,7 @@ impl Service {
     /// `excludedAttributes` ask for one, so that a member change never costs a read of the
     /// whole member list.
     pub async fn patch(
-        &self,
+        self: &Arc<Self>,
         kind: Kind,
         id: &str,
         doc: Value,

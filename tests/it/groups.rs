@@ -459,3 +459,117 @@ async fn posix_groups_list_members_by_uid_with_stable_numbers() {
         ["7000"]
     );
 }
+
+/// Sends a member `PATCH` of group `gid` from its own task; the reply's status and body.
+fn spawn_patch(
+    server: &TestServer,
+    gid: &str,
+    operations: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{}/Groups/{gid}", server.base);
+    let token = server.token.clone();
+    tokio::spawn(async move {
+        let reply = reqwest::Client::new()
+            .patch(url)
+            .bearer_auth(token)
+            .header("content-type", "application/scim+json")
+            .json(&ops(operations))
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let body = reply.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    })
+}
+
+/// Sends `signal` (STOP, CONT) to the test's slapd.
+fn signal_slapd(server: &TestServer, signal: &str) {
+    let pid = server.slapd.pid().expect("slapd runs");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Member changes that queue behind a slow directory write to the group go to the directory
+/// as one modify, and each request still gets its own answer: a request naming an unknown
+/// member fails alone, and an add then a remove of one user leave it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn member_changes_waiting_for_a_group_are_applied_together() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for k in 0..18 {
+        ids.push(user(&server, &format!("crowd{k:02}")).await);
+    }
+    let group = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Crowd", "members": [{"value": ids[0]}]}),
+        )
+        .await
+        .expect(201);
+    let gid = group["id"].as_str().unwrap().to_string();
+    let add = |id: &str| json!([{"op": "add", "path": "members", "value": [{"value": id}]}]);
+
+    // The first change holds the group while the directory is stopped; the rest wait for it.
+    signal_slapd(&server, "STOP");
+    let first = spawn_patch(&server, &gid, add(&ids[1]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut waiting = Vec::new();
+    for id in &ids[2..16] {
+        waiting.push(spawn_patch(&server, &gid, add(id)));
+    }
+    let remove_first =
+        json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}]);
+    waiting.push(spawn_patch(&server, &gid, remove_first));
+    let unknown = json!([{"op": "add", "path": "members", "value": [{"value": ids[16]}, {"value": "no-such-user"}]}]);
+    let refused = spawn_patch(&server, &gid, unknown);
+    // An add and then a remove of the same user: it ends out of the group.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    waiting.push(spawn_patch(&server, &gid, add(&ids[17])));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let remove_last = json!([{"op": "remove", "path": "members", "value": [{"value": ids[17]}]}]);
+    waiting.push(spawn_patch(&server, &gid, remove_last));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal_slapd(&server, "CONT");
+
+    assert_eq!(first.await.unwrap().0, 204);
+    for request in waiting {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 204, "{body}");
+    }
+    let (status, body) = refused.await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["scimType"], "invalidValue");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no-such-user"),
+        "{body}"
+    );
+
+    // The directory holds exactly the changes of the accepted requests.
+    let mut expected: Vec<String> = (1..16)
+        .map(|k| server.user_dn(&format!("crowd{k:02}")))
+        .collect();
+    expected.sort();
+    assert_eq!(members_of(&server, "Crowd"), expected);
+    assert!(in_group(&server, "crowd15", "Crowd"));
+    for gone in ["crowd00", "crowd16", "crowd17"] {
+        assert!(!in_group(&server, gone, "Crowd"), "{gone}");
+    }
+    // The cache agrees; the waiting requests made one version, not sixteen.
+    let read = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    let mut cached: Vec<&str> = read["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["value"].as_str().unwrap())
+        .collect();
+    cached.sort_unstable();
+    let mut wanted: Vec<&str> = ids[1..16].iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    assert_eq!(cached, wanted);
+    assert_eq!(read["meta"]["version"], "W/\"3\"");
+}
