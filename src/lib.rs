@@ -23,7 +23,7 @@
 //!   memberships as rows, the intent log; one writer connection with group commit, a sync
 //!   thread for fsyncs and checkpoints.
 //! - [`service`]: the use cases; orders every write as intent -> directory -> commit, and
-//!   serializes writes per resource.
+//!   serializes writes per resource (member changes waiting for one group go as one).
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
 //!   repairs or reports drift and orphans, at start-up, on an interval and on demand; puts back
 //!   the entries of writes that failed transiently once the directory answers (`suspects`).
