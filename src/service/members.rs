@@ -264,7 +264,9 @@ fn merge<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{merge, MemberQueue, Waiting};
+    use std::sync::Arc;
+
+    use super::{batch_context, merge, AuditContext, MemberQueue, Waiting};
 
     fn waiting(n_add: usize) -> Waiting {
         Waiting {
@@ -273,6 +275,31 @@ mod tests {
             audit: None,
             reply: tokio::sync::oneshot::channel().0,
         }
+    }
+
+    #[test]
+    fn a_batch_is_audited_for_every_request_and_token_it_serves() {
+        let with = |actor: &str, request_id: Option<&str>| Waiting {
+            audit: Some(AuditContext {
+                actor: Arc::from(actor),
+                request_id: request_id.map(str::to_string),
+                operation: "patch",
+                resource_type: Some("Group"),
+            }),
+            ..waiting(1)
+        };
+        let batch = [
+            with("okta", Some("r1")),
+            waiting(1),
+            with("okta", Some("r2")),
+            with("entra", None),
+        ];
+        let context = batch_context(&batch).expect("a context");
+        assert_eq!(&*context.actor, "okta,entra");
+        assert_eq!(context.request_id.as_deref(), Some("r1,r2"));
+        assert_eq!(context.operation, "patch");
+        assert_eq!(context.resource_type, Some("Group"));
+        assert!(batch_context(&[waiting(1)]).is_none());
     }
 
     #[test]
