@@ -2,9 +2,10 @@
 //!
 //! ldap3 multiplexes many operations over one connection, so a slot hands out a clone of its
 //! handle and never holds a lock across an operation. A broken slot reconnects on next use; while
-//! its backoff runs, callers fail fast with `Unavailable` instead of queueing on a dead directory.
+//! its backoff runs, callers fail fast with `Unavailable` instead of queueing on a dead directory,
+//! unless another slot has connected since: then the directory is back and the slot tries at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ pub(crate) struct Pool {
     next_slot: AtomicUsize,
     /// Operations waiting for a slot's lock (held while that slot connects).
     waiters: AtomicUsize,
+    /// The pool's start, and how long after it a slot last connected (microseconds; 0 before
+    /// the first).
+    started: Instant,
+    last_connected_us: AtomicU64,
 }
 
 /// The pool's state for the metrics.
@@ -75,6 +80,8 @@ impl Pool {
             slots,
             next_slot: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
+            started: Instant::now(),
+            last_connected_us: AtomicU64::new(0),
         })
     }
 
@@ -103,7 +110,7 @@ impl Pool {
             slot.conn = None;
         }
         if let Some((failed_at, wait)) = slot.backoff {
-            if failed_at.elapsed() < wait {
+            if failed_at.elapsed() < wait && !self.connected_since(failed_at) {
                 return Err(DirectoryError::Unavailable(
                     "reconnect backoff in progress".to_string(),
                 ));
@@ -111,6 +118,11 @@ impl Pool {
         }
         match self.connect().await {
             Ok(conn) => {
+                let since_start = u64::try_from(self.started.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                self.last_connected_us
+                    .fetch_max(since_start, Ordering::Relaxed);
                 let ldap = conn.ldap.clone();
                 slot.conn = Some(conn);
                 slot.backoff = None;
@@ -124,6 +136,14 @@ impl Pool {
                 slot.backoff = Some((Instant::now(), wait));
                 Err(err)
             }
+        }
+    }
+
+    /// Whether some slot connected after `instant`.
+    fn connected_since(&self, instant: Instant) -> bool {
+        match self.last_connected_us.load(Ordering::Relaxed) {
+            0 => false,
+            us => self.started + Duration::from_micros(us) > instant,
         }
     }
 
