@@ -2,6 +2,9 @@ use serde_json::json;
 
 use super::*;
 
+/// Far longer than these tests ever take: past it, the store is stuck rather than slow.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn user(id: &str, name: &str) -> StoredResource {
     StoredResource {
         id: id.to_string(),
@@ -149,9 +152,14 @@ async fn concurrent_commits_are_grouped_and_all_land() {
                 .await
         }));
     }
-    for task in tasks {
-        task.await.expect("task").expect("commit");
-    }
+    let all = async {
+        for task in tasks {
+            task.await.expect("task").expect("commit");
+        }
+    };
+    tokio::time::timeout(STALLED, all)
+        .await
+        .expect("commits stalled: a writer waits for a wake-up that never comes");
     assert_eq!(store.count(Kind::User).await.expect("count"), 200);
 }
 
@@ -333,9 +341,14 @@ async fn checkpoints_keep_the_wal_short_under_continuous_writes() {
             }
         }));
     }
-    for task in tasks {
-        task.await.expect("task");
-    }
+    let all = async {
+        for task in tasks {
+            task.await.expect("task");
+        }
+    };
+    tokio::time::timeout(STALLED, all)
+        .await
+        .expect("writes stalled: a checkpoint waits for a wake-up that never comes");
     assert_eq!(store.count(Kind::User).await.expect("count"), jobs);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");

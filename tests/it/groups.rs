@@ -573,3 +573,59 @@ async fn member_changes_waiting_for_a_group_are_applied_together() {
     assert_eq!(cached, wanted);
     assert_eq!(read["meta"]["version"], "W/\"3\"");
 }
+
+/// When the directory dies under a held group, the first change and every change waiting
+/// behind it fail with 503 and none of them is committed, in the directory or the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_nothing() {
+    let mut server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for k in 0..6 {
+        ids.push(user(&server, &format!("fragile{k}")).await);
+    }
+    let group = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Fragile", "members": [{"value": ids[0]}]}),
+        )
+        .await
+        .expect(201);
+    let gid = group["id"].as_str().unwrap().to_string();
+    let add = |id: &str| json!([{"op": "add", "path": "members", "value": [{"value": id}]}]);
+
+    signal_slapd(&server, "STOP");
+    let mut requests = vec![spawn_patch(&server, &gid, add(&ids[1]))];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for id in &ids[2..] {
+        requests.push(spawn_patch(&server, &gid, add(id)));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal_slapd(&server, "KILL");
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+    }
+
+    server.slapd.restart().expect("slapd restarts");
+    // Ready again once one connection gets through; from then on every slot reconnects at
+    // once instead of answering 503 until its own backoff runs out.
+    let ready = format!("{}/readyz", server.root);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(members_of(&server, "Fragile"), [server.user_dn("fragile0")]);
+    let read = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    assert_eq!(read["members"].as_array().unwrap().len(), 1, "{read}");
+    assert_eq!(read["members"][0]["value"], ids[0].as_str());
+    assert_eq!(read["meta"]["version"], "W/\"1\"");
+    // The IdP's retries land, each at the first try.
+    for id in &ids[1..] {
+        server
+            .patch(&format!("/Groups/{gid}"), ops(add(id)))
+            .await
+            .expect(204);
+    }
+    assert_eq!(members_of(&server, "Fragile").len(), 6);
+}
