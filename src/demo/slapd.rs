@@ -165,6 +165,9 @@ pub struct SlapdOptions {
     pub syncprov: bool,
     /// Further `cn=config` schema LDIF files to load after the built-in ones.
     pub extra_schema_ldif: Vec<PathBuf>,
+    /// Whether slapd logs every operation (`-d stats`) to its log, for tests that count the
+    /// operations a change cost ([`Slapd::log`]).
+    pub log_operations: bool,
 }
 
 impl Default for SlapdOptions {
@@ -175,6 +178,7 @@ impl Default for SlapdOptions {
             fsync: false,
             syncprov: false,
             extra_schema_ldif: Vec::new(),
+            log_operations: false,
         }
     }
 }
@@ -199,6 +203,8 @@ pub struct Slapd {
     programs: Programs,
     /// `None` while stopped.
     child: Option<Child>,
+    /// slapd's `-d` level: `none`, or `stats` to log every operation.
+    debug_level: &'static str,
 }
 
 impl Slapd {
@@ -230,6 +236,7 @@ impl Slapd {
             admin_password,
             programs,
             child: None,
+            debug_level: if opts.log_operations { "stats" } else { "none" },
         };
         slapd.write_files(&opts, &module_dir, &schema_dir, &suffix_entry)?;
 
@@ -429,6 +436,14 @@ impl Slapd {
     /// the command line would be visible to every user through `ps`.
     fn password_file(&self) -> PathBuf {
         self.dir.join("admin.pw")
+    }
+
+    /// What slapd has logged so far (every operation with `log_operations`).
+    pub fn log(&self) -> Result<String, SlapdError> {
+        let path = self.log_file();
+        std::fs::read(&path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| SlapdError::io(format!("reading {}", path.display()), e))
     }
 
     fn log_file(&self) -> PathBuf {
@@ -709,13 +724,13 @@ impl Slapd {
         let config_dir = self.config_dir();
         // `-d none` keeps slapd in the foreground (so that we own its pid) and prints only its
         // unconditional messages (errors, not traces) on stderr, which goes to the log file
-        // (`-d 0` would silence those too).
+        // (`-d 0` would silence those too); `-d stats` adds a line per operation.
         let child = Command::new(&self.programs.slapd)
             .arg("-h")
             .arg(&urls)
             .arg("-F")
             .arg(&config_dir)
-            .args(["-d", "none"])
+            .args(["-d", self.debug_level])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

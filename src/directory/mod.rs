@@ -4,6 +4,7 @@
 mod error;
 pub mod escape;
 mod pool;
+mod values;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -50,6 +51,16 @@ pub enum Mod {
     /// Set exactly these values; an empty list deletes the attribute (and is a no-op when it is
     /// absent, which makes replace idempotent).
     Replace(String, Vec<String>),
+}
+
+/// Adds (`add`) or deletes one value of `attr`.
+fn value_mod(attr: &str, value: &str, add: bool) -> Mod {
+    let values = vec![value.to_string()];
+    if add {
+        Mod::Add(attr.to_string(), values)
+    } else {
+        Mod::Delete(attr.to_string(), values)
+    }
 }
 
 impl Mod {
@@ -120,8 +131,10 @@ pub struct Subschema {
 }
 
 /// The directory: a pool of bound connections and the operations scim2ldap needs.
+#[derive(Clone)]
 pub struct Directory {
-    pool: pool::Pool,
+    pool: std::sync::Arc<pool::Pool>,
+    values: std::sync::Arc<values::ValueQueue>,
 }
 
 impl Directory {
@@ -130,7 +143,8 @@ impl Directory {
     /// Fails when the TLS settings cannot be loaded.
     pub fn new(config: &LdapConfig) -> Result<Directory, DirectoryError> {
         Ok(Directory {
-            pool: pool::Pool::new(config.clone())?,
+            pool: std::sync::Arc::new(pool::Pool::new(config.clone())?),
+            values: Default::default(),
         })
     }
 
@@ -222,32 +236,91 @@ impl Directory {
         .await
     }
 
-    /// Adds one value to `attr` of `dn`; a value already there counts as done.
+    /// Adds one value to `attr` of `dn`; a value already there counts as done. Merged with
+    /// other single-value changes of the same attribute waiting meanwhile (`values.rs`).
     pub async fn add_value(&self, dn: &str, attr: &str, value: &str) -> Result<(), DirectoryError> {
-        match self
-            .modify(dn, &[Mod::Add(attr.to_string(), vec![value.to_string()])])
-            .await
-        {
-            Err(DirectoryError::ValueExists(_)) => Ok(()),
-            other => other,
-        }
+        self.change_value(dn, attr, value, true).await
     }
 
-    /// Deletes one value from `attr` of `dn`; a value already gone counts as done.
+    /// Deletes one value from `attr` of `dn`; a value already gone counts as done. Merged as
+    /// `add_value` is.
     pub async fn delete_value(
         &self,
         dn: &str,
         attr: &str,
         value: &str,
     ) -> Result<(), DirectoryError> {
-        match self
-            .modify(
-                dn,
-                &[Mod::Delete(attr.to_string(), vec![value.to_string()])],
-            )
-            .await
-        {
-            Err(DirectoryError::NoSuchAttribute(_)) => Ok(()),
+        self.change_value(dn, attr, value, false).await
+    }
+
+    async fn change_value(
+        &self,
+        dn: &str,
+        attr: &str,
+        value: &str,
+        add: bool,
+    ) -> Result<(), DirectoryError> {
+        let key = (dn.to_string(), attr.to_string());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let change = values::ValueChange {
+            add,
+            value: value.to_string(),
+            reply,
+        };
+        if self.values.push(&key, change) {
+            // A task of its own, so that a caller that goes away cannot strand the others.
+            let directory = self.clone();
+            tokio::spawn(async move { directory.apply_values(key).await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(DirectoryError::Unavailable(
+                "a value change was abandoned".to_string(),
+            ))
+        })
+    }
+
+    /// Applies the changes waiting for one attribute of one entry until none wait: a batch as
+    /// one modify in order, or, when the directory refuses it (a value already there or gone,
+    /// say), each change on its own so that each gets its own result.
+    async fn apply_values(&self, key: values::Key) {
+        let (dn, attr) = &key;
+        while let Some(batch) = self.values.take(&key) {
+            if batch.len() > 1 {
+                let mods: Vec<Mod> = batch
+                    .iter()
+                    .map(|change| value_mod(attr, &change.value, change.add))
+                    .collect();
+                match self.modify(dn, &mods).await {
+                    Ok(()) => {
+                        for change in batch {
+                            let _ = change.reply.send(Ok(()));
+                        }
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, n = batch.len(), "merged value changes refused; applying them one by one");
+                    }
+                }
+            }
+            for change in batch {
+                let result = self
+                    .change_one_value(dn, attr, &change.value, change.add)
+                    .await;
+                let _ = change.reply.send(result);
+            }
+        }
+    }
+
+    async fn change_one_value(
+        &self,
+        dn: &str,
+        attr: &str,
+        value: &str,
+        add: bool,
+    ) -> Result<(), DirectoryError> {
+        match self.modify(dn, &[value_mod(attr, value, add)]).await {
+            Err(DirectoryError::ValueExists(_)) if add => Ok(()),
+            Err(DirectoryError::NoSuchAttribute(_)) if !add => Ok(()),
             other => other,
         }
     }

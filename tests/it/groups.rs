@@ -629,3 +629,79 @@ async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_noth
     }
     assert_eq!(members_of(&server, "Fragile").len(), 6);
 }
+
+/// Users deleted together leave their group in one modify: their removals wait for the one in
+/// the directory and go as one, and each delete still completes. (With `on_delete = "disable"`
+/// the group removal is a delete's first directory operation, so that stopping the directory
+/// holds exactly that; a real delete first reads the password hashes.)
+#[tokio::test(flavor = "multi_thread")]
+async fn users_deleted_together_leave_their_group_in_one_modify() {
+    let slapd = scim2ldap::demo::slapd::Slapd::start(scim2ldap::demo::slapd::SlapdOptions {
+        log_operations: true,
+        ..Default::default()
+    })
+    .expect("slapd starts");
+    let server = TestServer::start_on(slapd, |text| {
+        *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n")
+    })
+    .await;
+    let mut ids = Vec::new();
+    for k in 0..9 {
+        ids.push(user(&server, &format!("leaver{k}")).await);
+    }
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    server
+        .post(
+            "/Groups",
+            json!({"displayName": "Leavers", "members": members}),
+        )
+        .await
+        .expect(201);
+    let log_start = server.slapd.log().unwrap().len();
+
+    let delete = |id: &str| {
+        let url = format!("{}/Users/{id}", server.base);
+        let token = server.token.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    signal_slapd(&server, "STOP");
+    let mut requests = vec![delete(&ids[1])];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for id in &ids[2..] {
+        requests.push(delete(id));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal_slapd(&server, "CONT");
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 204);
+    }
+
+    assert_eq!(members_of(&server, "Leavers"), [server.user_dn("leaver0")]);
+    for id in &ids[1..] {
+        let status = server.get(&format!("/Users/{id}")).await.status;
+        assert_eq!(status, 404, "{id}");
+    }
+    let log = server.slapd.log().unwrap();
+    let group_modifies = log[log_start..]
+        .lines()
+        .filter(|line| {
+            line.to_ascii_lowercase().contains(&format!(
+                "mod dn=\"{}\"",
+                server.group_dn("Leavers").to_ascii_lowercase()
+            ))
+        })
+        .count();
+    assert_eq!(
+        group_modifies, 2,
+        "the first removal, then the seven that waited"
+    );
+}

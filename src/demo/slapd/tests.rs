@@ -297,6 +297,7 @@ fn options_select_syncprov_fsync_and_extra_schema() {
         fsync: true,
         syncprov: true,
         extra_schema_ldif: vec![extra],
+        log_operations: true,
     })
     .unwrap();
     fs::remove_dir_all(&extra_dir).unwrap();
@@ -333,6 +334,9 @@ fn options_select_syncprov_fsync_and_extra_schema() {
     ] {
         assert!(text.contains(want), "{want} missing in:\n{text}");
     }
+    // With `log_operations`, the search above is in slapd's log.
+    let log = s.log().unwrap();
+    assert!(log.contains("SRCH base=\"cn=config\""), "{log}");
 }
 
 #[test]
