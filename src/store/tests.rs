@@ -2,8 +2,38 @@ use serde_json::json;
 
 use super::*;
 
-/// Far longer than these tests ever take: past it, the store is stuck rather than slow.
-const STALLED: std::time::Duration = std::time::Duration::from_secs(120);
+/// Ends the test process when a test is still at work after far longer than it ever takes: a
+/// writer stuck waiting for a wake-up blocks the runtime's threads, so neither a timeout nor a
+/// panic could end the test, and it would hang instead of failing.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(what: &'static str) -> Watchdog {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(std::time::Duration::from_secs(120))
+            {
+                // Straight to stderr: the test harness's capture would die with the process.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{what} stalled for 120 s: the store is stuck, aborting the tests"
+                );
+                std::process::abort();
+            }
+        });
+        Watchdog(Some(done))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
+    }
+}
 
 fn user(id: &str, name: &str) -> StoredResource {
     StoredResource {
@@ -152,14 +182,10 @@ async fn concurrent_commits_are_grouped_and_all_land() {
                 .await
         }));
     }
-    let all = async {
-        for task in tasks {
-            task.await.expect("task").expect("commit");
-        }
-    };
-    tokio::time::timeout(STALLED, all)
-        .await
-        .expect("commits stalled: a writer waits for a wake-up that never comes");
+    let _watchdog = Watchdog::start("commits");
+    for task in tasks {
+        task.await.expect("task").expect("commit");
+    }
     assert_eq!(store.count(Kind::User).await.expect("count"), 200);
 }
 
@@ -341,14 +367,10 @@ async fn checkpoints_keep_the_wal_short_under_continuous_writes() {
             }
         }));
     }
-    let all = async {
-        for task in tasks {
-            task.await.expect("task");
-        }
-    };
-    tokio::time::timeout(STALLED, all)
-        .await
-        .expect("writes stalled: a checkpoint waits for a wake-up that never comes");
+    let _watchdog = Watchdog::start("writes under checkpoints");
+    for task in tasks {
+        task.await.expect("task");
+    }
     assert_eq!(store.count(Kind::User).await.expect("count"), jobs);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
