@@ -955,6 +955,59 @@ async fn main() {
         );
         crowd_results.push((scim_add, scim_remove));
     }
+
+    // Offboarding a crowd: members of the large group deleted 32 at a time. Each delete takes
+    // the user out of the group first (one `member` value), then deletes the entry; the daemon
+    // merges the removals waiting for the group. ldap3 alone does the same two operations.
+    let leavers = (env_usize("BENCH_CROWD", 960) / 2).min(n_group / 2);
+    if leavers > 0 {
+        let big_dn = format!("cn=big,{}", slapd.groups_dn());
+        let gone: Arc<Vec<String>> = Arc::new(
+            (0..leavers)
+                .map(|k| ids[k].get().unwrap().clone())
+                .collect(),
+        );
+        let scim_delete = {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            move |_worker: usize, i: usize| {
+                let client = client.clone();
+                let daemon = daemon.clone();
+                let path = format!("/Users/{}", gone[i]);
+                async move {
+                    scim(&client, &daemon, reqwest::Method::DELETE, &path, None, 204).await;
+                }
+            }
+        };
+        let scim_phase = run_phase(leavers, CROWD_LEVEL, Some(pid), scim_delete).await;
+        let pool = Arc::new(ldap_pool(&slapd, CROWD_LEVEL).await);
+        let raw_delete = {
+            let people = people.clone();
+            move |worker: usize, i: usize| {
+                let mut ldap = pool[worker].clone();
+                let member_dn = format!("uid=user{:06},{people}", leavers + i);
+                let big_dn = big_dn.clone();
+                async move {
+                    let values = HashSet::from([member_dn.as_str()]);
+                    ldap.modify(&big_dn, vec![Mod::Delete("member", values)])
+                        .await
+                        .unwrap()
+                        .success()
+                        .unwrap();
+                    ldap.delete(&member_dn).await.unwrap().success().unwrap();
+                }
+            }
+        };
+        let raw_phase = run_phase(leavers, CROWD_LEVEL, None, raw_delete).await;
+        println!(
+            "offboarding {leavers} members of the {n_group}-member group, {CROWD_LEVEL} at a time: SCIM {:.0}/s (p50 {} ms, daemon CPU {:.0} µs/op) | ldap3 {:.0}/s (p50 {} ms)",
+            scim_phase.ops_per_sec(),
+            ms(scim_phase.percentile(0.5)),
+            scim_phase.cpu_per_op_us().unwrap_or(0.0),
+            raw_phase.ops_per_sec(),
+            ms(raw_phase.percentile(0.5))
+        );
+    }
     let (rss_end, peak) = memory_mib(pid);
     println!("\nmemory: idle {idle_rss:.1} MiB, after {n_users} users {rss_loaded:.1} MiB, end {rss_end:.1} MiB, peak {peak:.1} MiB");
 
