@@ -277,6 +277,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Applying the merged change to any membership gives what applying the changes one
+        /// after the other gives.
+        #[test]
+        fn merging_is_the_same_as_applying_in_order(
+            initial in proptest::collection::btree_set(0u8..8, 0..8),
+            changes in proptest::collection::vec(
+                (proptest::collection::btree_set(0u8..8, 0..4), proptest::collection::btree_set(0u8..8, 0..4)),
+                0..6,
+            ),
+        ) {
+            use std::collections::BTreeSet;
+            let name = |id: &u8| format!("u{id}");
+            // As members_delta builds them: within one request, add and remove are disjoint.
+            let owned: Vec<(Vec<String>, Vec<String>)> = changes
+                .iter()
+                .map(|(add, remove)| {
+                    (add.iter().map(name).collect(), remove.difference(add).map(name).collect())
+                })
+                .collect();
+            let mut sequential: BTreeSet<String> = initial.iter().map(name).collect();
+            for (add, remove) in &owned {
+                for id in remove {
+                    sequential.remove(id);
+                }
+                sequential.extend(add.iter().cloned());
+            }
+            let (add, remove) = merge(owned.iter().map(|(a, r)| (a.as_slice(), r.as_slice())));
+            let mut merged: BTreeSet<String> = initial.iter().map(name).collect();
+            for id in &remove {
+                merged.remove(id);
+            }
+            merged.extend(add);
+            proptest::prop_assert_eq!(merged, sequential);
+        }
+    }
+
     #[test]
     fn a_batch_is_audited_for_every_request_and_token_it_serves() {
         let with = |actor: &str, request_id: Option<&str>| Waiting {
