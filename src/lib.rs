@@ -62,6 +62,7 @@ pub mod directory;
 pub mod http;
 pub mod mapping;
 pub mod metrics;
+mod queue;
 pub mod reconcile;
 pub mod scim;
 pub mod service;

@@ -284,7 +284,7 @@ impl Directory {
     /// say), each change on its own so that each gets its own result.
     async fn apply_values(&self, key: values::Key) {
         let (dn, attr) = &key;
-        while let Some(batch) = self.values.take(&key) {
+        while let Some(batch) = self.values.take(&key, values::MAX_BATCH, |_| 1) {
             if batch.len() > 1 {
                 let mods: Vec<Mod> = batch
                     .iter()

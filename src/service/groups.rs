@@ -378,17 +378,7 @@ impl Service {
             }
         }
         if !unknown.is_empty() {
-            let shown: Vec<&str> = unknown.iter().take(10).copied().collect();
-            return Err(ScimError::invalid_value(format!(
-                "members are not provisioned users: {}{}",
-                shown.join(", "),
-                if unknown.len() > shown.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
-            ))
-            .into());
+            return Err(unknown_members(&unknown));
         }
         Ok(members)
     }
@@ -406,6 +396,21 @@ impl Service {
         }
         Ok(members)
     }
+}
+
+/// The answer to a request naming `unknown` ids as members: up to ten of them are named.
+pub(super) fn unknown_members(unknown: &[&str]) -> ServiceError {
+    let shown: Vec<&str> = unknown.iter().take(10).copied().collect();
+    ScimError::invalid_value(format!(
+        "members are not provisioned users: {}{}",
+        shown.join(", "),
+        if unknown.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    ))
+    .into()
 }
 
 /// Takes `members` out of a validated group document, returning the document and member ids.

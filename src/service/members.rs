@@ -9,12 +9,13 @@
 //! is in the directory and committed to the cache, with its own error when its own members are
 //! at fault.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::groups::unknown_members;
 use super::{Service, ServiceError};
 use crate::audit::AuditContext;
 use crate::scim::patch::MembersDelta;
@@ -23,7 +24,7 @@ use crate::scim::ScimError;
 use crate::store::{Kind, StoredResource};
 
 /// One request's member change, waiting for its group.
-struct Waiting {
+pub(crate) struct Waiting {
     add: Vec<String>,
     remove: Vec<String>,
     audit: Option<AuditContext>,
@@ -31,60 +32,7 @@ struct Waiting {
 }
 
 /// The member changes waiting, by group id.
-#[derive(Default)]
-pub(crate) struct MemberQueue {
-    waiting: Mutex<HashMap<String, Vec<Waiting>>>,
-}
-
-impl MemberQueue {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiting>>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues a change; true when it is the first one waiting for its group.
-    fn push(&self, group_id: &str, change: Waiting) -> bool {
-        let mut waiting = self.waiting();
-        match waiting.get_mut(group_id) {
-            Some(queue) => {
-                queue.push(change);
-                false
-            }
-            None => {
-                waiting.insert(group_id.to_string(), vec![change]);
-                true
-            }
-        }
-    }
-
-    /// Takes the oldest changes of a group, at least one and together at most `max_values`
-    /// member ids; true when more are left waiting.
-    fn take(&self, group_id: &str, max_values: usize) -> (Vec<Waiting>, bool) {
-        let mut waiting = self.waiting();
-        let Some(queue) = waiting.get_mut(group_id) else {
-            return (Vec::new(), false);
-        };
-        let mut values = 0;
-        let count = queue
-            .iter()
-            .take_while(|change| {
-                values += change.add.len() + change.remove.len();
-                values <= max_values
-            })
-            .count()
-            .max(1);
-        if count >= queue.len() {
-            let batch = waiting.remove(group_id).unwrap_or_default();
-            return (batch, false);
-        }
-        (queue.drain(..count).collect(), true)
-    }
-
-    fn has_waiting(&self, group_id: &str) -> bool {
-        self.waiting().contains_key(group_id)
-    }
-}
+pub(crate) type MemberQueue = crate::queue::KeyedQueue<String, Waiting>;
 
 impl Service {
     /// A `PATCH` of group `id` that only adds and removes members (no `If-Match`). With the
@@ -96,7 +44,8 @@ impl Service {
         add: Vec<String>,
         remove: Vec<String>,
     ) -> Result<StoredResource, ServiceError> {
-        if !self.member_queue.has_waiting(id) {
+        let group_id = id.to_string();
+        if !self.member_queue.is_served(&group_id) {
             if let Some(_lock) = self.locks.try_lock(format!("id:{id}")) {
                 return self.change_members(id, add, remove).await;
             }
@@ -108,11 +57,10 @@ impl Service {
             audit: crate::audit::current(),
             reply,
         };
-        if self.member_queue.push(id, change) {
+        if self.member_queue.push(&group_id, change) {
             // A task of its own, so that a client that hangs up cannot abandon the others.
             let service = Arc::clone(self);
-            let id = id.to_string();
-            tokio::spawn(async move { service.drain_members(id).await });
+            tokio::spawn(async move { service.drain_members(group_id).await });
         }
         match answer.await {
             Ok(result) => result.map_err(ServiceError::Scim),
@@ -143,7 +91,11 @@ impl Service {
     async fn drain_members(self: Arc<Self>, id: String) {
         loop {
             let lock = self.locks.lock(format!("id:{id}")).await;
-            let (batch, more) = self.member_queue.take(&id, MAX_MEMBERS);
+            let Some(batch) = self.member_queue.take(&id, MAX_MEMBERS, |change| {
+                change.add.len() + change.remove.len()
+            }) else {
+                return;
+            };
             let context = batch_context(&batch);
             let span = tracing::info_span!(
                 "member_batch",
@@ -158,9 +110,6 @@ impl Service {
             }
             // Let other writes to the group in before the next batch.
             drop(lock);
-            if !more {
-                return;
-            }
         }
     }
 
@@ -171,13 +120,35 @@ impl Service {
         if batch.len() == 1 {
             accepted = batch;
         } else {
-            // A request naming members that are not provisioned users fails alone.
-            for change in batch {
-                match self.resolve_members(&change.add).await {
-                    Ok(_) => accepted.push(change),
-                    Err(err) => {
-                        let _ = change.reply.send(Err(err.into()));
+            // A request naming members that are not provisioned users fails alone; one look in
+            // the cache for the whole batch.
+            let named: Vec<String> = batch
+                .iter()
+                .flat_map(|change| change.add.iter().cloned())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let unknown: HashSet<String> = match self.store.missing(Kind::User, named).await {
+                Ok(missing) => missing.into_iter().collect(),
+                Err(err) => {
+                    let err = ScimError::from(ServiceError::from(err));
+                    for change in batch {
+                        let _ = change.reply.send(Err(err.clone()));
                     }
+                    return;
+                }
+            };
+            for change in batch {
+                let theirs: Vec<&str> = change
+                    .add
+                    .iter()
+                    .filter(|id| unknown.contains(*id))
+                    .map(String::as_str)
+                    .collect();
+                if theirs.is_empty() {
+                    accepted.push(change);
+                } else {
+                    let _ = change.reply.send(Err(unknown_members(&theirs).into()));
                 }
             }
         }
@@ -266,7 +237,7 @@ fn merge<'a>(
 mod tests {
     use std::sync::Arc;
 
-    use super::{batch_context, merge, AuditContext, MemberQueue, Waiting};
+    use super::{batch_context, merge, AuditContext, Waiting};
 
     fn waiting(n_add: usize) -> Waiting {
         Waiting {
@@ -337,30 +308,6 @@ mod tests {
         assert_eq!(context.operation, "patch");
         assert_eq!(context.resource_type, Some("Group"));
         assert!(batch_context(&[waiting(1)]).is_none());
-    }
-
-    #[test]
-    fn batches_hold_at_most_the_values_of_one_request_and_at_least_one_change() {
-        let queue = MemberQueue::default();
-        assert!(queue.push("g", waiting(3)));
-        for n in [3, 5, 20, 1] {
-            assert!(!queue.push("g", waiting(n)));
-        }
-        let sizes = |batch: &[Waiting]| batch.iter().map(|w| w.add.len()).collect::<Vec<_>>();
-        let (batch, more) = queue.take("g", 10);
-        assert_eq!((sizes(&batch), more), (vec![3, 3], true));
-        let (batch, more) = queue.take("g", 10);
-        assert_eq!((sizes(&batch), more), (vec![5], true));
-        let (batch, more) = queue.take("g", 10);
-        assert_eq!((sizes(&batch), more), (vec![20], true));
-        assert!(queue.has_waiting("g"));
-        let (batch, more) = queue.take("g", 10);
-        assert_eq!((sizes(&batch), more), (vec![1], false));
-        assert!(!queue.has_waiting("g"));
-        assert!(
-            queue.push("g", waiting(1)),
-            "a new queue after the last batch"
-        );
     }
 
     fn ids(list: &[&str]) -> Vec<String> {

@@ -634,6 +634,22 @@ impl Store {
         .await
     }
 
+    /// Those of `ids` that name no resource of `kind`, in one read.
+    pub async fn missing(&self, kind: Kind, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT 1 FROM resources WHERE kind = ?1 AND id = ?2")?;
+            let mut missing = Vec::new();
+            for id in ids {
+                if !stmt.exists(params![kind.as_str(), id])? {
+                    missing.push(id);
+                }
+            }
+            Ok(missing)
+        })
+        .await
+    }
+
     /// True when group `group_id` has a member other than those in `excluded`; reads at most
     /// `excluded.len() + 1` rows, whatever the group's size.
     pub async fn has_members_besides(

@@ -460,27 +460,73 @@ async fn posix_groups_list_members_by_uid_with_stable_numbers() {
     );
 }
 
-/// Sends a member `PATCH` of group `gid` from its own task; the reply's status and body.
+/// Sends a request from its own task (so that several wait at once); the reply's status and
+/// body. `body` is a list of PATCH operations for PATCH, nothing for DELETE.
+fn spawn_call(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    operations: Option<Value>,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{}{path}", server.base);
+    let token = server.token.clone();
+    tokio::spawn(async move {
+        let mut request = reqwest::Client::new()
+            .request(method, url)
+            .bearer_auth(token);
+        if let Some(operations) = operations {
+            request = request
+                .header("content-type", "application/scim+json")
+                .json(&ops(operations));
+        }
+        let reply = request.send().await.unwrap();
+        let status = reply.status().as_u16();
+        let body = reply.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    })
+}
+
+/// A member `PATCH` of group `gid`, sent from its own task.
 fn spawn_patch(
     server: &TestServer,
     gid: &str,
     operations: Value,
 ) -> tokio::task::JoinHandle<(u16, Value)> {
-    let url = format!("{}/Groups/{gid}", server.base);
-    let token = server.token.clone();
-    tokio::spawn(async move {
-        let reply = reqwest::Client::new()
-            .patch(url)
-            .bearer_auth(token)
-            .header("content-type", "application/scim+json")
-            .json(&ops(operations))
-            .send()
-            .await
-            .unwrap();
-        let status = reply.status().as_u16();
-        let body = reply.json::<Value>().await.unwrap_or(Value::Null);
-        (status, body)
-    })
+    spawn_call(
+        server,
+        reqwest::Method::PATCH,
+        &format!("/Groups/{gid}"),
+        Some(operations),
+    )
+}
+
+/// `n` users named `prefix<k>` and a group `cn` holding the first of them (or all, with
+/// `all`): their ids and the group's.
+async fn crowd(
+    server: &TestServer,
+    prefix: &str,
+    n: usize,
+    cn: &str,
+    all: bool,
+) -> (Vec<String>, String) {
+    let mut ids = Vec::new();
+    for k in 0..n {
+        ids.push(user(server, &format!("{prefix}{k:02}")).await);
+    }
+    let members: Vec<Value> = ids
+        .iter()
+        .take(if all { n } else { 1 })
+        .map(|id| json!({"value": id}))
+        .collect();
+    let group = server
+        .post("/Groups", json!({"displayName": cn, "members": members}))
+        .await
+        .expect(201);
+    (ids, group["id"].as_str().unwrap().to_string())
+}
+
+fn add(id: &str) -> Value {
+    json!([{"op": "add", "path": "members", "value": [{"value": id}]}])
 }
 
 /// Sends `signal` (STOP, CONT) to the test's slapd.
@@ -500,19 +546,7 @@ fn signal_slapd(server: &TestServer, signal: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn member_changes_waiting_for_a_group_are_applied_together() {
     let server = TestServer::start().await;
-    let mut ids = Vec::new();
-    for k in 0..18 {
-        ids.push(user(&server, &format!("crowd{k:02}")).await);
-    }
-    let group = server
-        .post(
-            "/Groups",
-            json!({"displayName": "Crowd", "members": [{"value": ids[0]}]}),
-        )
-        .await
-        .expect(201);
-    let gid = group["id"].as_str().unwrap().to_string();
-    let add = |id: &str| json!([{"op": "add", "path": "members", "value": [{"value": id}]}]);
+    let (ids, gid) = crowd(&server, "crowd", 18, "Crowd", false).await;
 
     // The first change holds the group while the directory is stopped; the rest wait for it.
     signal_slapd(&server, "STOP");
@@ -579,19 +613,7 @@ async fn member_changes_waiting_for_a_group_are_applied_together() {
 #[tokio::test(flavor = "multi_thread")]
 async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_nothing() {
     let mut server = TestServer::start().await;
-    let mut ids = Vec::new();
-    for k in 0..6 {
-        ids.push(user(&server, &format!("fragile{k}")).await);
-    }
-    let group = server
-        .post(
-            "/Groups",
-            json!({"displayName": "Fragile", "members": [{"value": ids[0]}]}),
-        )
-        .await
-        .expect(201);
-    let gid = group["id"].as_str().unwrap().to_string();
-    let add = |id: &str| json!([{"op": "add", "path": "members", "value": [{"value": id}]}]);
+    let (ids, gid) = crowd(&server, "fragile", 6, "Fragile", false).await;
 
     signal_slapd(&server, "STOP");
     let mut requests = vec![spawn_patch(&server, &gid, add(&ids[1]))];
@@ -615,7 +637,10 @@ async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_noth
         assert!(std::time::Instant::now() < deadline, "never ready again");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(members_of(&server, "Fragile"), [server.user_dn("fragile0")]);
+    assert_eq!(
+        members_of(&server, "Fragile"),
+        [server.user_dn("fragile00")]
+    );
     let read = server.get(&format!("/Groups/{gid}")).await.expect(200);
     assert_eq!(read["members"].as_array().unwrap().len(), 1, "{read}");
     assert_eq!(read["members"][0]["value"], ids[0].as_str());
@@ -645,33 +670,16 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
         *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n")
     })
     .await;
-    let mut ids = Vec::new();
-    for k in 0..9 {
-        ids.push(user(&server, &format!("leaver{k}")).await);
-    }
-    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
-    server
-        .post(
-            "/Groups",
-            json!({"displayName": "Leavers", "members": members}),
-        )
-        .await
-        .expect(201);
+    let (ids, _) = crowd(&server, "leaver", 9, "Leavers", true).await;
     let log_start = server.slapd.log().unwrap().len();
 
     let delete = |id: &str| {
-        let url = format!("{}/Users/{id}", server.base);
-        let token = server.token.clone();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .delete(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
+        spawn_call(
+            &server,
+            reqwest::Method::DELETE,
+            &format!("/Users/{id}"),
+            None,
+        )
     };
     signal_slapd(&server, "STOP");
     let mut requests = vec![delete(&ids[1])];
@@ -682,10 +690,11 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     signal_slapd(&server, "CONT");
     for request in requests {
-        assert_eq!(request.await.unwrap(), 204);
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 204, "{body}");
     }
 
-    assert_eq!(members_of(&server, "Leavers"), [server.user_dn("leaver0")]);
+    assert_eq!(members_of(&server, "Leavers"), [server.user_dn("leaver00")]);
     for id in &ids[1..] {
         let status = server.get(&format!("/Users/{id}")).await.status;
         assert_eq!(status, 404, "{id}");

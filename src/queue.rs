@@ -1,0 +1,105 @@
+//! Work waiting per key, applied in batches by one task per key at a time: how member changes
+//! waiting for one group (`service`) and single-value changes waiting for one entry
+//! (`directory`) come to share one directory modify.
+//!
+//! A key is present from the first push until its task finds the queue empty, so whoever pushes
+//! while it is present joins the next batch, and whoever pushes after starts a new task.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard};
+
+/// Items waiting, by key.
+pub(crate) struct KeyedQueue<K, T> {
+    waiting: Mutex<HashMap<K, Vec<T>>>,
+}
+
+impl<K, T> Default for KeyedQueue<K, T> {
+    fn default() -> Self {
+        KeyedQueue {
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, T> KeyedQueue<K, T> {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<K, Vec<T>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `item`; true when no task serves `key` yet (the caller starts one).
+    pub(crate) fn push(&self, key: &K, item: T) -> bool {
+        let mut waiting = self.waiting();
+        match waiting.get_mut(key) {
+            Some(queue) => {
+                queue.push(item);
+                false
+            }
+            None => {
+                waiting.insert(key.clone(), vec![item]);
+                true
+            }
+        }
+    }
+
+    /// The oldest items of `key` whose `weight`s add up to at most `max_weight`, and at least
+    /// one; `None`, with the key forgotten, when none wait.
+    pub(crate) fn take(
+        &self,
+        key: &K,
+        max_weight: usize,
+        weight: impl Fn(&T) -> usize,
+    ) -> Option<Vec<T>> {
+        let mut waiting = self.waiting();
+        let queue = waiting.get_mut(key)?;
+        if queue.is_empty() {
+            waiting.remove(key);
+            return None;
+        }
+        let mut total = 0;
+        let count = queue
+            .iter()
+            .take_while(|item| {
+                total += weight(item);
+                total <= max_weight
+            })
+            .count()
+            .max(1);
+        Some(queue.drain(..count).collect())
+    }
+
+    /// Whether a task serves `key`.
+    pub(crate) fn is_served(&self, key: &K) -> bool {
+        self.waiting().contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyedQueue;
+
+    #[test]
+    fn batches_respect_the_weight_and_a_key_is_served_until_found_empty() {
+        let queue: KeyedQueue<&str, usize> = KeyedQueue::default();
+        assert!(queue.push(&"g", 3));
+        assert!(queue.push(&"h", 1), "another key, another task");
+        for weight in [3, 5, 20, 1] {
+            assert!(!queue.push(&"g", weight));
+        }
+        let take = |max| queue.take(&"g", max, |weight: &usize| *weight);
+        assert_eq!(take(10), Some(vec![3, 3]));
+        assert_eq!(take(10), Some(vec![5]));
+        assert_eq!(take(10), Some(vec![20]), "at least one, however heavy");
+        assert!(!queue.push(&"g", 2), "still served");
+        assert_eq!(take(10), Some(vec![1, 2]));
+        assert!(queue.is_served(&"g"));
+        assert_eq!(take(10), None);
+        assert!(!queue.is_served(&"g"));
+        assert!(
+            queue.push(&"g", 1),
+            "forgotten once found empty: a new task"
+        );
+    }
+}
