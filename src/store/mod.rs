@@ -210,7 +210,14 @@ struct Writer {
     /// Signalled when a writing caller stops, for `exclusive`.
     idle: std::sync::Condvar,
     conn: Mutex<Connection>,
-    syncer: std::sync::mpsc::SyncSender<SyncJob>,
+    sync: Arc<SyncQueue>,
+}
+
+impl Drop for Writer {
+    /// The last `Store` is gone: the sync thread finishes what waits and ends.
+    fn drop(&mut self) {
+        self.sync.close();
+    }
 }
 
 #[derive(Default)]
@@ -224,15 +231,146 @@ struct WriterState {
     since_checkpoint: usize,
 }
 
-/// Work for the sync thread.
-enum SyncJob {
-    /// Fsync the WAL, then answer; the caller needs the answer by `by`.
-    Sync {
+/// Work for the sync thread: callers add to it under the lock and wake the thread only when
+/// it would otherwise start too late (it is idle, or sleeps past the new caller's time). Under
+/// load most callers join an fsync already planned without a system call, and the thread wakes
+/// once per fsync instead of once per caller.
+struct SyncQueue {
+    state: Mutex<SyncState>,
+    wake: std::sync::Condvar,
+    /// How long an fsync takes here; starts high, so that nothing is held back before a first
+    /// measurement.
+    fsync_time: MovingAverage,
+    /// Longest an fsync is held back to serve more callers.
+    max_delay: Duration,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Callers waiting for an fsync.
+    waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// When the fsync must start for the earliest waiting caller to have its answer in time.
+    start_by: Option<std::time::Instant>,
+    /// A checkpoint was asked for.
+    checkpoint: bool,
+    /// What the sync thread does, for callers deciding whether to wake it.
+    thread: SyncThread,
+    /// No more callers will come (the last `Store` is gone).
+    closed: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+enum SyncThread {
+    /// Working, or woken already: it looks at the queue before it sleeps again.
+    #[default]
+    Busy,
+    /// Asleep with nothing to do.
+    Idle,
+    /// Asleep until this time.
+    Until(std::time::Instant),
+}
+
+/// What the sync thread does next.
+struct Gathered {
+    /// Callers waiting for an fsync.
+    waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// A checkpoint was asked for.
+    checkpoint: bool,
+}
+
+impl SyncQueue {
+    fn new(max_delay: Duration) -> SyncQueue {
+        SyncQueue {
+            state: Mutex::new(SyncState::default()),
+            wake: std::sync::Condvar::new(),
+            fsync_time: MovingAverage::new(Duration::from_millis(10)),
+            max_delay,
+        }
+    }
+
+    /// Adds a caller that needs its fsync done by `by`.
+    fn sync_by(
+        &self,
         reply: oneshot::Sender<Result<(), StoreError>>,
         by: std::time::Instant,
-    },
-    /// Copy the WAL into the database file.
-    Checkpoint,
+    ) -> Result<(), StoreError> {
+        let latest_start = by
+            .checked_sub(self.fsync_time.get())
+            .unwrap_or(by)
+            .min(std::time::Instant::now() + self.max_delay);
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(StoreError::WriterGone);
+        }
+        state.waiting.push(reply);
+        state.start_by = Some(state.start_by.map_or(latest_start, |t| t.min(latest_start)));
+        let wake = match state.thread {
+            SyncThread::Busy => false,
+            SyncThread::Idle => true,
+            SyncThread::Until(t) => latest_start < t,
+        };
+        self.wake_if(state, wake);
+        Ok(())
+    }
+
+    /// Asks for a checkpoint, after the fsync planned if there is one.
+    fn checkpoint(&self) {
+        let mut state = lock(&self.state);
+        state.checkpoint = true;
+        let idle = matches!(state.thread, SyncThread::Idle);
+        self.wake_if(state, idle);
+    }
+
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        self.wake_if(state, true);
+    }
+
+    /// Wakes the thread when `wake`, after releasing the lock (woken under it, the thread would
+    /// find the lock taken and sleep once more).
+    fn wake_if(&self, mut state: std::sync::MutexGuard<'_, SyncState>, wake: bool) {
+        if wake {
+            state.thread = SyncThread::Busy;
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until the fsync must start (or a checkpoint is asked for while nobody waits) and
+    /// takes the work; `None` once closed with nothing left.
+    fn next(&self) -> Option<Gathered> {
+        let mut state = lock(&self.state);
+        loop {
+            let now = std::time::Instant::now();
+            match state.start_by {
+                Some(t) if t > now => {
+                    state.thread = SyncThread::Until(t);
+                    state = self
+                        .wake
+                        .wait_timeout(state, t - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                Some(_) => break,
+                None if state.checkpoint => break,
+                None if state.closed => return None,
+                None => {
+                    state.thread = SyncThread::Idle;
+                    state = self
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+        state.thread = SyncThread::Busy;
+        state.start_by = None;
+        Some(Gathered {
+            waiting: std::mem::take(&mut state.waiting),
+            checkpoint: std::mem::take(&mut state.checkpoint),
+        })
+    }
 }
 
 /// Longest an fsync is held back to serve more callers.
@@ -274,8 +412,7 @@ impl Writer {
                 state.since_checkpoint += n;
                 if state.since_checkpoint >= CHECKPOINT_EVERY {
                     state.since_checkpoint = 0;
-                    // A full queue means a checkpoint is pending already.
-                    let _ = self.syncer.try_send(SyncJob::Checkpoint);
+                    self.sync.checkpoint();
                 }
                 state.queue.drain(..n).collect::<Vec<_>>()
             };
@@ -361,7 +498,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct Store {
     writer: Arc<Writer>,
-    syncer: std::sync::mpsc::SyncSender<SyncJob>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -395,12 +531,12 @@ impl Store {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             readers.push(Mutex::new(conn));
         }
-        let (sync_sender, sync_receiver) = std::sync::mpsc::sync_channel(4096);
+        let sync = Arc::new(SyncQueue::new(MAX_SYNC_DELAY));
         let writer = Arc::new(Writer {
             state: Mutex::new(WriterState::default()),
             idle: std::sync::Condvar::new(),
             conn: Mutex::new(writer_conn),
-            syncer: sync_sender.clone(),
+            sync: sync.clone(),
         });
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
@@ -409,10 +545,9 @@ impl Store {
         let weak_writer = Arc::downgrade(&writer);
         std::thread::Builder::new()
             .name("cache-sync".to_string())
-            .spawn(move || sync_loop(&wal_path, &weak_writer, sync_receiver))
+            .spawn(move || sync_loop(&wal_path, &weak_writer, &sync))
             .map_err(|err| open_err(err.to_string()))?;
         Ok(Store {
-            syncer: sync_sender,
             writer,
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -442,9 +577,7 @@ impl Store {
     /// disk the directory shares, every flush of ours is one the directory waits behind.
     pub async fn sync_by(&self, by: std::time::Instant) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
-        self.syncer
-            .send(SyncJob::Sync { reply, by })
-            .map_err(|_| StoreError::WriterGone)?;
+        self.writer.sync.sync_by(reply, by)?;
         receive.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -826,24 +959,17 @@ impl RawRow {
 /// what the writer appended; pages already checkpointed into the database file were synced by
 /// SQLite itself. A checkpoint runs after the waiting callers are answered; when one fails
 /// (never expected), the next one or the writer's own backstop copies the pages.
-fn sync_loop(
-    wal_path: &Path,
-    writer: &std::sync::Weak<Writer>,
-    requests: std::sync::mpsc::Receiver<SyncJob>,
-) {
+fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueue) {
     let mut wal: Option<std::fs::File> = None;
-    // How long an fsync takes here; starts high, so that nothing is held back before a first
-    // measurement.
-    let fsync_time = MovingAverage::new(Duration::from_millis(10));
-    while let Ok(first) = requests.recv() {
-        let Gathered {
-            waiting,
-            checkpoint,
-        } = gather(first, &requests, fsync_time.get(), MAX_SYNC_DELAY);
+    while let Some(Gathered {
+        waiting,
+        checkpoint,
+    }) = queue.next()
+    {
         if !waiting.is_empty() {
             let started = std::time::Instant::now();
             let failure = fsync(&mut wal, wal_path).err();
-            fsync_time.note(started.elapsed());
+            queue.fsync_time.note(started.elapsed());
             crate::metrics::record_cache_fsync(waiting.len());
             for reply in waiting {
                 let _ = reply.send(match &failure {
@@ -863,49 +989,6 @@ fn sync_loop(
             });
         }
     }
-}
-
-/// What the sync thread does next.
-struct Gathered {
-    /// Callers waiting for an fsync.
-    waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
-    /// A checkpoint was asked for.
-    checkpoint: bool,
-}
-
-/// Takes `first` and the jobs that arrive until the fsync must begin for the earliest caller to
-/// have its answer by its time (an fsync taking `fsync_time`), waiting `max_delay` at most.
-fn gather(
-    first: SyncJob,
-    requests: &std::sync::mpsc::Receiver<SyncJob>,
-    fsync_time: Duration,
-    max_delay: Duration,
-) -> Gathered {
-    let mut gathered = Gathered {
-        waiting: Vec::new(),
-        checkpoint: false,
-    };
-    let mut start_by: Option<std::time::Instant> = None;
-    let mut next = Some(first);
-    while let Some(job) = next.take() {
-        match job {
-            SyncJob::Sync { reply, by } => {
-                let latest_start = by
-                    .checked_sub(fsync_time)
-                    .unwrap_or(by)
-                    .min(std::time::Instant::now() + max_delay);
-                start_by = Some(start_by.map_or(latest_start, |t| t.min(latest_start)));
-                gathered.waiting.push(reply);
-            }
-            SyncJob::Checkpoint => gathered.checkpoint = true,
-        }
-        let now = std::time::Instant::now();
-        next = match start_by.filter(|t| *t > now) {
-            Some(t) => requests.recv_timeout(t - now).ok(),
-            None => requests.try_recv().ok(),
-        };
-    }
-    gathered
 }
 
 /// Fsyncs the WAL through `wal`, opening it first when needed.
@@ -935,15 +1018,13 @@ fn fsync(wal: &mut Option<std::fs::File>, wal_path: &Path) -> Result<(), String>
 /// rolled back and each job runs alone, so that one failure fails only its own job; the common
 /// case pays for no savepoints.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
-    let outcome = (|| -> Result<Vec<Option<i64>>, StoreError> {
-        let tx = conn.transaction()?;
+    let outcome = in_transaction(conn, |conn| {
         let mut done = Vec::with_capacity(batch.len());
         for job in &batch {
-            done.push(apply_job(&tx, job)?);
+            done.push(apply_job(conn, job)?);
         }
-        tx.commit()?;
         Ok(done)
-    })();
+    });
     match outcome {
         Ok(done) => {
             for (job, seq) in batch.into_iter().zip(done) {
@@ -962,6 +1043,31 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             }
         }
     }
+}
+
+/// Runs `work` in a transaction, committed when it succeeds and rolled back when it fails.
+/// `BEGIN` and `COMMIT` are cached statements: rusqlite's `Transaction` parses both anew each
+/// time, and the writer runs two transactions per write.
+fn in_transaction<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(|_| ());
+    if !conn.is_autocommit() {
+        // Left open by a round that panicked (never expected).
+        run("ROLLBACK")?;
+    }
+    run("BEGIN")?;
+    let result = work(conn).and_then(|done| {
+        run("COMMIT")?;
+        Ok(done)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(err) = run("ROLLBACK") {
+            tracing::warn!(error = %err, "cache rollback failed");
+        }
+    }
+    result
 }
 
 impl Job {

@@ -386,49 +386,73 @@ async fn checkpoints_keep_the_wal_short_under_continuous_writes() {
 
 #[test]
 fn the_sync_thread_waits_for_callers_only_as_long_as_the_earliest_can_spare() {
-    let (send, receive) = std::sync::mpsc::sync_channel(16);
-    let job = |by: std::time::Instant| SyncJob::Sync {
-        reply: oneshot::channel().0,
-        by,
-    };
-    let fsync_time = Duration::from_millis(1);
-    let late = |delay_ms: u64, job: SyncJob| {
-        let send = send.clone();
+    let queue = Arc::new(SyncQueue::new(Duration::from_millis(400)));
+    queue.fsync_time.note(Duration::ZERO);
+    let join = |queue: &Arc<SyncQueue>, delay_ms: u64, by: Option<Duration>| {
+        let queue = queue.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(delay_ms));
-            let _ = send.send(job);
+            match by {
+                Some(by) => queue
+                    .sync_by(oneshot::channel().0, std::time::Instant::now() + by)
+                    .expect("open"),
+                None => queue.checkpoint(),
+            }
         })
     };
     // The first caller can spare ten seconds; callers and a checkpoint arriving within the
     // allowed wait share its fsync.
-    let now = std::time::Instant::now();
-    let a = late(50, job(now + Duration::from_secs(10)));
-    let b = late(100, SyncJob::Checkpoint);
-    let gathered = gather(
-        job(now + Duration::from_secs(10)),
-        &receive,
-        fsync_time,
-        Duration::from_millis(400),
-    );
+    let started = std::time::Instant::now();
+    queue
+        .sync_by(oneshot::channel().0, started + Duration::from_secs(10))
+        .expect("open");
+    let a = join(&queue, 50, Some(Duration::from_secs(10)));
+    let b = join(&queue, 100, None);
+    let gathered = queue.next().expect("work");
     assert_eq!(gathered.waiting.len(), 2);
     assert!(gathered.checkpoint);
     assert!(
-        now.elapsed() >= Duration::from_millis(400),
+        started.elapsed() >= Duration::from_millis(400),
         "left before the wait was over"
     );
-    a.join().expect("sender");
-    b.join().expect("sender");
-    // A caller that needs the answer now is not held back: the late one waits for the next.
-    let c = late(200, job(now));
-    let gathered = gather(
-        job(std::time::Instant::now()),
-        &receive,
-        fsync_time,
-        Duration::from_secs(10),
+    a.join().expect("caller");
+    b.join().expect("caller");
+
+    // A caller that needs the answer now is not held back: one coming later waits for the next.
+    queue
+        .sync_by(oneshot::channel().0, std::time::Instant::now())
+        .expect("open");
+    let c = join(&queue, 200, Some(Duration::ZERO));
+    assert_eq!(queue.next().expect("work").waiting.len(), 1);
+    c.join().expect("caller");
+    assert_eq!(queue.next().expect("work").waiting.len(), 1);
+
+    // A caller in a hurry wakes a thread that sleeps for a patient one.
+    let queue = Arc::new(SyncQueue::new(Duration::from_secs(60)));
+    queue.fsync_time.note(Duration::ZERO);
+    let started = std::time::Instant::now();
+    queue
+        .sync_by(oneshot::channel().0, started + Duration::from_secs(60))
+        .expect("open");
+    let d = join(&queue, 100, Some(Duration::ZERO));
+    let gathered = queue.next().expect("work");
+    assert_eq!(gathered.waiting.len(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "slept past the hurried caller's time"
     );
-    assert_eq!(gathered.waiting.len(), 1);
-    c.join().expect("sender");
-    assert_eq!(receive.try_iter().count(), 1);
+    d.join().expect("caller");
+
+    // A checkpoint asked for while nobody waits runs at once; closed and empty, the thread ends.
+    let e = join(&queue, 100, None);
+    let gathered = queue.next().expect("work");
+    assert!(gathered.checkpoint && gathered.waiting.is_empty());
+    e.join().expect("caller");
+    queue.close();
+    assert!(queue.next().is_none());
+    assert!(queue
+        .sync_by(oneshot::channel().0, std::time::Instant::now())
+        .is_err());
 }
 
 #[test]
