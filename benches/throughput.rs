@@ -59,6 +59,8 @@ struct Phase {
     /// Mean time per request the daemon waited on directory operations (from its metrics),
     /// SCIM phases only: the same work as a raw phase's, seen from inside the daemon.
     directory: Option<Duration>,
+    /// Directory operations per request, by operation (SCIM phases), from the daemon's metrics.
+    directory_ops: Vec<(String, f64)>,
     /// Cache flushes the disk under the working directory completed (when the kernel says).
     disk_flushes: Option<u64>,
 }
@@ -119,6 +121,7 @@ impl Phase {
             slapd_cpu: Duration::ZERO,
             in_daemon: Vec::new(),
             directory: None,
+            directory_ops: Vec::new(),
             disk_flushes: None,
         }
     }
@@ -191,6 +194,7 @@ where
         slapd_cpu: slapd_cpu().saturating_sub(slapd_before),
         in_daemon: Vec::new(),
         directory: None,
+        directory_ops: Vec::new(),
         disk_flushes: flushes_before
             .zip(disk_flushes())
             .map(|(before, after)| after.saturating_sub(before)),
@@ -204,11 +208,20 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let log_start = std::fs::metadata(&daemon.log_path).map_or(0, |m| m.len());
-    let directory_before = directory_seconds(daemon).await;
+    let (seconds_before, ops_before) = directory_work(daemon).await;
     let mut phase = run_phase(n, concurrency, Some(daemon.child.id()), op).await;
+    let (seconds_after, ops_after) = directory_work(daemon).await;
     phase.directory = Some(Duration::from_secs_f64(
-        (directory_seconds(daemon).await - directory_before).max(0.0) / n.max(1) as f64,
+        (seconds_after - seconds_before).max(0.0) / n.max(1) as f64,
     ));
+    phase.directory_ops = ops_after
+        .into_iter()
+        .map(|(op, count)| {
+            let before = ops_before.get(&op).copied().unwrap_or(0.0);
+            (op, (count - before) / n.max(1) as f64)
+        })
+        .filter(|(_, per_request)| *per_request > 0.0)
+        .collect();
     let log = std::fs::read(&daemon.log_path).unwrap();
     let new = String::from_utf8_lossy(&log[log_start as usize..]);
     phase.in_daemon = new
@@ -221,8 +234,9 @@ where
     phase
 }
 
-/// Seconds the daemon has spent in directory operations other than binds, from its metrics.
-async fn directory_seconds(daemon: &Daemon) -> f64 {
+/// Seconds the daemon has spent in directory operations other than binds, and how many of each
+/// operation it ran (binds included), from its metrics.
+async fn directory_work(daemon: &Daemon) -> (f64, std::collections::BTreeMap<String, f64>) {
     let text = reqwest::Client::new()
         .get(format!("{}/metrics", daemon.root))
         .bearer_auth(&daemon.token)
@@ -232,11 +246,28 @@ async fn directory_seconds(daemon: &Daemon) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("scim2ldap_directory_operation_duration_seconds_sum{"))
-        .filter(|line| !line.contains("operation=\"bind\""))
-        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    let metric = |line: &str, name: &str| -> Option<(String, f64)> {
+        let labels = line.strip_prefix(name)?.strip_prefix('{')?;
+        let operation = labels.split("operation=\"").nth(1)?.split('"').next()?;
+        let value = line.split_whitespace().last()?.parse::<f64>().ok()?;
+        Some((operation.to_string(), value))
+    };
+    let mut seconds = 0.0;
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some((op, value)) =
+            metric(line, "scim2ldap_directory_operation_duration_seconds_sum")
+        {
+            if op != "bind" {
+                seconds += value;
+            }
+        } else if let Some((op, value)) =
+            metric(line, "scim2ldap_directory_operation_duration_seconds_count")
+        {
+            *counts.entry(op).or_insert(0.0) += value;
+        }
+    }
+    (seconds, counts)
 }
 
 /// The daemon binary: this build's, or `BENCH_BIN` (to compare another build on this harness).
@@ -619,6 +650,15 @@ async fn main() {
                 scim.per_op_us(scim.client_cpu),
                 raw.flushes_per_op(), scim.flushes_per_op(),
             );
+                let ops: Vec<String> = scim
+                    .directory_ops
+                    .iter()
+                    .map(|(op, per)| format!("{op} {per:.2}"))
+                    .collect();
+                println!(
+                    "     directory operations per SCIM request: {}",
+                    ops.join(", ")
+                );
                 this_round.push((op, raw, scim));
             }
             by_round.push(this_round);
@@ -641,6 +681,47 @@ async fn main() {
                 spread,
             });
         }
+    }
+
+    // The HTTP exchange alone: the same client and daemon, `GET /healthz` (no cache, no
+    // directory), one request at a time. A SCIM write at c=1 takes at least this plus the
+    // directory's own operation, which bounds the c=1 ratio of any HTTP front that answers after
+    // the directory has.
+    let floor = {
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", daemon.root);
+        run_scim_phase(n, 1, &daemon, move |_worker: usize, _i: usize| {
+            let request = client.get(&url);
+            async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+            }
+        })
+        .await
+    };
+    println!(
+        "HTTP exchange alone, c=1 (GET /healthz, same client): {:.0}/s p50 {} p99 {} ms (in daemon p50 {}), daemon CPU {:.0} us/op",
+        floor.ops_per_sec(),
+        ms(floor.percentile(0.5)),
+        ms(floor.percentile(0.99)),
+        ms(percentile(&floor.in_daemon, 0.5)),
+        floor.cpu_per_op_us().unwrap_or(0.0)
+    );
+    let ceilings: Vec<String> = rows
+        .iter()
+        .filter(|row| row.concurrency == 1)
+        .map(|row| {
+            let raw = row.raw.mean().as_secs_f64();
+            let ceiling = raw / (raw + floor.mean().as_secs_f64());
+            format!("{} {ceiling:.2}", row.op)
+        })
+        .collect();
+    if !ceilings.is_empty() {
+        println!(
+            "c=1 ratio with nothing but that exchange added to the raw operation: {}\n",
+            ceilings.join(", ")
+        );
     }
 
     // Onboarding: BENCH_USERS users through SCIM at concurrency 32.
