@@ -490,6 +490,11 @@ async fn main() {
             .unwrap_or(0),
         cpu_model()
     );
+    // A virtual machine's idle vCPUs may poll before they halt (cpuidle-haltpoll); wake-ups,
+    // which every request has several of, cost far more on one that halts at once.
+    if let Ok(ns) = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        println!("guest halt polling: {} ns", ns.trim());
+    }
     println!("daemon idle RSS: {idle_rss:.1} MiB\n");
 
     let mut rows = Vec::new();
