@@ -109,7 +109,10 @@ impl Reply {
     /// `application/json`, see tests/fixtures/idp/onelogin).
     pub fn into_response(self, request_headers: &HeaderMap) -> warp::reply::Response {
         let (body, content_type): (String, _) = match self.body {
-            Body::Json(value) => (value.to_string(), Some(json_content_type(request_headers))),
+            Body::Json(value) => (
+                crate::scim::json::to_text(&value),
+                Some(json_content_type(request_headers)),
+            ),
             Body::Text(text) => (text.to_string(), Some("text/plain; charset=utf-8")),
             Body::Metrics(text) => (text, Some(crate::metrics::CONTENT_TYPE)),
             Body::Empty => (String::new(), None),

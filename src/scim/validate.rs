@@ -253,7 +253,7 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
                 if has_value_sub_attribute && item.get("value").is_none() {
                     continue;
                 }
-                if seen.insert(item.to_string()) {
+                if seen.insert(super::json::to_text(&item)) {
                     out.push(item);
                 }
             }

@@ -1105,7 +1105,7 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
             .execute(params![id])?;
     }
     if let Some(resource) = &commit.upsert {
-        let doc = resource.doc.to_string();
+        let doc = crate::scim::json::to_text(&resource.doc);
         // Most writes change neither the name, the DN nor the ids: updating only the document
         // leaves the five indexes' pages alone, and each page not rewritten is a WAL frame (a
         // checksum and two writes) saved. When a keyed column differs, the full upsert below
