@@ -264,11 +264,15 @@ impl Projection {
             .collect()
     }
 
+    /// The values of `attr`, named ignoring case. Both sides of a diff come from one mapping,
+    /// so the exact name almost always finds it without a scan.
     fn values(&self, attr: &str) -> Option<&Vec<String>> {
-        self.attrs
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(attr))
-            .map(|(_, values)| values)
+        self.attrs.get(attr).or_else(|| {
+            self.attrs
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(attr))
+                .map(|(_, values)| values)
+        })
     }
 }
 
@@ -1019,7 +1023,7 @@ pub fn diff(old: &Projection, new: &Projection, rdn_attribute: &str) -> Vec<Mod>
         if attr.eq_ignore_ascii_case(rdn_attribute) {
             continue;
         }
-        let old_values = old.values(attr).cloned().unwrap_or_default();
+        let old_values = old.values(attr).map_or(&[][..], Vec::as_slice);
         if attr.eq_ignore_ascii_case("objectClass") {
             let added: Vec<String> = new_values
                 .iter()
@@ -1031,7 +1035,7 @@ pub fn diff(old: &Projection, new: &Projection, rdn_attribute: &str) -> Vec<Mod>
             }
             continue;
         }
-        if !same_set(&old_values, new_values) {
+        if !same_set(old_values, new_values) {
             mods.push(Mod::Replace(attr.clone(), new_values.clone()));
         }
     }
