@@ -88,6 +88,7 @@ struct Metrics {
     cache_resources: Family<KindLabels, Gauge>,
     cache_memberships: Gauge,
     intents_pending: Gauge,
+    member_changes_waiting: Gauge,
     audit_records: Family<ResultLabels, Counter>,
     reconcile_runs: Family<ResultLabels, Counter>,
     reconcile_scanned: Counter,
@@ -196,6 +197,12 @@ impl Metrics {
             "Writes recorded as intents and not yet committed (in flight, or left for replay)",
             intents_pending.clone(),
         );
+        let member_changes_waiting = Gauge::default();
+        registry.register(
+            "group_member_changes_waiting",
+            "Group member changes waiting while another change holds their group (applied together as one modify when it is free)",
+            member_changes_waiting.clone(),
+        );
         let audit_records = Family::<ResultLabels, Counter>::default();
         registry.register(
             "audit_records",
@@ -261,6 +268,7 @@ impl Metrics {
             cache_resources,
             cache_memberships,
             intents_pending,
+            member_changes_waiting,
             audit_records,
             reconcile_runs,
             reconcile_scanned,
@@ -291,6 +299,8 @@ pub struct Snapshot {
     pub memberships: usize,
     /// Intents not yet committed.
     pub intents_pending: usize,
+    /// Group member changes waiting for their group.
+    pub member_changes_waiting: usize,
 }
 
 /// Sets the per-daemon gauges from `snapshot` and renders every metric.
@@ -314,6 +324,9 @@ pub fn render(snapshot: &Snapshot) -> String {
         .set(gauge(snapshot.groups));
     metrics.cache_memberships.set(gauge(snapshot.memberships));
     metrics.intents_pending.set(gauge(snapshot.intents_pending));
+    metrics
+        .member_changes_waiting
+        .set(gauge(snapshot.member_changes_waiting));
     let mut text = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &metrics.registry) {
         tracing::error!(error = %err, "metrics could not be rendered");

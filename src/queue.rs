@@ -70,6 +70,11 @@ impl<K: Eq + Hash + Clone, T> KeyedQueue<K, T> {
         Some(queue.drain(..count).collect())
     }
 
+    /// Items waiting, all keys together.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting().values().map(Vec::len).sum()
+    }
+
     /// Whether a task serves `key`.
     pub(crate) fn is_served(&self, key: &K) -> bool {
         self.waiting().contains_key(key)
@@ -88,8 +93,10 @@ mod tests {
         for weight in [3, 5, 20, 1] {
             assert!(!queue.push(&"g", weight));
         }
+        assert_eq!(queue.len(), 6, "every key's items");
         let take = |max| queue.take(&"g", max, |weight: &usize| *weight);
         assert_eq!(take(10), Some(vec![3, 3]));
+        assert_eq!(queue.len(), 4);
         assert_eq!(take(10), Some(vec![5]));
         assert_eq!(take(10), Some(vec![20]), "at least one, however heavy");
         assert!(!queue.push(&"g", 2), "still served");

@@ -231,6 +231,7 @@ impl Service {
             groups: sizes.groups,
             memberships: sizes.memberships,
             intents_pending: sizes.intents,
+            member_changes_waiting: self.member_queue.len(),
         }
     }
 

@@ -549,9 +549,11 @@ async fn member_changes_waiting_for_a_group_are_applied_together() {
     let (ids, gid) = crowd(&server, "crowd", 18, "Crowd", false).await;
 
     // The first change holds the group while the directory is stopped; the rest wait for it.
+    // Each step waits until the daemon shows its requests in place (the first one's intent,
+    // then the changes queued), so that order and batch do not depend on the machine's speed.
     signal_slapd(&server, "STOP");
     let first = spawn_patch(&server, &gid, add(&ids[1]));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.wait_for_intents(1).await;
     let mut waiting = Vec::new();
     for id in &ids[2..16] {
         waiting.push(spawn_patch(&server, &gid, add(id)));
@@ -561,13 +563,13 @@ async fn member_changes_waiting_for_a_group_are_applied_together() {
     waiting.push(spawn_patch(&server, &gid, remove_first));
     let unknown = json!([{"op": "add", "path": "members", "value": [{"value": ids[16]}, {"value": "no-such-user"}]}]);
     let refused = spawn_patch(&server, &gid, unknown);
+    server.wait_for_member_changes_waiting(16).await;
     // An add and then a remove of the same user: it ends out of the group.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     waiting.push(spawn_patch(&server, &gid, add(&ids[17])));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.wait_for_member_changes_waiting(17).await;
     let remove_last = json!([{"op": "remove", "path": "members", "value": [{"value": ids[17]}]}]);
     waiting.push(spawn_patch(&server, &gid, remove_last));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.wait_for_member_changes_waiting(18).await;
     signal_slapd(&server, "CONT");
 
     assert_eq!(first.await.unwrap().0, 204);
@@ -617,11 +619,11 @@ async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_noth
 
     signal_slapd(&server, "STOP");
     let mut requests = vec![spawn_patch(&server, &gid, add(&ids[1]))];
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.wait_for_intents(1).await;
     for id in &ids[2..] {
         requests.push(spawn_patch(&server, &gid, add(id)));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.wait_for_member_changes_waiting(ids.len() - 2).await;
     signal_slapd(&server, "KILL");
     for request in requests {
         let (status, body) = request.await.unwrap();
@@ -683,10 +685,15 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
     };
     signal_slapd(&server, "STOP");
     let mut requests = vec![delete(&ids[1])];
+    server.wait_for_intents(1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for id in &ids[2..] {
         requests.push(delete(id));
     }
+    // Each delete records its intent, then takes its member value out of the group: the seven
+    // queue behind the first, whose modify waits in the stopped directory. Counting the intents
+    // (not sleeping a fixed time) keeps a loaded machine from sending one after the batch left.
+    server.wait_for_intents(ids.len() - 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     signal_slapd(&server, "CONT");
     for request in requests {

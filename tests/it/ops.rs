@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::support::{user_body, TestServer};
+use crate::support::{sample, user_body, TestServer};
 
 /// A daemon run in-process through `run_with`, so the test holds its `Control`.
 struct Daemon {
@@ -376,12 +376,6 @@ async fn a_reload_swaps_certificate_and_tokens_without_dropping_an_open_connecti
 }
 
 /// The value of the sample `name` (the full series text before the value) in `text`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_need_the_token_and_count_requests_directory_operations_and_cache() {
     let server = TestServer::start().await;
@@ -437,6 +431,7 @@ async fn metrics_need_the_token_and_count_requests_directory_operations_and_cach
         "scim2ldap_directory_operation_duration_seconds_bucket{",
         "scim2ldap_directory_pool_waiters ",
         "scim2ldap_cache_memberships ",
+        "scim2ldap_group_member_changes_waiting ",
         "scim2ldap_reconcile_entries_scanned_total ",
     ] {
         assert!(after.contains(series), "no {series} in\n{after}");

@@ -184,6 +184,49 @@ impl TestServer {
         self.call(Method::DELETE, path, None).await
     }
 
+    /// The daemon's metrics page, fetched with the token.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.root))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Waits until the daemon's gauge `series` reads `n` (up to a minute, for a loaded
+    /// machine): a test that needs requests to have reached a given point waits for that state,
+    /// not for a fixed time.
+    pub async fn wait_for_gauge(&self, series: &str, n: usize) {
+        let started = std::time::Instant::now();
+        loop {
+            let value = sample(&self.metrics().await, series);
+            if value == n as f64 {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{series} is {value} after a minute, not {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `n` writes are recorded as intents and not committed: each has passed its
+    /// checks and started on the directory.
+    pub async fn wait_for_intents(&self, n: usize) {
+        self.wait_for_gauge("scim2ldap_intents_pending", n).await;
+    }
+
+    /// Waits until `n` group member changes wait for a group another change holds.
+    pub async fn wait_for_member_changes_waiting(&self, n: usize) {
+        self.wait_for_gauge("scim2ldap_group_member_changes_waiting", n)
+            .await;
+    }
+
     /// The entry at `dn` as the directory holds it (user and operational attributes), or None.
     pub fn entry(&self, dn: &str) -> Option<Attrs> {
         match self.slapd.ldapsearch(dn, "(objectClass=*)", &["*", "+"]) {
@@ -227,6 +270,13 @@ impl Drop for TestServer {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// The value of `series` (its name and labels, as printed) in a metrics page; 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Values of `attr` (any case) in `attrs`.
