@@ -270,6 +270,15 @@ enum SyncThread {
     Until(std::time::Instant),
 }
 
+/// Abandons the queue when the sync thread ends, by returning or by a panic.
+struct CloseOnExit<'q>(&'q SyncQueue);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 /// What the sync thread does next.
 struct Gathered {
     /// Callers waiting for an fsync.
@@ -325,6 +334,14 @@ impl SyncQueue {
         let mut state = lock(&self.state);
         state.closed = true;
         self.wake_if(state, true);
+    }
+
+    /// The sync thread has ended (never expected before `close`, but a panic would): callers
+    /// waiting and to come fail with `WriterGone` instead of waiting forever.
+    fn abandon(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.waiting.clear();
     }
 
     /// Wakes the thread when `wake`, after releasing the lock (woken under it, the thread would
@@ -960,6 +977,7 @@ impl RawRow {
 /// SQLite itself. A checkpoint runs after the waiting callers are answered; when one fails
 /// (never expected), the next one or the writer's own backstop copies the pages.
 fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueue) {
+    let _closing = CloseOnExit(queue);
     let mut wal: Option<std::fs::File> = None;
     while let Some(Gathered {
         waiting,

@@ -453,6 +453,29 @@ fn the_sync_thread_waits_for_callers_only_as_long_as_the_earliest_can_spare() {
     assert!(queue
         .sync_by(oneshot::channel().0, std::time::Instant::now())
         .is_err());
+
+    // A sync thread that ends for any reason, a panic included, fails the callers waiting and
+    // those to come rather than leaving them to wait forever.
+    let _watchdog = Watchdog::start("a caller of an abandoned sync queue");
+    let queue = SyncQueue::new(Duration::from_secs(60));
+    let (reply, waiting) = oneshot::channel();
+    queue
+        .sync_by(reply, std::time::Instant::now() + Duration::from_secs(60))
+        .expect("open");
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            let _closing = CloseOnExit(&queue);
+            panic!("the sync thread fails");
+        });
+        assert!(thread.join().is_err());
+    });
+    assert!(
+        waiting.blocking_recv().is_err(),
+        "the waiting caller is answered"
+    );
+    assert!(queue
+        .sync_by(oneshot::channel().0, std::time::Instant::now())
+        .is_err());
 }
 
 #[test]
