@@ -688,7 +688,7 @@ async fn main() {
         }
     }
 
-    // The HTTP exchange alone: the same client and daemon, `GET /healthz` (no cache, no
+    // The HTTP exchange alone: the same load generator and daemon, `GET /healthz` (no cache, no
     // directory), one request at a time. A SCIM write at c=1 takes at least this plus the
     // directory's own operation, which bounds the c=1 ratio of any HTTP front that answers after
     // the directory has.
@@ -706,7 +706,7 @@ async fn main() {
         .await
     };
     println!(
-        "HTTP exchange alone, c=1 (GET /healthz, same client): {:.0}/s p50 {} p99 {} ms (in daemon p50 {}), daemon CPU {:.0} us/op",
+        "HTTP exchange alone, c=1 (GET /healthz, same load generator): {:.0}/s p50 {} p99 {} ms (in daemon p50 {}), daemon CPU {:.0} us/op",
         floor.ops_per_sec(),
         ms(floor.percentile(0.5)),
         ms(floor.percentile(0.99)),
