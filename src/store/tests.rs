@@ -486,3 +486,58 @@ fn a_moving_average_weighs_each_sample_an_eighth_and_never_overflows() {
     average.note(Duration::MAX);
     assert!(average.get() > Duration::from_secs(3600));
 }
+
+// Holding connections across the lookup is the point: it must go around them.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_lookups_use_the_writers_connection_when_free_and_never_its_open_transaction() {
+    let _watchdog = Watchdog::start("point lookups");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("cache.db")).expect("opens");
+    store
+        .commit(Commit {
+            upsert: Some(user("u1", "Alice")),
+            ..Commit::default()
+        })
+        .await
+        .expect("commit");
+    let name = |found: Option<StoredResource>| found.expect("cached").name;
+    let get = || tokio::time::timeout(Duration::from_secs(10), store.get(Kind::User, "u1"));
+
+    // Every reader held (as by long lists): the lookup is answered on the writer's connection.
+    {
+        let _held: Vec<_> = store.readers.iter().map(|r| lock(r)).collect();
+        let found = get()
+            .await
+            .expect("answered without a reader")
+            .expect("get");
+        assert_eq!(name(found), "Alice");
+    }
+
+    // The writer's connection held: the lookup goes to a reader.
+    {
+        let _held = lock(&store.writer.conn);
+        let found = get().await.expect("answered by a reader").expect("get");
+        assert_eq!(name(found), "Alice");
+    }
+
+    // A transaction left open on the writer's connection is never read from.
+    lock(&store.writer.conn)
+        .execute_batch("BEGIN; UPDATE resources SET name = 'Mallory' WHERE id = 'u1';")
+        .expect("open a transaction");
+    let found = get().await.expect("answered").expect("get");
+    assert_eq!(name(found), "Alice", "read an uncommitted change");
+    lock(&store.writer.conn)
+        .execute_batch("ROLLBACK")
+        .expect("rollback");
+
+    // A later commit is seen on whichever connection answers.
+    store
+        .commit(Commit {
+            upsert: Some(user("u1", "Alicia")),
+            ..Commit::default()
+        })
+        .await
+        .expect("commit");
+    assert_eq!(name(get().await.expect("answered").expect("get")), "Alicia");
+}
