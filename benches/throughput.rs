@@ -554,6 +554,10 @@ async fn main() {
                     }
                 }
             };
+            let raw_add = run_phase(n, c, None, phase("add")).await;
+            let raw_modify = run_phase(n, c, None, phase("modify")).await;
+            let raw_lock = run_phase(n, c, None, phase("lock")).await;
+            let raw_delete = run_phase(n, c, None, phase("delete")).await;
 
             // The same through SCIM.
             let client = reqwest::Client::builder()
@@ -626,15 +630,9 @@ async fn main() {
                     }
                 }
             };
-            // Each raw phase right before its SCIM phase: the machine's speed drifts over
-            // seconds, and a ratio of two neighbours drifts least.
-            let raw_add = run_phase(n, c, None, phase("add")).await;
             let scim_add = run_scim_phase(n, c, &daemon, scim_phase("add")).await;
-            let raw_modify = run_phase(n, c, None, phase("modify")).await;
             let scim_modify = run_scim_phase(n, c, &daemon, scim_phase("modify")).await;
-            let raw_lock = run_phase(n, c, None, phase("lock")).await;
             let scim_lock = run_scim_phase(n, c, &daemon, scim_phase("lock")).await;
-            let raw_delete = run_phase(n, c, None, phase("delete")).await;
             let scim_delete = run_scim_phase(n, c, &daemon, scim_phase("delete")).await;
             let mut this_round = Vec::new();
             for (op, raw, scim) in [
