@@ -353,43 +353,43 @@ pub fn sub_attribute<'s>(attr: &Cow<'s, Attribute>, name: &str) -> Option<Cow<'s
 
 fn find_core<'s>(schema: &'s ResourceSchema, name: &str) -> Option<Cow<'s, Attribute>> {
     match common_attribute(name) {
-        Some(attr) => Some(Cow::Owned(attr)),
+        Some(attr) => Some(Cow::Borrowed(attr)),
         None => schema.core.attribute(name).map(Cow::Borrowed),
     }
 }
 
 /// The definition of a common attribute of RFC 7643 §3.1 (`id`, `externalId`, `schemas`,
-/// `meta`), which resource schemas do not list.
-pub fn common_attribute(name: &str) -> Option<Attribute> {
-    use AttrType::{Complex, DateTime, Reference, String as Str};
-    use Mutability::{ReadOnly, ReadWrite};
-    let known = ["id", "externalId", "schemas", "meta"];
-    let name = known
+/// `meta`), which resource schemas do not list. Built once: paths are resolved on every write.
+pub fn common_attribute(name: &str) -> Option<&'static Attribute> {
+    static COMMON: std::sync::LazyLock<[Attribute; 4]> = std::sync::LazyLock::new(|| {
+        use AttrType::{Complex, DateTime, Reference, String as Str};
+        use Mutability::{ReadOnly, ReadWrite};
+        [
+            // RFC 7643 §3.1: `id` is returned always.
+            Attribute {
+                returned: Returned::Always,
+                ..plain("id", Str, true, ReadOnly)
+            },
+            plain("externalId", Str, true, ReadWrite),
+            Attribute {
+                multi_valued: true,
+                ..plain("schemas", Reference, false, ReadOnly)
+            },
+            Attribute {
+                sub_attributes: vec![
+                    plain("resourceType", Str, true, ReadOnly),
+                    plain("created", DateTime, false, ReadOnly),
+                    plain("lastModified", DateTime, false, ReadOnly),
+                    plain("location", Reference, true, ReadOnly),
+                    plain("version", Str, true, ReadOnly),
+                ],
+                ..plain("meta", Complex, false, ReadOnly)
+            },
+        ]
+    });
+    COMMON
         .iter()
-        .find(|known| known.eq_ignore_ascii_case(name))?;
-    let attr = match *name {
-        // RFC 7643 §3.1: `id` is returned always.
-        "id" => Attribute {
-            returned: Returned::Always,
-            ..plain("id", Str, true, ReadOnly)
-        },
-        "externalId" => plain("externalId", Str, true, ReadWrite),
-        "schemas" => Attribute {
-            multi_valued: true,
-            ..plain("schemas", Reference, false, ReadOnly)
-        },
-        _ => Attribute {
-            sub_attributes: vec![
-                plain("resourceType", Str, true, ReadOnly),
-                plain("created", DateTime, false, ReadOnly),
-                plain("lastModified", DateTime, false, ReadOnly),
-                plain("location", Reference, true, ReadOnly),
-                plain("version", Str, true, ReadOnly),
-            ],
-            ..plain("meta", Complex, false, ReadOnly)
-        },
-    };
-    Some(attr)
+        .find(|attr| attr.name.eq_ignore_ascii_case(name))
 }
 
 fn plain(name: &str, ty: AttrType, case_exact: bool, mutability: Mutability) -> Attribute {

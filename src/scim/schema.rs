@@ -91,10 +91,19 @@ pub struct Attribute {
 impl Attribute {
     /// The sub-attribute named `name`, ignoring case.
     pub fn sub_attribute(&self, name: &str) -> Option<&Attribute> {
-        self.sub_attributes
+        find_named(&self.sub_attributes, name)
+    }
+}
+
+/// The attribute of `attrs` named `name`, ignoring case. Names almost always come spelled as the
+/// schema spells them (the mapping's, the documents the daemon stored), so an exact comparison
+/// goes first: paths are resolved on every write.
+fn find_named<'a>(attrs: &'a [Attribute], name: &str) -> Option<&'a Attribute> {
+    attrs.iter().find(|attr| attr.name == name).or_else(|| {
+        attrs
             .iter()
             .find(|attr| attr.name.eq_ignore_ascii_case(name))
-    }
+    })
 }
 
 /// One schema document (RFC 7643 §7).
@@ -112,9 +121,7 @@ pub struct Schema {
 impl Schema {
     /// The top-level attribute named `name`, ignoring case.
     pub fn attribute(&self, name: &str) -> Option<&Attribute> {
-        self.attributes
-            .iter()
-            .find(|attr| attr.name.eq_ignore_ascii_case(name))
+        find_named(&self.attributes, name)
     }
 }
 
