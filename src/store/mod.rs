@@ -390,6 +390,8 @@ impl SyncQueue {
     }
 }
 
+/// Most index lookups one `read` may make on the writer's connection (see `read_keys`).
+const WRITER_LOOKUP_KEYS: usize = 16;
 /// Longest an fsync is held back to serve more callers.
 const MAX_SYNC_DELAY: Duration = Duration::from_millis(2);
 /// Jobs between two checkpoints: 400 to 1,100 WAL pages of ordinary writes.
@@ -631,11 +633,24 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        if let Ok(conn) = self.writer.conn.try_lock() {
-            // Between transactions, as always outside `write_queue`; checked all the same, so
-            // that a transaction a failed rollback left open is never read from.
-            if conn.is_autocommit() {
-                return read(&conn);
+        self.read_keys(1, read).await
+    }
+
+    /// `read` for `keys` index lookups in one go (membership checks of a batch): more than
+    /// `WRITER_LOOKUP_KEYS` would hold the writer's connection, and every write, for
+    /// milliseconds (10,000 ids take tens), so those go to the readers only.
+    async fn read_keys<T, F>(&self, keys: usize, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if keys <= WRITER_LOOKUP_KEYS {
+            if let Ok(conn) = self.writer.conn.try_lock() {
+                // Between transactions, as always outside `write_queue`; checked all the same,
+                // so that a transaction a failed rollback left open is never read from.
+                if conn.is_autocommit() {
+                    return read(&conn);
+                }
             }
         }
         for reader in self.readers.iter() {
@@ -786,7 +801,7 @@ impl Store {
         member_ids: Vec<String>,
     ) -> Result<Vec<String>, StoreError> {
         let group_id = group_id.to_string();
-        self.read(move |conn| {
+        self.read_keys(member_ids.len(), move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT 1 FROM members WHERE group_id = ?1 AND member_id = ?2")?;
             let mut present = Vec::new();
@@ -802,7 +817,7 @@ impl Store {
 
     /// Those of `ids` that name no resource of `kind`, in one read.
     pub async fn missing(&self, kind: Kind, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
-        self.read(move |conn| {
+        self.read_keys(ids.len(), move |conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT 1 FROM resources WHERE kind = ?1 AND id = ?2")?;
             let mut missing = Vec::new();
@@ -824,7 +839,7 @@ impl Store {
         excluded: Vec<String>,
     ) -> Result<bool, StoreError> {
         let group_id = group_id.to_string();
-        self.read(move |conn| {
+        self.read_keys(excluded.len() + 1, move |conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1 LIMIT ?2")?;
             let rows = stmt.query_map(params![group_id, excluded.len() as i64 + 1], |row| {

@@ -514,6 +514,33 @@ async fn point_lookups_use_the_writers_connection_when_free_and_never_its_open_t
         assert_eq!(name(found), "Alice");
     }
 
+    // Every reader held: a few ids in one go are checked on the writer's connection, but more
+    // than WRITER_LOOKUP_KEYS would hold it (and every write) too long: they wait for a reader.
+    {
+        let held: Vec<_> = store.readers.iter().map(|r| lock(r)).collect();
+        let few = store.missing(Kind::User, vec!["u1".to_string(), "nope".to_string()]);
+        let few = tokio::time::timeout(Duration::from_secs(10), few)
+            .await
+            .expect("answered without a reader")
+            .expect("missing");
+        assert_eq!(few, vec!["nope".to_string()]);
+        let ids: Vec<String> = (0..=WRITER_LOOKUP_KEYS).map(|i| format!("x{i}")).collect();
+        let mut many = Box::pin(store.missing(Kind::User, ids));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut many)
+                .await
+                .is_err(),
+            "a batch of {} ids was answered on the writer's connection",
+            WRITER_LOOKUP_KEYS + 1
+        );
+        drop(held);
+        let many = tokio::time::timeout(Duration::from_secs(10), many)
+            .await
+            .expect("answered by a reader once free")
+            .expect("missing");
+        assert_eq!(many.len(), WRITER_LOOKUP_KEYS + 1);
+    }
+
     // The writer's connection held: the lookup goes to a reader.
     {
         let _held = lock(&store.writer.conn);
