@@ -987,7 +987,7 @@ pub fn values_at(resource: &Value, path: &PatchPath, schema: &ResourceSchema) ->
             filter, sub_attr, ..
         } => (
             values_of(value)
-                .filter(|element| filter.matches_value(element, &resolved.attr))
+                .filter(|element| filter.matches_value(element, resolved.attr))
                 .collect(),
             sub_attr.as_deref(),
         ),

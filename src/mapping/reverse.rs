@@ -116,7 +116,7 @@ pub fn set_path(
         },
         None => doc,
     };
-    let attr = &resolved.attr;
+    let attr = resolved.attr;
     let (sub_name, filter) = match path {
         PatchPath::Attr(_) => (resolved.sub.as_ref().map(|sub| sub.name.clone()), None),
         PatchPath::ValuePath {

@@ -27,7 +27,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::error::ScimError;
-use super::path::{get_ci, is_present, resolve, sub_attribute, values_of, AttrPath, PatchPath};
+use super::path::{get_ci, is_present, resolve, values_of, AttrPath, PatchPath};
 use super::schema::{AttrType, Attribute, ResourceSchema};
 
 /// Limits on a filter, checked while parsing; exceeding one is 400 `invalidFilter`.
@@ -240,7 +240,7 @@ impl Filter {
             }
             Filter::Compare { path, op, value } => {
                 let target = Target::lookup(scope, path, node);
-                let def = target.leaf_def.as_deref();
+                let def = target.leaf_def;
                 match (op, value) {
                     // `eq null` / `ne null`: RFC 7643 §2.5, null means unassigned.
                     (CompareOp::Eq, Value::Null) => !target.values.iter().any(|v| is_present(v)),
@@ -290,7 +290,7 @@ impl Filter {
                         "{path} is a complex attribute without a \"value\" sub-attribute; name one of its sub-attributes"
                     ));
                 };
-                check_operand(path, &leaf, *op, value)
+                check_operand(path, leaf, *op, value)
             }
             Filter::ValuePath { path, filter } => {
                 let Scope::Resource(schema) = scope else {
@@ -303,7 +303,7 @@ impl Filter {
                         "{path}[...] needs a complex attribute; {path} is not one"
                     ));
                 }
-                filter.validate_in(Scope::Element(&resolved.attr))
+                filter.validate_in(Scope::Element(resolved.attr))
             }
         }
     }
@@ -348,7 +348,7 @@ enum Scope<'s> {
 
 /// The values a path selects in a node, with the definition of the leaf they belong to.
 struct Target<'s, 'v> {
-    leaf_def: Option<Cow<'s, Attribute>>,
+    leaf_def: Option<&'s Attribute>,
     values: Vec<&'v Value>,
 }
 
@@ -358,7 +358,7 @@ impl<'s, 'v> Target<'s, 'v> {
     fn definition(
         scope: Scope<'s>,
         path: &AttrPath,
-    ) -> Result<(Cow<'s, Attribute>, Option<Cow<'s, Attribute>>), String> {
+    ) -> Result<(&'s Attribute, Option<&'s Attribute>), String> {
         match scope {
             Scope::Resource(schema) => {
                 let resolved =
@@ -366,9 +366,9 @@ impl<'s, 'v> Target<'s, 'v> {
                 let leaf = match resolved.sub {
                     Some(sub) => Some(sub),
                     None if resolved.attr.ty == AttrType::Complex => {
-                        sub_attribute(&resolved.attr, "value")
+                        resolved.attr.sub_attribute("value")
                     }
-                    None => Some(resolved.attr.clone()),
+                    None => Some(resolved.attr),
                 };
                 Ok((resolved.attr, leaf))
             }
@@ -382,7 +382,7 @@ impl<'s, 'v> Target<'s, 'v> {
                 let sub = parent
                     .sub_attribute(&path.name)
                     .ok_or_else(|| format!("{} has no sub-attribute {}", parent.name, path.name))?;
-                Ok((Cow::Borrowed(sub), Some(Cow::Borrowed(sub))))
+                Ok((sub, Some(sub)))
             }
         }
     }
@@ -418,7 +418,7 @@ impl<'s, 'v> Target<'s, 'v> {
                         leaf_def: Some(sub),
                     },
                     None if resolved.attr.ty == AttrType::Complex => {
-                        let value_def = sub_attribute(&resolved.attr, "value");
+                        let value_def = resolved.attr.sub_attribute("value");
                         let values = if value_def.is_some() {
                             children(top, "value")
                         } else {
@@ -440,7 +440,7 @@ impl<'s, 'v> Target<'s, 'v> {
                     return empty;
                 };
                 Target {
-                    leaf_def: parent.sub_attribute(&path.name).map(Cow::Borrowed),
+                    leaf_def: parent.sub_attribute(&path.name),
                     values: vec![value],
                 }
             }

@@ -482,7 +482,7 @@ impl<'s> Engine<'s> {
         resolved: &ResolvedAttr<'_>,
         value: Option<&Value>,
     ) -> Result<(), ScimError> {
-        let attr: &Attribute = &resolved.attr;
+        let attr: &Attribute = resolved.attr;
         let label = resolved.canonical_path().to_string();
         match &resolved.sub {
             None => {
@@ -609,7 +609,7 @@ impl<'s> Engine<'s> {
         sub_attr: Option<&str>,
     ) -> Result<(), ScimError> {
         let resolved = self.resolve(path)?;
-        let attr: &Attribute = &resolved.attr;
+        let attr: &Attribute = resolved.attr;
         if attr.ty != AttrType::Complex {
             return Err(ScimError::invalid_path(format!(
                 "{}[...] needs a complex attribute; {} is not one",
@@ -627,8 +627,8 @@ impl<'s> Engine<'s> {
         };
         let full = ResolvedAttr {
             extension: resolved.extension,
-            attr: resolved.attr.clone(),
-            sub: sub.map(|sub| std::borrow::Cow::Owned(sub.clone())),
+            attr: resolved.attr,
+            sub,
         };
         if attr.mutability == Mutability::ReadOnly
             || sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)

@@ -2,7 +2,6 @@
 //! their resolution against a resource schema, and the case-insensitive JSON attribute access
 //! that the filter evaluator and the PATCH engine share.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -269,9 +268,9 @@ pub struct ResolvedAttr<'s> {
     /// attributes, which live at the top level of the resource.
     pub extension: Option<&'s str>,
     /// The top-level attribute's definition.
-    pub attr: Cow<'s, Attribute>,
+    pub attr: &'s Attribute,
     /// The sub-attribute's definition, when the path names one.
-    pub sub: Option<Cow<'s, Attribute>>,
+    pub sub: Option<&'s Attribute>,
 }
 
 impl ResolvedAttr<'_> {
@@ -312,10 +311,7 @@ pub fn resolve<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<Resolv
         }
         Some(urn) => {
             let ext = schema.extension(urn)?;
-            (
-                Some(ext.id.as_str()),
-                Cow::Borrowed(ext.attribute(&path.name)?),
-            )
+            (Some(ext.id.as_str()), ext.attribute(&path.name)?)
         }
         None => match find_core(schema, &path.name) {
             Some(attr) => (None, attr),
@@ -328,13 +324,13 @@ pub fn resolve<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<Resolv
                 if found.next().is_some() {
                     return None;
                 }
-                (Some(first.0), Cow::Borrowed(first.1))
+                (Some(first.0), first.1)
             }
         },
     };
     let sub = match &path.sub {
         None => None,
-        Some(sub) => Some(sub_attribute(&attr, sub)?),
+        Some(sub) => Some(attr.sub_attribute(sub)?),
     };
     Some(ResolvedAttr {
         extension,
@@ -343,19 +339,8 @@ pub fn resolve<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<Resolv
     })
 }
 
-/// The sub-attribute `name` of `attr`, borrowed when `attr` is borrowed.
-pub fn sub_attribute<'s>(attr: &Cow<'s, Attribute>, name: &str) -> Option<Cow<'s, Attribute>> {
-    match attr {
-        Cow::Borrowed(attr) => attr.sub_attribute(name).map(Cow::Borrowed),
-        Cow::Owned(attr) => attr.sub_attribute(name).cloned().map(Cow::Owned),
-    }
-}
-
-fn find_core<'s>(schema: &'s ResourceSchema, name: &str) -> Option<Cow<'s, Attribute>> {
-    match common_attribute(name) {
-        Some(attr) => Some(Cow::Borrowed(attr)),
-        None => schema.core.attribute(name).map(Cow::Borrowed),
-    }
+fn find_core<'s>(schema: &'s ResourceSchema, name: &str) -> Option<&'s Attribute> {
+    common_attribute(name).or_else(|| schema.core.attribute(name))
 }
 
 /// The definition of a common attribute of RFC 7643 §3.1 (`id`, `externalId`, `schemas`,

@@ -314,7 +314,7 @@ pub fn sort(
     schema: &ResourceSchema,
 ) {
     let case_exact = resolve(schema, sort_by)
-        .map(|resolved| resolved.sub.as_ref().unwrap_or(&resolved.attr).case_exact)
+        .map(|resolved| resolved.sub.unwrap_or(resolved.attr).case_exact)
         .unwrap_or(false);
     let key = |resource: &Value| -> Option<Value> {
         let resolved = resolve(schema, sort_by)?;
