@@ -35,6 +35,14 @@ impl Drop for Watchdog {
     }
 }
 
+/// A commit that only writes `resource`.
+fn upsert(resource: StoredResource) -> Commit {
+    Commit {
+        upsert: Some(resource),
+        ..Commit::default()
+    }
+}
+
 fn user(id: &str, name: &str) -> StoredResource {
     StoredResource {
         id: id.to_string(),
@@ -91,12 +99,7 @@ async fn commits_are_durable_indexed_and_names_unique_ignoring_case() {
         .await
         .expect("find")
         .is_empty());
-    let taken = store
-        .commit(Commit {
-            upsert: Some(user("u2", "alice")),
-            ..Commit::default()
-        })
-        .await;
+    let taken = store.commit(upsert(user("u2", "alice"))).await;
     assert!(
         matches!(taken, Err(StoreError::NameTaken { .. })),
         "{taken:?}"
@@ -175,10 +178,7 @@ async fn concurrent_commits_are_grouped_and_all_land() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .commit(Commit {
-                    upsert: Some(user(&format!("u{n}"), &format!("user{n}"))),
-                    ..Commit::default()
-                })
+                .commit(upsert(user(&format!("u{n}"), &format!("user{n}"))))
                 .await
         }));
     }
@@ -241,10 +241,7 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
     );
     // Two users without a POSIX id no longer share an index slot, and a new one sorts last.
     store
-        .commit(Commit {
-            upsert: Some(user("b", "bob")),
-            ..Commit::default()
-        })
+        .commit(upsert(user("b", "bob")))
         .await
         .expect("second user");
     let ids: Vec<String> = store
@@ -495,10 +492,7 @@ async fn point_lookups_use_the_writers_connection_when_free_and_never_its_open_t
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("cache.db")).expect("opens");
     store
-        .commit(Commit {
-            upsert: Some(user("u1", "Alice")),
-            ..Commit::default()
-        })
+        .commit(upsert(user("u1", "Alice")))
         .await
         .expect("commit");
     let name = |found: Option<StoredResource>| found.expect("cached").name;
@@ -560,10 +554,7 @@ async fn point_lookups_use_the_writers_connection_when_free_and_never_its_open_t
 
     // A later commit is seen on whichever connection answers.
     store
-        .commit(Commit {
-            upsert: Some(user("u1", "Alicia")),
-            ..Commit::default()
-        })
+        .commit(upsert(user("u1", "Alicia")))
         .await
         .expect("commit");
     assert_eq!(name(get().await.expect("answered").expect("get")), "Alicia");
