@@ -3,7 +3,10 @@
 //! Starts a throwaway `slapd` with fsync on (as in production) and the release daemon as its own
 //! process, then measures at concurrency 1, 8 and 32: raw LDAP through ldap3 (add, modify, lock,
 //! delete) and the same work through SCIM (POST, PUT, PATCH `active: false`, DELETE), printing
-//! ops/s, p50/p99 latency, the SCIM/raw ratio and the daemon's own CPU per operation. Then it
+//! ops/s, p50/p99 latency, the SCIM/raw ratio and the daemon's own CPU per operation. After the
+//! write phases it times the HTTP exchange alone, and the directory's modify from one ldap3
+//! client that pauses before each (no pause up to 1 ms, and as long as a SCIM update spends
+//! outside the directory at c=1): the directory's own latency grows with its idle time. Then it
 //! onboards BENCH_USERS users (default 100,000), measures cached reads, builds a BENCH_GROUP
 //! member group (default 50,000) and compares one member change there with a 10-member group,
 //! and reports the daemon's memory.
@@ -388,6 +391,83 @@ async fn ldap_pool(slapd: &Slapd, n: usize) -> Vec<ldap3::Ldap> {
     pool
 }
 
+/// Adds the entry the raw phases work on: an inetOrgPerson like the ones the daemon writes.
+async fn add_person(ldap: &mut ldap3::Ldap, dn: &str, name: &str, id: &str) {
+    let mail = format!("{name}@example.com");
+    let attrs = vec![
+        (
+            "objectClass",
+            HashSet::from(["inetOrgPerson", "scimResource"]),
+        ),
+        ("uid", HashSet::from([name])),
+        ("cn", HashSet::from(["Bench User"])),
+        ("sn", HashSet::from([name])),
+        ("givenName", HashSet::from(["Bench"])),
+        ("mail", HashSet::from([mail.as_str()])),
+        ("title", HashSet::from(["Engineer"])),
+        ("scimId", HashSet::from([id])),
+    ];
+    ldap.add(dn, attrs).await.unwrap().success().unwrap();
+}
+
+/// Mean latency of a modify from one ldap3 client that sleeps `pause` before each (`2n` modifies
+/// per pause), for no pause, 0.25, 0.5 and 1 ms, and `extra` (the SCIM update's time outside the
+/// directory) if given.
+async fn paced_modifies(
+    slapd: &Slapd,
+    n: usize,
+    extra: Option<Duration>,
+) -> Vec<(Duration, Duration)> {
+    let mut ldap = ldap_pool(slapd, 1).await.remove(0);
+    let people = slapd.people_dn();
+    let dn = |i: usize| format!("uid=paced-{i},{people}");
+    for i in 0..n {
+        let id = format!("00000000-0000-4000-9000-{i:012}");
+        add_person(&mut ldap, &dn(i), &format!("paced-{i}"), &id).await;
+    }
+    let mut pauses: Vec<Duration> = [0, 250, 500, 1000]
+        .into_iter()
+        .map(Duration::from_micros)
+        .chain(extra)
+        .collect();
+    pauses.sort();
+    // Each pause twice, in rising then falling order, so that the directory's drift over the
+    // minute this takes weighs on every pause alike.
+    // A first pass, not counted, so that no pause meets the directory fresh from the adds.
+    let order: Vec<Option<usize>> = std::iter::once(None)
+        .chain((0..pauses.len()).chain((0..pauses.len()).rev()).map(Some))
+        .collect();
+    let mut totals = vec![Duration::ZERO; pauses.len()];
+    for (pass, &k) in order.iter().enumerate() {
+        let pause = k.map_or(Duration::ZERO, |k| pauses[k]);
+        let title = if pass % 2 == 0 {
+            "Engineer II"
+        } else {
+            "Engineer"
+        };
+        for i in 0..n {
+            if !pause.is_zero() {
+                tokio::task::block_in_place(|| std::thread::sleep(pause));
+            }
+            let started = Instant::now();
+            let mods = vec![Mod::Replace("title", HashSet::from([title]))];
+            ldap.modify(&dn(i), mods).await.unwrap().success().unwrap();
+            if let Some(k) = k {
+                totals[k] += started.elapsed();
+            }
+        }
+    }
+    let results = pauses
+        .into_iter()
+        .zip(totals)
+        .map(|(pause, total)| (pause, total / (2 * n.max(1)) as u32))
+        .collect();
+    for i in 0..n {
+        ldap.delete(&dn(i)).await.unwrap().success().unwrap();
+    }
+    results
+}
+
 fn user_doc(name: &str, title: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
@@ -518,22 +598,8 @@ async fn main() {
                         let name = format!("raw-{c}-{round}-{i}");
                         match op {
                             "add" => {
-                                let mail = format!("{name}@example.com");
                                 let id = format!("00000000-0000-4000-8000-{:012}", round * n + i);
-                                let attrs = vec![
-                                    (
-                                        "objectClass",
-                                        HashSet::from(["inetOrgPerson", "scimResource"]),
-                                    ),
-                                    ("uid", HashSet::from([name.as_str()])),
-                                    ("cn", HashSet::from(["Bench User"])),
-                                    ("sn", HashSet::from([name.as_str()])),
-                                    ("givenName", HashSet::from(["Bench"])),
-                                    ("mail", HashSet::from([mail.as_str()])),
-                                    ("title", HashSet::from(["Engineer"])),
-                                    ("scimId", HashSet::from([id.as_str()])),
-                                ];
-                                ldap.add(&dn, attrs).await.unwrap().success().unwrap();
+                                add_person(&mut ldap, &dn, &name, &id).await;
                             }
                             "modify" => {
                                 let mods =
@@ -726,6 +792,35 @@ async fn main() {
         println!(
             "c=1 ratio with nothing but that exchange added to the raw operation: {}\n",
             ceilings.join(", ")
+        );
+    }
+
+    // The directory alone, one ldap3 client pausing between its modifies. At c=1 the directory
+    // idles between the daemon's operations while the HTTP exchange and the daemon's own steps
+    // run; this shows what such idle time alone does to the directory's own operation.
+    let c1_update = rows
+        .iter()
+        .find(|row| row.concurrency == 1 && row.op.starts_with("update"));
+    let scim_pause = c1_update.map(|row| {
+        row.scim
+            .mean()
+            .saturating_sub(row.scim.directory.unwrap_or_default())
+    });
+    let paced = paced_modifies(&slapd, n, scim_pause).await;
+    println!(
+        "directory alone, one ldap3 client pausing between modifies (pause: mean modify): {}",
+        paced
+            .iter()
+            .map(|(pause, mean)| format!("{} ms: {} ms", ms(*pause), ms(*mean)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let (Some(pause), Some(row)) = (scim_pause, c1_update) {
+        println!(
+            "c=1 update: {} ms per request outside the directory; the directory's modify {} ms inside the daemon, {} ms back to back from ldap3\n",
+            ms(pause),
+            ms(row.scim.directory.unwrap_or_default()),
+            ms(row.raw.mean()),
         );
     }
 
