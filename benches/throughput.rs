@@ -66,6 +66,9 @@ struct Phase {
     directory_ops: Vec<(String, f64)>,
     /// Cache flushes the disk under the working directory completed (when the kernel says).
     disk_flushes: Option<u64>,
+    /// Times the daemon's threads were switched out (they blocked or were preempted), when
+    /// measured: each costs a sleep and a wake-up, which on a virtual machine is dear.
+    daemon_switches: Option<u64>,
 }
 
 /// The block device statistics file of the disk holding the benchmark's files.
@@ -126,10 +129,14 @@ impl Phase {
             directory: None,
             directory_ops: Vec::new(),
             disk_flushes: None,
+            daemon_switches: None,
         }
     }
     fn flushes_per_op(&self) -> f64 {
         self.disk_flushes.unwrap_or(0) as f64 / self.latencies.len().max(1) as f64
+    }
+    fn switches_per_op(&self) -> f64 {
+        self.daemon_switches.unwrap_or(0) as f64 / self.latencies.len().max(1) as f64
     }
     fn cpu_per_op_us(&self) -> Option<f64> {
         self.cpu.map(|cpu| self.per_op_us(cpu))
@@ -158,6 +165,7 @@ where
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = daemon_pid.map(process_cpu);
+    let switches_before = daemon_pid.map(process_switches);
     let client_before = process_cpu(std::process::id());
     let slapd_before = slapd_cpu();
     let flushes_before = disk_flushes();
@@ -189,6 +197,9 @@ where
         (Some(pid), Some(before)) => Some(process_cpu(pid).saturating_sub(before)),
         _ => None,
     };
+    let daemon_switches = daemon_pid
+        .zip(switches_before)
+        .map(|(pid, before)| process_switches(pid).saturating_sub(before));
     Phase {
         latencies,
         wall,
@@ -201,6 +212,7 @@ where
         disk_flushes: flushes_before
             .zip(disk_flushes())
             .map(|(before, after)| after.saturating_sub(before)),
+        daemon_switches,
     }
 }
 
@@ -286,6 +298,23 @@ fn process_cpu(pid: u32) -> Duration {
     // Fields 14 and 15 of stat (utime, stime), counted from the state field as 3.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+/// Context switches of all of a process's threads (voluntary and not), from /proc.
+fn process_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// (VmRSS, VmHWM) of a process in MiB.
@@ -715,10 +744,10 @@ async fn main() {
                 ms(raw.mean()), ms(scim.directory.unwrap_or_default()),
             );
                 println!(
-                "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0}, load generator {:.0} | disk flushes/op: raw {:.2}, SCIM {:.2}",
+                "     CPU us/op: raw phase: slapd {:.0}, load generator {:.0} | SCIM phase: slapd {:.0}, daemon {:.0} ({:.1} thread switches), load generator {:.0} | disk flushes/op: raw {:.2}, SCIM {:.2}",
                 raw.per_op_us(raw.slapd_cpu), raw.per_op_us(raw.client_cpu),
                 scim.per_op_us(scim.slapd_cpu), scim.cpu_per_op_us().unwrap_or(0.0),
-                scim.per_op_us(scim.client_cpu),
+                scim.switches_per_op(), scim.per_op_us(scim.client_cpu),
                 raw.flushes_per_op(), scim.flushes_per_op(),
             );
                 let ops: Vec<String> = scim
@@ -772,12 +801,13 @@ async fn main() {
         .await
     };
     println!(
-        "HTTP exchange alone, c=1 (GET /healthz, same load generator): {:.0}/s p50 {} p99 {} ms (in daemon p50 {}), daemon CPU {:.0} us/op",
+        "HTTP exchange alone, c=1 (GET /healthz, same load generator): {:.0}/s p50 {} p99 {} ms (in daemon p50 {}), daemon CPU {:.0} us/op ({:.1} thread switches)",
         floor.ops_per_sec(),
         ms(floor.percentile(0.5)),
         ms(floor.percentile(0.99)),
         ms(percentile(&floor.in_daemon, 0.5)),
-        floor.cpu_per_op_us().unwrap_or(0.0)
+        floor.cpu_per_op_us().unwrap_or(0.0),
+        floor.switches_per_op()
     );
     let ceilings: Vec<String> = rows
         .iter()
@@ -887,11 +917,12 @@ async fn main() {
         ("GET /Users/{id}", &reads_id),
     ] {
         println!(
-            "reads c=8 {name:<32} {:>7.0}/s p50 {} p99 {} ms, daemon CPU {:.0} us/op",
+            "reads c=8 {name:<32} {:>7.0}/s p50 {} p99 {} ms, daemon CPU {:.0} us/op ({:.1} thread switches)",
             phase.ops_per_sec(),
             ms(phase.percentile(0.5)),
             ms(phase.percentile(0.99)),
-            phase.cpu_per_op_us().unwrap_or(0.0)
+            phase.cpu_per_op_us().unwrap_or(0.0),
+            phase.switches_per_op()
         );
     }
 
@@ -1225,11 +1256,11 @@ async fn main() {
     let _ = restarted.wait();
 
     // The README table.
-    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | directory, mean ms: raw / in daemon | daemon CPU/op |");
+    println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | directory, mean ms: raw / in daemon | daemon CPU/op (thread switches) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {} / {} | {:.0} µs |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {} / {} | {:.0} µs ({:.1}) |",
             row.op,
             row.concurrency,
             row.raw.ops_per_sec(),
@@ -1244,7 +1275,8 @@ async fn main() {
             ms(percentile(&row.scim.in_daemon, 0.5)),
             ms(row.raw.mean()),
             ms(row.scim.directory.unwrap_or_default()),
-            row.scim.cpu_per_op_us().unwrap_or(0.0)
+            row.scim.cpu_per_op_us().unwrap_or(0.0),
+            row.scim.switches_per_op()
         );
     }
     let (_, big_add, big_remove) = &group_results[0];
