@@ -307,12 +307,12 @@ fn process_switches(pid: u32) -> u64 {
     };
     tasks
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|line| line.contains("ctxt_switches:"))
                 .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }
@@ -460,9 +460,9 @@ async fn paced_modifies(
         .chain(extra)
         .collect();
     pauses.sort();
-    // Each pause twice, in rising then falling order, so that the directory's drift over the
+    // An uncounted first pass, so that no pause meets the directory fresh from the adds; then
+    // each pause twice, in rising then falling order, so that the directory's drift over the
     // minute this takes weighs on every pause alike.
-    // A first pass, not counted, so that no pause meets the directory fresh from the adds.
     let order: Vec<Option<usize>> = std::iter::once(None)
         .chain((0..pauses.len()).chain((0..pauses.len()).rev()).map(Some))
         .collect();
