@@ -338,18 +338,22 @@ fn init_tracing(log: &scim2ldap::config::LogConfig) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     if log.format == scim2ldap::config::LogFormat::Json || stderr_is_journal() {
-        builder
-            .json()
+        // json-subscriber writes the same objects as tracing-subscriber's JSON format, but keeps
+        // a span's fields serialized once instead of re-parsing them for every line.
+        json_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
             .init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }
 

@@ -258,16 +258,24 @@ where
     let started = Instant::now();
     let request_id = crate::new_uuid().simple().to_string();
     let route = route::Route::resolve(&state.base_path, &request.path);
+    // The one span of a request: every line logged while it runs carries these fields (the
+    // JSON format shows only the innermost span, so the service adds none of its own). Fields
+    // are set here, not recorded later: the JSON format re-parses a span's fields on each record.
+    let resource_id = match &route {
+        Route::Resource(_, id) => Some(id.as_str()),
+        _ => None,
+    };
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method,
         route = route.template(),
-        token = tracing::field::Empty,
+        resource_id,
     );
     let template = route.template();
     async move {
-        let response = respond(&state, &request, &request_id, route, body).await;
+        let mut token = None;
+        let response = respond(&state, &request, &request_id, route, body, &mut token).await;
         let mut response = response.into_response(&request.headers);
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -280,6 +288,7 @@ where
             elapsed,
         );
         tracing::info!(
+            token = token.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
             duration_us = elapsed.as_micros() as u64,
             "request"
@@ -296,6 +305,7 @@ async fn respond<S, B>(
     request_id: &str,
     route: Route,
     body: S,
+    token: &mut Option<Arc<str>>,
 ) -> reply::Reply
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -339,7 +349,7 @@ where
     if let Some(ip) = peer_ip {
         state.auth_throttle.record_success(ip);
     }
-    tracing::Span::current().record("token", &*token_name);
+    *token = Some(token_name.clone());
     if route == Route::Metrics {
         return metrics_reply(&state.service).await;
     }

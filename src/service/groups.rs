@@ -20,7 +20,6 @@ pub(super) struct Member {
 
 impl Service {
     /// `POST /Groups`.
-    #[tracing::instrument(skip_all)]
     pub(crate) async fn create_group(&self, doc: Value) -> Result<StoredResource, ServiceError> {
         let schema = self.discovery.group_schema();
         let validated = validate_resource(&doc, schema)?;
@@ -94,7 +93,6 @@ impl Service {
     }
 
     /// `PUT /Groups/{id}`: replaces `displayName`, `externalId` and the whole member list.
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn replace_group(
         &self,
         id: &str,
@@ -117,7 +115,6 @@ impl Service {
     /// `PATCH /Groups/{id}`. Requests that touch only `members`, `displayName` and
     /// `externalId` (every shape the IdPs send) never read the member list; those that only add
     /// and remove members are merged with others waiting for the group (see `members.rs`).
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn patch_group(
         self: &std::sync::Arc<Self>,
         id: &str,
@@ -314,7 +311,6 @@ impl Service {
     }
 
     /// `DELETE /Groups/{id}`.
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn delete_group(
         &self,
         id: &str,

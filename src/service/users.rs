@@ -24,7 +24,6 @@ pub(crate) enum NewPassword {
 
 impl Service {
     /// `POST /Users`.
-    #[tracing::instrument(skip_all)]
     pub(crate) async fn create_user(&self, doc: Value) -> Result<StoredResource, ServiceError> {
         let schema = self.discovery.user_schema();
         let mut validated = validate_resource(&doc, schema)?;
@@ -97,7 +96,6 @@ impl Service {
 
     /// `PUT /Users/{id}`: a full replace of the mapped attributes; `active` absent means
     /// unchanged (OneLogin and Okta templates may omit it).
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn replace_user(
         &self,
         id: &str,
@@ -121,7 +119,6 @@ impl Service {
     }
 
     /// `PATCH /Users/{id}`.
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn patch_user(
         &self,
         id: &str,
@@ -210,7 +207,6 @@ impl Service {
 
     /// `DELETE /Users/{id}`: removes the user from its groups in the directory, then deletes
     /// or disables the entry (`users.on_delete`).
-    #[tracing::instrument(skip_all, fields(resource_id = %id))]
     pub(crate) async fn delete_user(
         &self,
         id: &str,

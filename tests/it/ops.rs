@@ -686,6 +686,10 @@ async fn audit_records_name_the_token_and_attributes_and_sighup_rotates_tokens()
         .unwrap();
     assert_eq!(patch["token"], "token-1");
     assert_eq!(patch["attributes"], "title");
+    // Lines logged while a request runs carry the request's span: its id and the resource's.
+    assert_eq!(patch["span"]["name"], "request");
+    assert_eq!(patch["span"]["request_id"], patch["request_id"]);
+    assert_eq!(patch["span"]["resource_id"], id.as_str());
     // No value, password or token anywhere in the log.
     let log = process.lines().join("\n");
     for secret in [
@@ -709,6 +713,8 @@ async fn audit_records_name_the_token_and_attributes_and_sighup_rotates_tokens()
         .collect();
     assert_eq!(request_lines.len(), 2, "{request_lines:?}");
     assert_eq!(request_lines[1]["span"]["route"], "/Users/{id}");
+    assert_eq!(request_lines[1]["span"]["request_id"], patch["request_id"]);
+    assert_eq!(request_lines[1]["token"], "token-1");
     assert_eq!(request_lines[1]["status"], 200);
 
     // Rotation: a config change and SIGHUP, no restart.
