@@ -244,11 +244,13 @@ where
     let new = String::from_utf8_lossy(&log[log_start as usize..]);
     phase.in_daemon = new
         .lines()
-        .filter(|line| line.contains("scim2ldap::http: request status="))
-        .filter_map(|line| line.split("duration_us=").nth(1))
-        .filter_map(|us| us.split_whitespace().next()?.parse().ok())
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "scim2ldap::http" && line["message"] == "request")
+        .filter(|line| line["span"]["route"] != "/metrics")
+        .filter_map(|line| line["duration_us"].as_u64())
         .map(Duration::from_micros)
         .collect();
+    assert_eq!(phase.in_daemon.len(), n, "access lines in the daemon's log");
     phase
 }
 
@@ -375,6 +377,8 @@ async fn start_daemon(slapd: &Slapd, dir: &Path, cache_dir: &Path) -> Daemon {
         "base_path = \"/scim/v2\"\n",
         &format!("base_path = \"/scim/v2\"\n{server_extra}"),
     );
+    // JSON logs, as under systemd (stderr is the journal), whose format is the dearer one.
+    let config = format!("{config}\n[log]\nformat = \"json\"\n");
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.join("daemon.log");
