@@ -257,3 +257,35 @@ fn tokens_are_named_and_operations_keys_are_validated() {
     );
     check_problems(&unreadable, &[], &["no PEM certificate"]);
 }
+
+#[test]
+fn mapping_paths_must_name_attributes_of_the_schema() {
+    // Each of these would map nothing, silently, on every write.
+    let text = GOOD.replace(
+        "[users]\n",
+        "[users]\nposix = true\nhome_directory = \"/home/{usrName}\"\n",
+    ) + r#"
+[users.attributes]
+givenName = "name.givenNme"
+title = ["title", "{name.familyNam} (x)"]
+mail = 'emails[type eq "work"].valu'
+departmentNumber = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:deprtment"
+employeeNumber = "URN:IETF:PARAMS:SCIM:SCHEMAS:EXTENSION:ENTERPRISE:2.0:USER:EMPLOYEENUMBER"
+manager = "dn:urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value"
+mobile = 'phoneNumbers[type eq "mobile"].value'
+[groups.attributes]
+description = "descriptin"
+"#;
+    check_problems(
+        &text,
+        &[],
+        &[
+            "`users.home_directory`: `/home/{usrName}`",
+            "`users.attributes.givenName`: `name.givenNme`: the User schema has no such attribute",
+            "`users.attributes.title`: `{name.familyNam} (x)`",
+            "`users.attributes.mail`",
+            "`users.attributes.departmentNumber`",
+            "`groups.attributes.description`: `descriptin`: the Group schema has no such attribute",
+        ],
+    );
+}

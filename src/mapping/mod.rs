@@ -415,11 +415,13 @@ impl UserMapping {
                 None
             }
         };
+        let schema = builtin_schema(problems, |(user, _)| user);
         let rules = build_rules(
             "users.attributes",
             default_user_rules(flavor),
             raw.attributes,
             &rdn_attribute,
+            schema.as_ref(),
             problems,
         );
         let posix = if raw.posix.unwrap_or(false) {
@@ -433,10 +435,13 @@ impl UserMapping {
             let home = raw
                 .home_directory
                 .unwrap_or_else(|| "/home/{userName}".to_string());
-            let home_directory = match parse_source(&home) {
+            let home_directory = match parse_source(&home).and_then(|source| {
+                check_source(&source, schema.as_ref())?;
+                Ok(source)
+            }) {
                 Ok(source) => Some(source),
                 Err(err) => {
-                    problems.push(format!("`users.home_directory`: {err}"));
+                    problems.push(format!("`users.home_directory`: `{home}`: {err}"));
                     None
                 }
             };
@@ -648,11 +653,13 @@ impl GroupMapping {
         let placeholder_member = raw.placeholder_member.unwrap_or_else(|| {
             format!("cn=placeholder,{}", base_dn.as_deref().unwrap_or_default())
         });
+        let schema = builtin_schema(problems, |(_, group)| group);
         let rules = build_rules(
             "groups.attributes",
             Vec::new(),
             raw.attributes,
             &rdn_attribute,
+            schema.as_ref(),
             problems,
         );
         let gid_number_range = (
@@ -836,12 +843,62 @@ fn default_user_rules(flavor: Flavor) -> Vec<(String, RawSource)> {
     rules
 }
 
+/// One of the compiled-in resource schemas (User, Group), to check the mapping's paths against.
+fn builtin_schema(
+    problems: &mut Problems,
+    pick: impl FnOnce((ResourceSchema, ResourceSchema)) -> ResourceSchema,
+) -> Option<ResourceSchema> {
+    match crate::scim::discovery::resource_schemas() {
+        Ok(schemas) => Some(pick(schemas)),
+        Err(err) => {
+            problems.push(format!("the compiled-in SCIM schemas: {err}"));
+            None
+        }
+    }
+}
+
+/// Checks that every SCIM path `source` reads names an attribute of `schema` (and, after a
+/// value filter, one of its sub-attributes): a misspelt path would otherwise map nothing,
+/// silently, on every write.
+fn check_source(source: &Source, schema: Option<&ResourceSchema>) -> Result<(), String> {
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let paths: Vec<&PatchPath> = match source {
+        Source::Path(path) | Source::DnRef(path) => vec![path],
+        Source::Template(parts) => parts
+            .iter()
+            .filter_map(|part| match part {
+                TemplatePart::Field(path) => Some(path),
+                TemplatePart::Literal(_) => None,
+            })
+            .collect(),
+    };
+    for path in paths {
+        let known = resolve(schema, path.attr_path()).is_some_and(|resolved| match path {
+            PatchPath::ValuePath {
+                sub_attr: Some(sub),
+                ..
+            } => resolved.attr.sub_attribute(sub).is_some(),
+            _ => true,
+        });
+        if !known {
+            return Err(format!(
+                "the {} schema has no such attribute (GET /Schemas lists them)",
+                schema.core.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Merges configured rules over defaults (`""` removes one) and parses every source.
 fn build_rules(
     key: &str,
     defaults: Vec<(String, RawSource)>,
     configured: Option<BTreeMap<String, RawSource>>,
     rdn_attribute: &str,
+    schema: Option<&ResourceSchema>,
     problems: &mut Problems,
 ) -> Vec<AttrRule> {
     let mut merged: Vec<(String, RawSource)> = defaults;
@@ -872,7 +929,10 @@ fn build_rules(
         }
         let mut sources = Vec::new();
         for text in texts {
-            match parse_source(&text) {
+            match parse_source(&text).and_then(|source| {
+                check_source(&source, schema)?;
+                Ok(source)
+            }) {
                 Ok(source) => sources.push(source),
                 Err(err) => problems.push(format!("`{key}.{ldap_attr}`: `{text}`: {err}")),
             }

@@ -48,21 +48,41 @@ fn schema_of(file: &'static str, doc: &Value) -> Result<Schema, DiscoveryError> 
     serde_json::from_value(doc.clone()).map_err(|source| DiscoveryError { file, source })
 }
 
+/// The schema documents of User, Group and the Enterprise User extension.
+fn schema_docs() -> Result<[Value; 3], DiscoveryError> {
+    Ok([
+        parse("user.json", USER_JSON)?,
+        parse("group.json", GROUP_JSON)?,
+        parse("enterprise_user.json", ENTERPRISE_USER_JSON)?,
+    ])
+}
+
+fn resource_schemas_of(
+    [user, group, enterprise]: &[Value; 3],
+) -> Result<(ResourceSchema, ResourceSchema), DiscoveryError> {
+    let user = ResourceSchema {
+        core: schema_of("user.json", user)?,
+        extensions: vec![(schema_of("enterprise_user.json", enterprise)?, false)],
+    };
+    let group = ResourceSchema {
+        core: schema_of("group.json", group)?,
+        extensions: Vec::new(),
+    };
+    Ok((user, group))
+}
+
+/// The User and Group resource schemas, for checks made before a [`Discovery`] exists (the
+/// attribute mapping's SCIM paths, when the configuration is read).
+pub fn resource_schemas() -> Result<(ResourceSchema, ResourceSchema), DiscoveryError> {
+    resource_schemas_of(&schema_docs()?)
+}
+
 impl Discovery {
     /// Loads the documents; `base_path` prefixes every `meta.location`.
     pub fn load(base_path: &str, capabilities: Capabilities) -> Result<Discovery, DiscoveryError> {
-        let user_doc = parse("user.json", USER_JSON)?;
-        let group_doc = parse("group.json", GROUP_JSON)?;
-        let enterprise_doc = parse("enterprise_user.json", ENTERPRISE_USER_JSON)?;
-        let user = ResourceSchema {
-            core: schema_of("user.json", &user_doc)?,
-            extensions: vec![(schema_of("enterprise_user.json", &enterprise_doc)?, false)],
-        };
-        let group = ResourceSchema {
-            core: schema_of("group.json", &group_doc)?,
-            extensions: Vec::new(),
-        };
-        let mut schemas = vec![user_doc, group_doc, enterprise_doc];
+        let docs = schema_docs()?;
+        let (user, group) = resource_schemas_of(&docs)?;
+        let mut schemas = Vec::from(docs);
         if let Value::Array(meta_schemas) = parse("meta_schemas.json", META_SCHEMAS_JSON)? {
             schemas.extend(meta_schemas);
         }
