@@ -20,7 +20,8 @@
 //! phase pair runs that many times and the round with the median ratio is reported, with the
 //! spread), `BENCH_CACHE_DIR` (where the daemon's cache goes, default beside the directory's
 //! files: point it at another disk to measure the usual deployment, where the two do not share
-//! one device's flushes), `BENCH_LEVELS` (the concurrency levels, default `1,8,32`) and
+//! one device's flushes), `BENCH_SLAPD_FSYNC=0` (the directory without fsync, to tell the
+//! disk's part in a figure), `BENCH_LEVELS` (the concurrency levels, default `1,8,32`) and
 //! `BENCH_BIN` (another build of the daemon, to compare two builds on the same harness: run them
 //! in turn, several times each, since single runs on a shared machine vary).
 
@@ -586,8 +587,10 @@ async fn main() {
         Err(_) => vec![1, 8, 32],
     };
 
+    // BENCH_SLAPD_FSYNC=0 runs the directory without syncing its writes: not a production
+    // setting, but it tells the disk's part in a figure from the rest.
     let slapd = Slapd::start(SlapdOptions {
-        fsync: true,
+        fsync: std::env::var("BENCH_SLAPD_FSYNC").map_or(true, |value| value != "0"),
         ..SlapdOptions::default()
     })
     .unwrap();
