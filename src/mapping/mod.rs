@@ -49,6 +49,39 @@ pub struct AttrRule {
     pub ldap_attr: String,
     /// Sources tried in order.
     pub sources: Vec<Source>,
+    /// The resource's top-level members the sources read, lowercased (an extension attribute
+    /// is read from the extension's URN); `None` when not known, as if it read everything.
+    pub reads: Option<Vec<String>>,
+}
+
+impl AttrRule {
+    /// Whether the rule's values can differ between two versions of a resource whose
+    /// top-level members `changed` (lowercased) differ.
+    fn reads_any(&self, changed: &[String]) -> bool {
+        self.reads
+            .as_ref()
+            .is_none_or(|reads| reads.iter().any(|member| changed.contains(member)))
+    }
+}
+
+/// The top-level members (lowercased) in which `old` and `new` differ, present in only one
+/// of them included: all that a change of the resource can change in its projection.
+pub fn changed_members(old: &Value, new: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut changed = Vec::new();
+    for (key, value) in new {
+        if get_ci(old, key) != Some(value) {
+            changed.push(key.to_ascii_lowercase());
+        }
+    }
+    for key in old.keys() {
+        if get_ci(new, key).is_none() {
+            changed.push(key.to_ascii_lowercase());
+        }
+    }
+    changed
 }
 
 /// What `DELETE /Users/{id}` does.
@@ -563,7 +596,32 @@ impl UserMapping {
         schema: &ResourceSchema,
         dns: &HashMap<String, String>,
     ) -> Projection {
-        let ident = ident.into();
+        self.project_rules(ident.into(), resource, schema, dns, None)
+    }
+
+    /// [`project`](Self::project) without the mapping rules that read none of the top-level
+    /// members `changed` (from [`changed_members`]): both sides of an update projected so
+    /// differ exactly where the full projections would, and a change of one attribute maps
+    /// one attribute instead of all of them, twice.
+    pub fn project_changed<'a>(
+        &self,
+        ident: impl Into<Ident<'a>>,
+        resource: &Value,
+        schema: &ResourceSchema,
+        dns: &HashMap<String, String>,
+        changed: &[String],
+    ) -> Projection {
+        self.project_rules(ident.into(), resource, schema, dns, Some(changed))
+    }
+
+    fn project_rules(
+        &self,
+        ident: Ident<'_>,
+        resource: &Value,
+        schema: &ResourceSchema,
+        dns: &HashMap<String, String>,
+        changed: Option<&[String]>,
+    ) -> Projection {
         let id = ident.id;
         let user_name = resource
             .get("userName")
@@ -575,7 +633,7 @@ impl UserMapping {
             .unwrap_or(true);
         let mut attrs = BTreeMap::new();
         attrs.insert("objectClass".to_string(), self.object_classes.clone());
-        apply_rules(&self.rules, resource, schema, dns, &mut attrs);
+        apply_rules(&self.rules, resource, schema, dns, changed, &mut attrs);
         attrs.insert(self.rdn_attribute.clone(), vec![user_name.to_string()]);
         if let Some(id_attr) = &self.id_attribute {
             attrs.insert(id_attr.clone(), vec![id.to_string()]);
@@ -708,7 +766,14 @@ impl GroupMapping {
             .unwrap_or_default();
         let mut attrs = BTreeMap::new();
         attrs.insert("objectClass".to_string(), self.object_classes());
-        apply_rules(&self.rules, resource, schema, &HashMap::new(), &mut attrs);
+        apply_rules(
+            &self.rules,
+            resource,
+            schema,
+            &HashMap::new(),
+            None,
+            &mut attrs,
+        );
         attrs.insert(self.rdn_attribute.clone(), vec![display_name.to_string()]);
         if let Some(id_attr) = &self.id_attribute {
             attrs.insert(id_attr.clone(), vec![id.to_string()]);
@@ -861,8 +926,17 @@ fn builtin_schema(
 /// value filter, one of its sub-attributes): a misspelt path would otherwise map nothing,
 /// silently, on every write.
 fn check_source(source: &Source, schema: Option<&ResourceSchema>) -> Result<(), String> {
+    source_reads(source, schema).map(drop)
+}
+
+/// The top-level members of a resource (lowercased) that `source` reads, after checking its
+/// paths against `schema` as [`check_source`] does; `None` without a schema.
+fn source_reads(
+    source: &Source,
+    schema: Option<&ResourceSchema>,
+) -> Result<Option<Vec<String>>, String> {
     let Some(schema) = schema else {
-        return Ok(());
+        return Ok(None);
     };
     let paths: Vec<&PatchPath> = match source {
         Source::Path(path) | Source::DnRef(path) => vec![path],
@@ -874,22 +948,29 @@ fn check_source(source: &Source, schema: Option<&ResourceSchema>) -> Result<(), 
             })
             .collect(),
     };
+    let mut reads = Vec::new();
     for path in paths {
-        let known = resolve(schema, path.attr_path()).is_some_and(|resolved| match path {
+        let resolved = resolve(schema, path.attr_path()).filter(|resolved| match path {
             PatchPath::ValuePath {
                 sub_attr: Some(sub),
                 ..
             } => resolved.attr.sub_attribute(sub).is_some(),
             _ => true,
         });
-        if !known {
+        let Some(resolved) = resolved else {
             return Err(format!(
                 "the {} schema has no such attribute (GET /Schemas lists them)",
                 schema.core.name
             ));
-        }
+        };
+        reads.push(
+            resolved
+                .extension
+                .unwrap_or(&resolved.attr.name)
+                .to_ascii_lowercase(),
+        );
     }
-    Ok(())
+    Ok(Some(reads))
 }
 
 /// Merges configured rules over defaults (`""` removes one) and parses every source.
@@ -928,16 +1009,31 @@ fn build_rules(
             continue; // "" removes a default mapping.
         }
         let mut sources = Vec::new();
+        let mut reads = Some(Vec::new());
         for text in texts {
             match parse_source(&text).and_then(|source| {
-                check_source(&source, schema)?;
-                Ok(source)
+                let source_reads = source_reads(&source, schema)?;
+                Ok((source, source_reads))
             }) {
-                Ok(source) => sources.push(source),
+                Ok((source, source_reads)) => {
+                    sources.push(source);
+                    reads = reads.zip(source_reads).map(|(mut all, more)| {
+                        for member in more {
+                            if !all.contains(&member) {
+                                all.push(member);
+                            }
+                        }
+                        all
+                    });
+                }
                 Err(err) => problems.push(format!("`{key}.{ldap_attr}`: `{text}`: {err}")),
             }
         }
-        rules.push(AttrRule { ldap_attr, sources });
+        rules.push(AttrRule {
+            ldap_attr,
+            sources,
+            reads,
+        });
     }
     rules
 }
@@ -978,14 +1074,19 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
     Ok(Source::Template(parts))
 }
 
+/// Applies `rules` (only those reading a member in `changed`, when given) to `resource`.
 fn apply_rules(
     rules: &[AttrRule],
     resource: &Value,
     schema: &ResourceSchema,
     dns: &HashMap<String, String>,
+    changed: Option<&[String]>,
     attrs: &mut BTreeMap<String, Vec<String>>,
 ) {
     for rule in rules {
+        if changed.is_some_and(|changed| !rule.reads_any(changed)) {
+            continue;
+        }
         let values = rule
             .sources
             .iter()

@@ -209,3 +209,156 @@ fn ssha_matches_rfc_2307_style_hashes() {
         "{SSHA}lHFzXul4wnzRItssVcTnvXWRjNgBAgMEBQYHCA=="
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// An update projects only the rules that read a changed member: the modify must be the one the
+// full projections give, for any two versions of a user.
+// ---------------------------------------------------------------------------------------------
+
+mod partial_projection {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+    /// The default rules plus a template reading two members, an extension attribute named
+    /// without its URN, and a value filter.
+    fn rich_mapping() -> UserMapping {
+        mapping(Flavor::OpenLdap, |raw| {
+            raw.attributes = Some(
+                [
+                    (
+                        "description",
+                        "{title} at {urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:organization}",
+                    ),
+                    ("employeeNumber", "employeeNumber"),
+                    ("homePhone", r#"phoneNumbers[type eq "home"].value"#),
+                ]
+                .into_iter()
+                .map(|(attr, source)| (attr.to_string(), config::RawSource::One(source.into())))
+                .collect(),
+            );
+        })
+    }
+
+    fn maybe(value: impl Strategy<Value = Value>) -> impl Strategy<Value = Option<Value>> {
+        proptest::option::of(value)
+    }
+
+    fn word() -> impl Strategy<Value = Value> {
+        proptest::sample::select(vec!["a", "b", ""]).prop_map(Value::from)
+    }
+
+    fn multi(types: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        proptest::collection::vec(
+            (proptest::sample::select(types.to_vec()), word(), any::<bool>()).prop_map(
+                |(kind, value, primary)| json!({"type": kind, "value": value, "primary": primary}),
+            ),
+            0..3,
+        )
+        .prop_map(Value::Array)
+    }
+
+    /// A user document with any subset of the mapped members, some keys in other cases.
+    fn user() -> impl Strategy<Value = Value> {
+        (
+            proptest::sample::select(vec!["bjensen", "jsmith"]),
+            maybe(any::<bool>().prop_map(Value::Bool)),
+            maybe(word()),
+            maybe((word(), word()).prop_map(|(g, f)| json!({"givenName": g, "familyName": f}))),
+            maybe(multi(&["work", "home"])),
+            maybe(multi(&["work", "mobile", "home"])),
+            maybe(
+                (maybe(word()), maybe(word()), maybe(word()), maybe(word())).prop_map(
+                    |(department, organization, number, manager)| {
+                        let mut ext = Map::new();
+                        for (key, value) in [
+                            ("department", department),
+                            ("organization", organization),
+                            ("employeeNumber", number),
+                        ] {
+                            if let Some(value) = value {
+                                ext.insert(key.to_string(), value);
+                            }
+                        }
+                        if let Some(manager) = manager {
+                            ext.insert("manager".to_string(), json!({ "value": manager }));
+                        }
+                        Value::Object(ext)
+                    },
+                ),
+            ),
+            maybe(word()),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(name, active, title, names, emails, phones, ext, display, upper)| {
+                    let mut doc = Map::new();
+                    doc.insert("userName".into(), name.into());
+                    let title_key = if upper { "Title" } else { "title" };
+                    for (key, value) in [
+                        ("active", active),
+                        (title_key, title),
+                        ("name", names),
+                        ("emails", emails),
+                        ("phoneNumbers", phones),
+                        (ENT, ext),
+                        ("displayName", display),
+                    ] {
+                        if let Some(value) = value {
+                            doc.insert(key.to_string(), value);
+                        }
+                    }
+                    Value::Object(doc)
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn an_update_maps_what_the_full_projections_differ_in(old in user(), new in user()) {
+            let mapping = rich_mapping();
+            let schema = schema();
+            let dns: HashMap<String, String> = [("a", "uid=a,ou=people,dc=example,dc=com")]
+                .into_iter()
+                .map(|(id, dn)| (id.to_string(), dn.to_string()))
+                .collect();
+            let full_old = mapping.project("id-1", &old, &schema, &dns);
+            let full_new = mapping.project("id-1", &new, &schema, &dns);
+            let changed = changed_members(&old, &new);
+            let part_old = mapping.project_changed("id-1", &old, &schema, &dns, &changed);
+            let part_new = mapping.project_changed("id-1", &new, &schema, &dns, &changed);
+            prop_assert_eq!(&part_old.dn, &full_old.dn);
+            prop_assert_eq!(&part_new.dn, &full_new.dn);
+            prop_assert_eq!(
+                diff(&part_old, &part_new, "uid"),
+                diff(&full_old, &full_new, "uid")
+            );
+        }
+    }
+
+    #[test]
+    fn rules_know_the_members_they_read() {
+        let mapping = rich_mapping();
+        let reads = |attr: &str| {
+            mapping
+                .rules
+                .iter()
+                .find(|rule| rule.ldap_attr == attr)
+                .and_then(|rule| rule.reads.clone())
+                .unwrap_or_else(|| panic!("{attr}: no rule, or its reads unknown"))
+        };
+        let ent = ENT.to_ascii_lowercase();
+        assert_eq!(reads("description"), ["title".to_string(), ent.clone()]);
+        assert_eq!(reads("employeeNumber"), std::slice::from_ref(&ent));
+        assert_eq!(reads("homePhone"), ["phonenumbers"]);
+        assert_eq!(reads("cn"), ["name", "displayname", "username"]);
+        assert_eq!(reads("manager"), [ent]);
+        // A title changed in case only is no change; one removed is.
+        let old = json!({"userName": "x", "title": "a"});
+        assert!(changed_members(&old, &json!({"userName": "x", "Title": "a"})).is_empty());
+        assert_eq!(changed_members(&old, &json!({"userName": "x"})), ["title"]);
+    }
+}

@@ -152,14 +152,16 @@ impl Service {
         }
         let old_dns = self.resolve_refs(&old.doc).await?;
         let new_dns = self.resolve_refs(&new_doc).await?;
-        let old_projection = self
-            .config
-            .users
-            .project(ident(&old), &old.doc, schema, &old_dns);
-        let new_projection = self
-            .config
-            .users
-            .project(ident(&old), &new_doc, schema, &new_dns);
+        // Only the rules reading a member that changed: the rest project the same on both sides.
+        let changed = crate::mapping::changed_members(&old.doc, &new_doc);
+        let old_projection =
+            self.config
+                .users
+                .project_changed(ident(&old), &old.doc, schema, &old_dns, &changed);
+        let new_projection =
+            self.config
+                .users
+                .project_changed(ident(&old), &new_doc, schema, &new_dns, &changed);
         let mut plan = Plan::new();
         let current_dn = old.dn.clone();
         push_rename(&mut plan, &current_dn, &new_projection.dn);
