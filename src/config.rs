@@ -451,8 +451,19 @@ impl Config {
         let auth = validate_auth(raw.auth, secrets, &mut problems);
         let flavor = parse_flavor(raw.ldap.flavor.as_deref(), &mut problems);
         let ldap = validate_ldap(raw.ldap, flavor, secrets, &mut problems);
-        let users = crate::mapping::UserMapping::from_raw(raw.users, flavor, &mut problems);
-        let groups = crate::mapping::GroupMapping::from_raw(raw.groups, &mut problems);
+        // The mapping's SCIM paths are checked against the compiled-in schemas.
+        let schemas = match crate::scim::discovery::resource_schemas() {
+            Ok(schemas) => Some(schemas),
+            Err(err) => {
+                problems.push(format!("the compiled-in SCIM schemas: {err}"));
+                None
+            }
+        };
+        let (user_schema, group_schema) = schemas.as_ref().map(|(u, g)| (u, g)).unzip();
+        let users =
+            crate::mapping::UserMapping::from_raw(raw.users, flavor, user_schema, &mut problems);
+        let groups =
+            crate::mapping::GroupMapping::from_raw(raw.groups, group_schema, &mut problems);
         if let (Some(users), Some(groups)) = (&users, &groups) {
             if groups.class == crate::mapping::GroupClass::PosixGroup && users.posix.is_none() {
                 problems.push(

@@ -371,6 +371,7 @@ impl UserMapping {
     pub(crate) fn from_raw(
         raw: RawUserMapping,
         flavor: Option<Flavor>,
+        schema: Option<&ResourceSchema>,
         problems: &mut Problems,
     ) -> Option<UserMapping> {
         let base_dn = problems.require(
@@ -448,13 +449,12 @@ impl UserMapping {
                 None
             }
         };
-        let schema = builtin_schema(problems, |(user, _)| user);
         let rules = build_rules(
             "users.attributes",
             default_user_rules(flavor),
             raw.attributes,
             &rdn_attribute,
-            schema.as_ref(),
+            schema,
             problems,
         );
         let posix = if raw.posix.unwrap_or(false) {
@@ -469,7 +469,7 @@ impl UserMapping {
                 .home_directory
                 .unwrap_or_else(|| "/home/{userName}".to_string());
             let home_directory = match parse_source(&home).and_then(|source| {
-                check_source(&source, schema.as_ref())?;
+                source_reads(&source, schema)?;
                 Ok(source)
             }) {
                 Ok(source) => Some(source),
@@ -687,7 +687,11 @@ fn lock_values(active: bool, value: &str) -> Vec<String> {
 
 impl GroupMapping {
     /// Validates `[groups]`, recording every problem.
-    pub(crate) fn from_raw(raw: RawGroupMapping, problems: &mut Problems) -> Option<GroupMapping> {
+    pub(crate) fn from_raw(
+        raw: RawGroupMapping,
+        schema: Option<&ResourceSchema>,
+        problems: &mut Problems,
+    ) -> Option<GroupMapping> {
         let base_dn = problems.require(
             "groups.base_dn",
             raw.base_dn.filter(|dn| !dn.trim().is_empty()),
@@ -711,13 +715,12 @@ impl GroupMapping {
         let placeholder_member = raw.placeholder_member.unwrap_or_else(|| {
             format!("cn=placeholder,{}", base_dn.as_deref().unwrap_or_default())
         });
-        let schema = builtin_schema(problems, |(_, group)| group);
         let rules = build_rules(
             "groups.attributes",
             Vec::new(),
             raw.attributes,
             &rdn_attribute,
-            schema.as_ref(),
+            schema,
             problems,
         );
         let gid_number_range = (
@@ -908,29 +911,10 @@ fn default_user_rules(flavor: Flavor) -> Vec<(String, RawSource)> {
     rules
 }
 
-/// One of the compiled-in resource schemas (User, Group), to check the mapping's paths against.
-fn builtin_schema(
-    problems: &mut Problems,
-    pick: impl FnOnce((ResourceSchema, ResourceSchema)) -> ResourceSchema,
-) -> Option<ResourceSchema> {
-    match crate::scim::discovery::resource_schemas() {
-        Ok(schemas) => Some(pick(schemas)),
-        Err(err) => {
-            problems.push(format!("the compiled-in SCIM schemas: {err}"));
-            None
-        }
-    }
-}
-
-/// Checks that every SCIM path `source` reads names an attribute of `schema` (and, after a
-/// value filter, one of its sub-attributes): a misspelt path would otherwise map nothing,
-/// silently, on every write.
-fn check_source(source: &Source, schema: Option<&ResourceSchema>) -> Result<(), String> {
-    source_reads(source, schema).map(drop)
-}
-
-/// The top-level members of a resource (lowercased) that `source` reads, after checking its
-/// paths against `schema` as [`check_source`] does; `None` without a schema.
+/// The top-level members of a resource (lowercased) that `source` reads (an extension's
+/// attributes through its URN); `None` without a schema. Every path must name an attribute of
+/// `schema` (and, after a value filter, one of its sub-attributes): a misspelt one would
+/// otherwise map nothing, silently, on every write.
 fn source_reads(
     source: &Source,
     schema: Option<&ResourceSchema>,

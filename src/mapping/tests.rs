@@ -24,7 +24,8 @@ fn mapping(flavor: Flavor, edit: impl FnOnce(&mut RawUserMapping)) -> UserMappin
     };
     edit(&mut raw);
     let mut problems = Problems::default();
-    let mapping = UserMapping::from_raw(raw, Some(flavor), &mut problems);
+    let (schema, _) = crate::scim::discovery::resource_schemas().expect("schemas load");
+    let mapping = UserMapping::from_raw(raw, Some(flavor), Some(&schema), &mut problems);
     assert!(problems.0.is_empty(), "{:?}", problems.0);
     mapping.expect("mapping")
 }
