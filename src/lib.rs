@@ -37,6 +37,8 @@
 //!   entry point for reconciliation results.
 //! - [`audit`]: one record per directory change on the tracing target `scim2ldap::audit`: who
 //!   (token name), what (resource, operation, attribute names), result; never values.
+//! - [`logjson`]: log lines as JSON objects (the journal's format), written straight into a
+//!   buffer; a span's fields rendered once.
 //! - [`demo`]: a throwaway local OpenLDAP for `scim2ldap demo` and the integration tests.
 //!
 //! # Invariants
@@ -60,6 +62,7 @@ pub mod control;
 pub mod demo;
 pub mod directory;
 pub mod http;
+pub mod logjson;
 pub mod mapping;
 pub mod metrics;
 mod queue;

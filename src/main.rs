@@ -339,14 +339,11 @@ fn init_tracing(log: &scim2ldap::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     if log.format == scim2ldap::config::LogFormat::Json || stderr_is_journal() {
-        // json-subscriber writes the same objects as tracing-subscriber's JSON format, but keeps
-        // a span's fields serialized once instead of re-parsing them for every line.
-        json_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(scim2ldap::logjson::JsonLayer::new(std::io::stderr))
             .init();
     } else {
         tracing_subscriber::fmt()
