@@ -246,7 +246,7 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
         // so that a large member list costs linear time.
         let mut seen = std::collections::HashSet::with_capacity(items.len());
         for item in items {
-            if let Some(item) = coerce_single(item, attr, name)? {
+            if let Some(item) = coerce_single(item, attr, &name)? {
                 // An item whose `value` was empty (a OneLogin parameter rendered as "" beside a
                 // fixed `type`) holds nothing worth keeping:
                 // tests/fixtures/idp/onelogin/03-readme-template.json.
@@ -266,10 +266,16 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
         Value::Array(items) if items.is_empty() => return Ok(None),
         other => other,
     };
-    coerce_single(value, attr, name)
+    coerce_single(value, attr, &name)
 }
 
-fn coerce_single(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Value>, ScimError> {
+/// `name` is the attribute's path for error details (`name.givenName`), formatted only when
+/// there is an error to report.
+fn coerce_single(
+    value: &Value,
+    attr: &Attribute,
+    name: &dyn std::fmt::Display,
+) -> Result<Option<Value>, ScimError> {
     if value.is_null() {
         return Ok(None);
     }
@@ -281,20 +287,23 @@ fn coerce_single(value: &Value, attr: &Attribute, name: &str) -> Result<Option<V
     };
     match attr.ty {
         AttrType::Complex => {
+            let single;
             let object = match value {
-                Value::Object(object) => object.clone(),
+                Value::Object(object) => object,
                 // A bare id where a complex reference belongs (`"manager": "123"`, a member
                 // given as `"value": "id"` by Microsoft's Postman suite).
                 Value::String(text) if attr.sub_attribute("value").is_some() => {
                     if text.is_empty() {
                         return Ok(None);
                     }
-                    std::iter::once(("value".to_string(), Value::String(text.clone()))).collect()
+                    single = std::iter::once(("value".to_string(), Value::String(text.clone())))
+                        .collect::<Map<String, Value>>();
+                    &single
                 }
                 _ => return Err(wrong("an object")),
             };
             let mut out = Map::new();
-            for (key, sub_value) in &object {
+            for (key, sub_value) in object {
                 // OneLogin's enterprise template names the manager's id `managerId`.
                 let key = if key.eq_ignore_ascii_case("managerId")
                     && attr.sub_attribute("value").is_some()
@@ -313,7 +322,7 @@ fn coerce_single(value: &Value, attr: &Attribute, name: &str) -> Result<Option<V
                     continue;
                 }
                 if let Some(sub_value) =
-                    coerce_single(sub_value, sub, &format!("{name}.{}", sub.name))?
+                    coerce_single(sub_value, sub, &format_args!("{name}.{}", sub.name))?
                 {
                     out.insert(sub.name.clone(), sub_value);
                 }
@@ -372,7 +381,7 @@ fn coerce_single(value: &Value, attr: &Attribute, name: &str) -> Result<Option<V
 /// Refuses control characters other than tab, line feed and carriage return (NUL, escape,
 /// backspace...): they end C strings in legacy applications, corrupt LDIF exports and logs, and
 /// no identity provider sends them in a value that means something.
-pub(crate) fn check_characters(text: &str, name: &str) -> Result<(), ScimError> {
+pub(crate) fn check_characters(text: &str, name: impl std::fmt::Display) -> Result<(), ScimError> {
     match text
         .chars()
         .find(|c| (c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r')) || *c == '\u{7f}')

@@ -97,6 +97,17 @@ fn wrong_types_and_unknown_schemas_are_refused() {
         ScimType::InvalidValue,
         "urn:acme:custom",
     );
+    // A sub-attribute's error names its full path.
+    check_refused(
+        json!({"userName": "u", "name": {"givenName": {"first": "g"}}}),
+        ScimType::InvalidValue,
+        "`name.givenName` must be a string, not an object",
+    );
+    check_refused(
+        json!({"userName": "u", "emails": [{"value": "a\u{1b}@example.com"}]}),
+        ScimType::InvalidValue,
+        "`emails.value` must not contain the control character U+001B",
+    );
     assert_eq!(
         validate_resource(&json!([]), &user())
             .expect_err("array")
