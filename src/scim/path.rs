@@ -305,29 +305,7 @@ impl ResolvedAttr<'_> {
 /// attribute found in exactly one extension is accepted too. A URN may name the core schema
 /// or an extension. `None` when the attribute or sub-attribute is unknown.
 pub fn resolve<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<ResolvedAttr<'s>> {
-    let (extension, attr) = match &path.urn {
-        Some(urn) if schema.core.id.eq_ignore_ascii_case(urn) => {
-            (None, find_core(schema, &path.name)?)
-        }
-        Some(urn) => {
-            let ext = schema.extension(urn)?;
-            (Some(ext.id.as_str()), ext.attribute(&path.name)?)
-        }
-        None => match find_core(schema, &path.name) {
-            Some(attr) => (None, attr),
-            None => {
-                let mut found = schema
-                    .extensions
-                    .iter()
-                    .filter_map(|(ext, _)| Some((ext.id.as_str(), ext.attribute(&path.name)?)));
-                let first = found.next()?;
-                if found.next().is_some() {
-                    return None;
-                }
-                (Some(first.0), first.1)
-            }
-        },
-    };
+    let (extension, attr) = resolve_name(schema, path.urn.as_deref(), &path.name)?;
     let sub = match &path.sub {
         None => None,
         Some(sub) => Some(attr.sub_attribute(sub)?),
@@ -337,6 +315,38 @@ pub fn resolve<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<Resolv
         attr,
         sub,
     })
+}
+
+/// The attribute `name` (top level) of schema `urn`, or of the core schema or the one extension
+/// that defines it when `urn` is `None`, with the URN of its extension if it is in one.
+pub fn resolve_name<'s>(
+    schema: &'s ResourceSchema,
+    urn: Option<&str>,
+    name: &str,
+) -> Option<(Option<&'s str>, &'s Attribute)> {
+    match urn {
+        Some(urn) if schema.core.id.eq_ignore_ascii_case(urn) => {
+            Some((None, find_core(schema, name)?))
+        }
+        Some(urn) => {
+            let ext = schema.extension(urn)?;
+            Some((Some(ext.id.as_str()), ext.attribute(name)?))
+        }
+        None => match find_core(schema, name) {
+            Some(attr) => Some((None, attr)),
+            None => {
+                let mut found = schema
+                    .extensions
+                    .iter()
+                    .filter_map(|(ext, _)| Some((ext.id.as_str(), ext.attribute(name)?)));
+                let first = found.next()?;
+                if found.next().is_some() {
+                    return None;
+                }
+                Some((Some(first.0), first.1))
+            }
+        },
+    }
 }
 
 fn find_core<'s>(schema: &'s ResourceSchema, name: &str) -> Option<&'s Attribute> {

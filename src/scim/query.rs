@@ -6,8 +6,8 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::filter::Filter;
-use super::path::{get_ci, resolve, values_of, AttrPath};
-use super::schema::{Mutability, ResourceSchema, Returned};
+use super::path::{get_ci, resolve, resolve_name, values_of, AttrPath};
+use super::schema::{Attribute, Mutability, ResourceSchema, Returned};
 use super::ScimError;
 
 /// URN of the `SearchRequest` message.
@@ -168,6 +168,53 @@ fn parse_integer(name: &str, value: &Value) -> Result<i64, ScimError> {
 /// and sub-attributes); with `excludedAttributes`, all but those; attributes returned `always`
 /// stay, and those returned `never` (password) are always dropped.
 pub fn project(
+    resource: Value,
+    schema: &ResourceSchema,
+    attributes: &[AttrPath],
+    excluded: &[AttrPath],
+) -> Value {
+    if attributes.is_empty() && excluded.is_empty() {
+        project_default(resource, schema)
+    } else {
+        project_listed(resource, schema, attributes, excluded)
+    }
+}
+
+/// `project` without `attributes` or `excludedAttributes`, as nearly every reply is: all but
+/// what is returned `never` or on `request` and what is write-only, decided per member in
+/// place (the general case builds a path per member and a new object).
+fn project_default(resource: Value, schema: &ResourceSchema) -> Value {
+    let Value::Object(mut object) = resource else {
+        return resource;
+    };
+    object.retain(|key, value| {
+        if let Some(extension) = schema.extension(key) {
+            let Value::Object(members) = value else {
+                return false;
+            };
+            members.retain(|name, _| {
+                returned_by_default(resolve_name(schema, Some(&extension.id), name), name)
+            });
+            return !members.is_empty();
+        }
+        returned_by_default(resolve_name(schema, None, key), key)
+    });
+    Value::Object(object)
+}
+
+/// Whether an attribute (`None`: one the schema does not define) is in a reply that names no
+/// attributes; the rules of `project_attr` with both lists empty.
+fn returned_by_default(attr: Option<(Option<&str>, &Attribute)>, name: &str) -> bool {
+    let Some((_, attr)) = attr else {
+        return true;
+    };
+    if attr.returned == Returned::Never || attr.mutability == Mutability::WriteOnly {
+        return false;
+    }
+    attr.returned != Returned::Request || name.eq_ignore_ascii_case("schemas")
+}
+
+fn project_listed(
     resource: Value,
     schema: &ResourceSchema,
     attributes: &[AttrPath],

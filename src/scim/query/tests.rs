@@ -70,3 +70,51 @@ fn sort_is_stable_and_puts_missing_values_last() {
         .collect();
     assert_eq!(names, ["A", "a2", "b", "-"]);
 }
+
+#[test]
+fn a_reply_naming_no_attributes_keeps_what_the_general_projection_keeps() {
+    let attr = |name: &str, returned: &str, mutability: &str| json!({"name": name, "type": "string", "returned": returned, "mutability": mutability});
+    let core: crate::scim::schema::Schema = serde_json::from_value(json!({
+        "id": "urn:example:core", "name": "Core", "attributes": [
+            attr("always", "always", "readOnly"), attr("never", "never", "readWrite"),
+            attr("byDefault", "default", "readWrite"), attr("onRequest", "request", "readWrite"),
+            attr("secret", "default", "writeOnly"), attr("Shared", "default", "readWrite"),
+        ]
+    }))
+    .unwrap();
+    let extension: crate::scim::schema::Schema = serde_json::from_value(json!({
+        "id": "urn:example:ext", "name": "Ext", "attributes": [
+            attr("extDefault", "default", "readWrite"), attr("extNever", "never", "readWrite"),
+            attr("extOnly", "default", "readWrite"), attr("shared", "default", "readWrite"),
+        ]
+    }))
+    .unwrap();
+    let schema = ResourceSchema {
+        core,
+        extensions: vec![(extension, false)],
+    };
+    let full = json!({"schemas": ["urn:example:core"], "id": "1", "meta": {"version": "W/\"1\""},
+           "always": "a", "never": "n", "BYDEFAULT": "d", "onRequest": "r", "secret": "s",
+           "shared": "c", "unknown": "u", "extOnly": "top level",
+           "URN:EXAMPLE:EXT": {"extDefault": "e", "extNever": "n", "other": "o"}});
+    let docs = [
+        full.clone(),
+        json!({"urn:example:ext": {"extNever": "only hidden members"}, "never": "n"}),
+        json!({"urn:example:ext": "not an object", "byDefault": ["x"]}),
+        json!(["not", "an", "object"]),
+    ];
+    for doc in docs {
+        assert_eq!(
+            project(doc.clone(), &schema, &[], &[]),
+            project_listed(doc.clone(), &schema, &[], &[]),
+            "{doc}"
+        );
+    }
+    let kept = project(full, &schema, &[], &[]);
+    assert_eq!(
+        kept,
+        json!({"schemas": ["urn:example:core"], "id": "1", "meta": {"version": "W/\"1\""},
+               "always": "a", "BYDEFAULT": "d", "shared": "c", "unknown": "u",
+               "extOnly": "top level", "URN:EXAMPLE:EXT": {"extDefault": "e", "other": "o"}})
+    );
+}
