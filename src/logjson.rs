@@ -208,22 +208,21 @@ struct Escaper<'a>(&'a mut String);
 
 impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        let bytes = text.as_bytes();
         let mut start = 0;
-        for (at, byte) in text.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
+        // Runs of plain bytes are copied whole; most values have no byte to escape at all.
+        while let Some(offset) = bytes[start..].iter().position(|&byte| needs_escape(byte)) {
+            let at = start + offset;
             self.0.push_str(&text[start..at]);
-            if escape.is_empty() {
-                let _ = write!(self.0, "\\u{byte:04x}");
-            } else {
-                self.0.push_str(escape);
+            match bytes[at] {
+                b'"' => self.0.push_str("\\\""),
+                b'\\' => self.0.push_str("\\\\"),
+                b'\n' => self.0.push_str("\\n"),
+                b'\r' => self.0.push_str("\\r"),
+                b'\t' => self.0.push_str("\\t"),
+                control => {
+                    let _ = write!(self.0, "\\u{control:04x}");
+                }
             }
             start = at + 1;
         }
@@ -232,20 +231,34 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC, microseconds (RFC 3339).
-fn write_timestamp(out: &mut String) {
-    let now = time::OffsetDateTime::now_utc();
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
-    );
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC, microseconds (RFC 3339). Digits are written by hand:
+/// seven padded numbers through `format!` cost more than the rest of a line's fixed part.
+fn write_timestamp(out: &mut String, now: time::OffsetDateTime) {
+    // A clock before year 0 or after 9999 is not one to keep a log by; clamped to four digits.
+    let year = now.year().clamp(0, 9999) as u32;
+    let parts: [(u32, usize, char); 7] = [
+        (year, 4, '-'),
+        (u32::from(u8::from(now.month())), 2, '-'),
+        (u32::from(now.day()), 2, 'T'),
+        (u32::from(now.hour()), 2, ':'),
+        (u32::from(now.minute()), 2, ':'),
+        (u32::from(now.second()), 2, '.'),
+        (now.microsecond(), 6, 'Z'),
+    ];
+    for (value, width, separator) in parts {
+        let mut digits = [b'0'; 6];
+        let mut rest = value;
+        for slot in digits[..width].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.extend(digits[..width].iter().map(|&digit| char::from(digit)));
+        out.push(separator);
+    }
 }
 
 thread_local! {
@@ -283,7 +296,7 @@ where
             line.clear();
             let metadata = event.metadata();
             line.push_str("{\"timestamp\":\"");
-            write_timestamp(line);
+            write_timestamp(line, time::OffsetDateTime::now_utc());
             line.push_str("\",\"level\":\"");
             line.push_str(metadata.level().as_str());
             line.push('"');

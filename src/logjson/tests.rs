@@ -124,6 +124,21 @@ fn fields_recorded_into_a_span_later_replace_or_join_its_own() {
 }
 
 #[test]
+fn timestamps_are_rfc3339_in_utc_with_microseconds() {
+    for text in [
+        "2026-01-02T03:04:05.000006Z",
+        "1999-12-31T23:59:59.999999Z",
+        "0042-10-09T00:00:00.000000Z",
+    ] {
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let mut out = String::new();
+        write_timestamp(&mut out, at);
+        assert_eq!(out, text);
+    }
+}
+
+#[test]
 fn every_control_character_is_escaped() {
     let text: String = (0u8..0x20)
         .map(char::from)
