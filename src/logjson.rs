@@ -124,6 +124,13 @@ impl EventVisitor<'_> {
         self.line.push(':');
         true
     }
+
+    /// An integer, which JSON writes as its decimal digits.
+    fn number(&mut self, field: &Field, value: impl fmt::Display) {
+        if self.key(field) {
+            let _ = write!(self.line, "{value}");
+        }
+    }
 }
 
 impl Visit for EventVisitor<'_> {
@@ -142,27 +149,19 @@ impl Visit for EventVisitor<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.key(field) {
-            let _ = write!(self.line, "{value}");
-        }
+        self.number(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.key(field) {
-            let _ = write!(self.line, "{value}");
-        }
+        self.number(field, value);
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        if self.key(field) {
-            let _ = write!(self.line, "{value}");
-        }
+        self.number(field, value);
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        if self.key(field) {
-            let _ = write!(self.line, "{value}");
-        }
+        self.number(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
