@@ -530,6 +530,16 @@ fn add(id: &str) -> Value {
 }
 
 /// Sends `signal` (STOP, CONT) to the test's slapd.
+/// Gives directory operations a timeout far beyond the test's own waits: the tests that stop
+/// the directory hold one operation in it while others queue, and on a loaded machine queueing
+/// them can take longer than the usual five seconds, after which the held operation would fail
+/// (or be retried) before the test lets it go.
+fn patient_directory(text: &mut String) {
+    let before = text.clone();
+    *text = text.replace("timeout = \"5s\"", "timeout = \"300s\"");
+    assert_ne!(*text, before, "the test config sets the directory timeout");
+}
+
 fn signal_slapd(server: &TestServer, signal: &str) {
     let pid = server.slapd.pid().expect("slapd runs");
     let status = std::process::Command::new("kill")
@@ -545,7 +555,7 @@ fn signal_slapd(server: &TestServer, signal: &str) {
 /// member fails alone, and an add then a remove of one user leave it out.
 #[tokio::test(flavor = "multi_thread")]
 async fn member_changes_waiting_for_a_group_are_applied_together() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(patient_directory).await;
     let (ids, gid) = crowd(&server, "crowd", 18, "Crowd", false).await;
 
     // The first change holds the group while the directory is stopped; the rest wait for it.
@@ -614,7 +624,7 @@ async fn member_changes_waiting_for_a_group_are_applied_together() {
 /// behind it fail with 503 and none of them is committed, in the directory or the cache.
 #[tokio::test(flavor = "multi_thread")]
 async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_nothing() {
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start_with(patient_directory).await;
     let (ids, gid) = crowd(&server, "fragile", 6, "Fragile", false).await;
 
     signal_slapd(&server, "STOP");
@@ -669,7 +679,8 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
     })
     .expect("slapd starts");
     let server = TestServer::start_on(slapd, |text| {
-        *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n")
+        *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n");
+        patient_directory(text);
     })
     .await;
     let (ids, _) = crowd(&server, "leaver", 9, "Leavers", true).await;
