@@ -34,7 +34,8 @@ impl<W> JsonLayer<W> {
     }
 }
 
-/// A span's fields, each rendered as JSON, and the span object's members ready to copy.
+/// A span's fields, each rendered as the line writes it (`,"key":value`), and the span
+/// object's members ready to copy.
 struct SpanFields {
     fields: Vec<(&'static str, String)>,
     /// `"name":"...","field":value,...` (without the braces).
@@ -46,62 +47,62 @@ impl SpanFields {
         self.rendered.clear();
         self.rendered.push_str("\"name\":");
         escape_into(&mut self.rendered, name);
-        for (key, value) in &self.fields {
-            self.rendered.push(',');
-            escape_into(&mut self.rendered, key);
-            self.rendered.push(':');
-            self.rendered.push_str(value);
-        }
-    }
-
-    fn set(&mut self, key: &'static str, value: String) {
-        match self.fields.iter_mut().find(|(known, _)| *known == key) {
-            Some(slot) => slot.1 = value,
-            None => self.fields.push((key, value)),
+        for (_, member) in &self.fields {
+            self.rendered.push_str(member);
         }
     }
 }
 
-/// Collects a span's fields, each value rendered alone.
+/// Collects a span's fields: each is rendered alone by an [`EventVisitor`], so that values
+/// look the same in a span as in a line, and a field recorded again replaces its value.
 struct SpanVisitor<'a>(&'a mut SpanFields);
+
+impl SpanVisitor<'_> {
+    fn set(&mut self, field: &Field, record: impl FnOnce(&mut EventVisitor<'_>)) {
+        let mut member = String::new();
+        record(&mut EventVisitor {
+            line: &mut member,
+            log_target: None,
+        });
+        let fields = &mut self.0.fields;
+        match fields.iter_mut().find(|(known, _)| *known == field.name()) {
+            Some(slot) => slot.1 = member,
+            None => fields.push((field.name(), member)),
+        }
+    }
+}
 
 impl Visit for SpanVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut text = String::new();
-        write_debug(&mut text, value);
-        self.0.set(field.name(), text);
+        self.set(field, |line| line.record_debug(field, value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        let mut text = String::with_capacity(value.len() + 2);
-        escape_into(&mut text, value);
-        self.0.set(field.name(), text);
+        self.set(field, |line| line.record_str(field, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.set(field.name(), value.to_string());
+        self.set(field, |line| line.record_i64(field, value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.set(field.name(), value.to_string());
+        self.set(field, |line| line.record_u64(field, value));
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.0.set(field.name(), value.to_string());
+        self.set(field, |line| line.record_i128(field, value));
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.0.set(field.name(), value.to_string());
+        self.set(field, |line| line.record_u128(field, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.set(field.name(), value.to_string());
+        self.set(field, |line| line.record_bool(field, value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        let mut text = String::new();
-        write_f64(&mut text, value);
-        self.0.set(field.name(), text);
+        self.set(field, |line| line.record_f64(field, value));
     }
 }
 

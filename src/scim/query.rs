@@ -208,10 +208,15 @@ fn returned_by_default(attr: Option<(Option<&str>, &Attribute)>, name: &str) -> 
     let Some((_, attr)) = attr else {
         return true;
     };
-    if attr.returned == Returned::Never || attr.mutability == Mutability::WriteOnly {
+    if never_returned(attr) {
         return false;
     }
     attr.returned != Returned::Request || name.eq_ignore_ascii_case("schemas")
+}
+
+/// An attribute no reply carries: returned `never`, or write-only (a password).
+fn never_returned(attr: &Attribute) -> bool {
+    attr.returned == Returned::Never || attr.mutability == Mutability::WriteOnly
 }
 
 fn project_listed(
@@ -280,10 +285,9 @@ fn project_attr(
         .map(|resolved| resolved.attr.returned)
         .unwrap_or_default();
     let always = returned == Returned::Always || path.name.eq_ignore_ascii_case("schemas");
-    if returned == Returned::Never
-        || resolved
-            .as_ref()
-            .is_some_and(|resolved| resolved.attr.mutability == Mutability::WriteOnly)
+    if resolved
+        .as_ref()
+        .is_some_and(|resolved| never_returned(resolved.attr))
     {
         return None;
     }

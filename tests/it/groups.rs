@@ -529,7 +529,6 @@ fn add(id: &str) -> Value {
     json!([{"op": "add", "path": "members", "value": [{"value": id}]}])
 }
 
-/// Sends `signal` (STOP, CONT) to the test's slapd.
 /// Gives directory operations a timeout far beyond the test's own waits: the tests that stop
 /// the directory hold one operation in it while others queue, and on a loaded machine queueing
 /// them can take longer than the usual five seconds, after which the held operation would fail
@@ -540,6 +539,7 @@ fn patient_directory(text: &mut String) {
     assert_ne!(*text, before, "the test config sets the directory timeout");
 }
 
+/// Sends `signal` (STOP, CONT) to the test's slapd.
 fn signal_slapd(server: &TestServer, signal: &str) {
     let pid = server.slapd.pid().expect("slapd runs");
     let status = std::process::Command::new("kill")
