@@ -904,18 +904,36 @@ impl<'a> Parser<'a> {
             if path.sub.is_some() {
                 return Err(self.at(start, &format!("{path} has a sub-attribute before '['")));
             }
-            let filter = self.bracketed()?;
+            let mut filter = self.bracketed()?;
             if self.peek() == Some('.') {
-                return Err(self.at(
-                    self.pos,
-                    "a sub-attribute after ']' is only allowed in a PATCH path, not in a filter",
-                ));
+                // `emails[type eq "work"].value eq "x"`: RFC 7644's filter grammar has no
+                // sub-attribute after a value filter, but Entra ID sends this form when a typed
+                // email is its matching attribute. It means `emails[type eq "work" and value eq
+                // "x"]`: one value meets both conditions.
+                self.pos += 1;
+                let sub_at = self.pos;
+                let word = self.path_word();
+                let sub = AttrPath::parse_detail(word)
+                    .ok()
+                    .filter(|sub| sub.urn.is_none() && sub.sub.is_none())
+                    .ok_or_else(|| {
+                        self.at(
+                            sub_at,
+                            &format!("expected a sub-attribute name of {path} after '].'"),
+                        )
+                    })?;
+                filter = Filter::And(vec![filter, self.comparison(sub)?]);
             }
             return Ok(Filter::ValuePath {
                 path,
                 filter: Box::new(filter),
             });
         }
+        self.comparison(path)
+    }
+
+    /// What follows an attribute path in a filter: `pr`, or an operator and a value.
+    fn comparison(&mut self, path: AttrPath) -> Result<Filter, String> {
         self.skip_ws();
         let op_at = self.pos;
         let op_word = self.path_word();

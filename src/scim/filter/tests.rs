@@ -212,6 +212,23 @@ fn rfc7644_section_3_4_2_2_examples() {
         Ok(r#"emails[type eq "work" and value co "@example.com"]"#),
         &[true, false, false],
     );
+    // Entra ID's matching on a typed email: a sub-attribute after the value filter means one
+    // value meeting both conditions (babs@jensen.org is bjensen's, but her home address).
+    check(
+        r#"emails[type eq "work"].value eq "bjensen@example.com""#,
+        Ok(r#"emails[type eq "work" and value eq "bjensen@example.com"]"#),
+        &[true, false, false],
+    );
+    check(
+        r#"emails[type eq "work"].value eq "babs@jensen.org""#,
+        Ok(r#"emails[type eq "work" and value eq "babs@jensen.org"]"#),
+        &[false, false, false],
+    );
+    check(
+        r#"emails[type eq "home"].value pr"#,
+        Ok(r#"emails[type eq "home" and value pr]"#),
+        &[true, false, true],
+    );
 }
 
 #[test]
@@ -496,10 +513,16 @@ fn errors_say_what_and_where() {
         &[],
     );
     check(
-        "emails[type pr].value eq \"x\"",
-        Err("only allowed in a PATCH path"),
+        "emails[type pr].",
+        Err("expected a sub-attribute name"),
         &[],
     );
+    check(
+        "emails[type pr].value.x pr",
+        Err("expected a sub-attribute name"),
+        &[],
+    );
+    check("emails[type pr].value", Err("expected an operator"), &[]);
     check(
         "emails.value[type pr]",
         Err("has a sub-attribute before '['"),
