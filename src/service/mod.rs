@@ -84,10 +84,20 @@ impl From<ServiceError> for ScimError {
                 tracing::warn!(error = %dir_err, "directory unavailable");
                 ScimError::unavailable(RETRY_AFTER_SECS)
             }
-            ServiceError::Directory(DirectoryError::ConstraintViolation(text)) => {
+            // One result code (19) for the unique overlay's refusal and for other constraints:
+            // a password policy's quality checks, a single-valued attribute given two values.
+            ServiceError::Directory(DirectoryError::ConstraintViolation(text))
+                if text.to_ascii_lowercase().contains("unique") =>
+            {
                 tracing::info!(error = %text, "directory constraint violation");
                 ScimError::uniqueness(
                     "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry",
+                )
+            }
+            ServiceError::Directory(DirectoryError::ConstraintViolation(text)) => {
+                tracing::warn!(error = %text, "directory constraint violation");
+                ScimError::invalid_value(
+                    "the directory refused a value under one of its constraints, such as its password policy (the server log has the directory's reason)",
                 )
             }
             ServiceError::Directory(DirectoryError::AlreadyExists(text)) => {
@@ -583,4 +593,39 @@ pub(crate) fn now() -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::error::ScimType;
+
+    fn answer(text: &str) -> ScimError {
+        ScimError::from(ServiceError::Directory(
+            DirectoryError::ConstraintViolation(text.to_string()),
+        ))
+    }
+
+    #[test]
+    fn a_constraint_violation_is_a_conflict_only_when_the_directory_says_not_unique() {
+        // slapo-unique's text.
+        let taken = answer("some attributes not unique");
+        assert_eq!(
+            (taken.status, taken.scim_type),
+            (409, Some(ScimType::Uniqueness))
+        );
+        // ppolicy's quality check and a second value of a single-valued attribute: the
+        // request's values are at fault, not another entry.
+        for text in [
+            "Password fails quality checking policy",
+            "attribute 'displayName' cannot have multiple values",
+        ] {
+            let refused = answer(text);
+            assert_eq!(
+                (refused.status, refused.scim_type),
+                (400, Some(ScimType::InvalidValue)),
+                "{text}"
+            );
+        }
+    }
 }

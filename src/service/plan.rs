@@ -265,6 +265,9 @@ fn lose_reply() -> bool {
 pub(crate) struct ApplyTrace {
     /// An add found its entry and took it over.
     pub adopted: bool,
+    /// At least one directory write of the plan succeeded: a later failure leaves the entry
+    /// partly changed.
+    pub wrote: bool,
 }
 
 impl Service {
@@ -395,9 +398,12 @@ impl Service {
                 };
                 crate::audit::record(&plan.audit_change(), Some(class));
                 // The IdP is told nothing changed, and the cache still holds the previous state.
-                // A transient failure may hide an applied or partly applied plan: the entry is
-                // put back to the cached state once the directory answers (reconcile/suspects).
-                if err.is_transient() {
+                // A transient failure may hide an applied or partly applied plan, and a refusal
+                // after an earlier write of the plan succeeded (a rename, then a modify the
+                // schema refuses; an add, then a password the policy refuses) leaves the entry
+                // half changed: either way the entry is put back to the cached state once the
+                // directory answers (reconcile/suspects).
+                if err.is_transient() || trace.wrote {
                     self.note_suspect(&plan, &trace).await;
                 }
                 self.drop_intent(seq).await;
@@ -460,7 +466,7 @@ impl Service {
         tracing::info!(
             resource_type = kind.as_str(),
             resource_id = %suspect.id,
-            "write failed with the directory unavailable; its entry is checked when the directory answers"
+            "write failed with the directory unavailable or after part of it landed; its entry is checked when the directory answers"
         );
         self.suspects.insert(suspect);
     }
@@ -491,97 +497,112 @@ async fn apply_ops(
 ) -> Result<Option<String>, DirectoryError> {
     let mut entry_uuid = None;
     for op in ops {
-        match op {
-            DirOp::Add { dn, attrs, adopt } => {
-                match directory.add_returning(dn, attrs, id_attr).await {
-                    Ok(id) => entry_uuid = id,
-                    Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
-                        trace.adopted = true;
-                        tracing::info!("entry exists; adopting it");
-                        tracing::trace!(dn = %dn, "adopted entry");
-                        let mods: Vec<Mod> = attrs
-                            .iter()
-                            .map(|(attr, values)| {
-                                if attr.eq_ignore_ascii_case("objectClass") {
-                                    Mod::Add(attr.clone(), Vec::new())
-                                } else {
-                                    Mod::Replace(attr.clone(), values.clone())
-                                }
-                            })
-                            .filter(|m| !matches!(m, Mod::Add(_, values) if values.is_empty()))
-                            .collect();
-                        let classes: Vec<String> = attrs
-                            .iter()
-                            .filter(|(attr, _)| attr.eq_ignore_ascii_case("objectClass"))
-                            .flat_map(|(_, values)| values.clone())
-                            .collect();
-                        add_missing_classes(directory, dn, &classes).await?;
-                        directory.modify(dn, &mods).await?;
-                        entry_uuid = directory
-                            .read(dn, &[id_attr])
-                            .await?
-                            .and_then(|entry| entry.first(id_attr).map(str::to_string));
-                    }
-                    Err(err) => return Err(err),
+        apply_op(directory, op, id_attr, replay, trace, &mut entry_uuid).await?;
+        trace.wrote = true;
+    }
+    Ok(entry_uuid)
+}
+
+/// Applies one operation of `apply_ops`; an add sets `entry_uuid`.
+async fn apply_op(
+    directory: &Directory,
+    op: &DirOp,
+    id_attr: &str,
+    replay: bool,
+    trace: &mut ApplyTrace,
+    entry_uuid: &mut Option<String>,
+) -> Result<(), DirectoryError> {
+    match op {
+        DirOp::Add { dn, attrs, adopt } => {
+            match directory.add_returning(dn, attrs, id_attr).await {
+                Ok(id) => *entry_uuid = id,
+                Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
+                    trace.adopted = true;
+                    tracing::info!("entry exists; adopting it");
+                    tracing::trace!(dn = %dn, "adopted entry");
+                    let mods: Vec<Mod> = attrs
+                        .iter()
+                        .map(|(attr, values)| {
+                            if attr.eq_ignore_ascii_case("objectClass") {
+                                Mod::Add(attr.clone(), Vec::new())
+                            } else {
+                                Mod::Replace(attr.clone(), values.clone())
+                            }
+                        })
+                        .filter(|m| !matches!(m, Mod::Add(_, values) if values.is_empty()))
+                        .collect();
+                    let classes: Vec<String> = attrs
+                        .iter()
+                        .filter(|(attr, _)| attr.eq_ignore_ascii_case("objectClass"))
+                        .flat_map(|(_, values)| values.clone())
+                        .collect();
+                    add_missing_classes(directory, dn, &classes).await?;
+                    directory.modify(dn, &mods).await?;
+                    trace.wrote = true;
+                    *entry_uuid = directory
+                        .read(dn, &[id_attr])
+                        .await?
+                        .and_then(|entry| entry.first(id_attr).map(str::to_string));
                 }
-            }
-            DirOp::Modify {
-                dn,
-                replace,
-                add_classes,
-            } => {
-                add_missing_classes(directory, dn, add_classes).await?;
-                let mods: Vec<Mod> = replace
-                    .iter()
-                    .map(|(attr, values)| Mod::Replace(attr.clone(), values.clone()))
-                    .collect();
-                directory.modify(dn, &mods).await?;
-            }
-            DirOp::Rename {
-                dn,
-                new_rdn,
-                new_parent,
-                new_dn,
-            } => match directory.rename(dn, new_rdn, new_parent.as_deref()).await {
-                Ok(()) => {}
-                Err(DirectoryError::NoSuchObject(_))
-                    if directory.read(new_dn, &["1.1"]).await?.is_some() => {}
                 Err(err) => return Err(err),
-            },
-            DirOp::Delete { dn } => directory.delete(dn).await?,
-            DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
-            DirOp::DeleteValue { dn, attr, value } => {
-                directory.delete_value(dn, attr, value).await?
             }
-            DirOp::AddValues { dn, attr, values } => {
-                match directory
-                    .modify(dn, &[Mod::Add(attr.clone(), values.clone())])
-                    .await
-                {
-                    Err(DirectoryError::ValueExists(_)) => {
-                        for value in values {
-                            directory.add_value(dn, attr, value).await?;
-                        }
+        }
+        DirOp::Modify {
+            dn,
+            replace,
+            add_classes,
+        } => {
+            add_missing_classes(directory, dn, add_classes).await?;
+            let mods: Vec<Mod> = replace
+                .iter()
+                .map(|(attr, values)| Mod::Replace(attr.clone(), values.clone()))
+                .collect();
+            directory.modify(dn, &mods).await?;
+        }
+        DirOp::Rename {
+            dn,
+            new_rdn,
+            new_parent,
+            new_dn,
+        } => match directory.rename(dn, new_rdn, new_parent.as_deref()).await {
+            Ok(()) => {}
+            Err(DirectoryError::NoSuchObject(_))
+                if directory.read(new_dn, &["1.1"]).await?.is_some() => {}
+            Err(err) => return Err(err),
+        },
+        DirOp::Delete { dn } => directory.delete(dn).await?,
+        DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
+        DirOp::DeleteValue { dn, attr, value } => directory.delete_value(dn, attr, value).await?,
+        DirOp::AddValues { dn, attr, values } => {
+            match directory
+                .modify(dn, &[Mod::Add(attr.clone(), values.clone())])
+                .await
+            {
+                Err(DirectoryError::ValueExists(_)) => {
+                    for value in values {
+                        directory.add_value(dn, attr, value).await?;
+                        trace.wrote = true;
                     }
-                    other => other?,
                 }
+                other => other?,
             }
-            DirOp::DeleteValues { dn, attr, values } => {
-                match directory
-                    .modify(dn, &[Mod::Delete(attr.clone(), values.clone())])
-                    .await
-                {
-                    Err(DirectoryError::NoSuchAttribute(_)) => {
-                        for value in values {
-                            directory.delete_value(dn, attr, value).await?;
-                        }
+        }
+        DirOp::DeleteValues { dn, attr, values } => {
+            match directory
+                .modify(dn, &[Mod::Delete(attr.clone(), values.clone())])
+                .await
+            {
+                Err(DirectoryError::NoSuchAttribute(_)) => {
+                    for value in values {
+                        directory.delete_value(dn, attr, value).await?;
+                        trace.wrote = true;
                     }
-                    other => other?,
                 }
+                other => other?,
             }
         }
     }
-    Ok(entry_uuid)
+    Ok(())
 }
 
 /// Adds the object classes an entry lacks (adding one it has would fail the whole modify).
@@ -612,7 +633,8 @@ async fn add_missing_classes(
 
 /// Finishes the intents a previous run left behind, oldest first; run before serving.
 ///
-/// Fails when the directory is unreachable: serving before the replay could reorder writes.
+/// Fails when the directory is unreachable: serving before the replay could reorder writes. A
+/// write the directory refuses now is dropped (reconciliation repairs what part of it landed).
 pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
     let intents = service.store.pending_intents().await?;
     let n_intents = intents.len();
@@ -632,22 +654,44 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             }
         };
         tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
-        let entry_uuid = apply_ops(
+        let change = plan.audit_change();
+        let applied = apply_ops(
             &service.directory,
             &plan.ops,
             service.config.ldap.flavor.entry_id_attribute(),
             true,
             &mut ApplyTrace::default(),
         )
-        .await?;
-        let change = plan.audit_change();
-        service
-            .store
-            .commit(plan.into_commit(intent.seq, entry_uuid))
-            .await?;
+        .await;
+        let refused = match applied {
+            Ok(entry_uuid) => {
+                service
+                    .store
+                    .commit(plan.into_commit(intent.seq, entry_uuid))
+                    .await?;
+                None
+            }
+            // Unreachable again: stop, so that no later write overtakes this one.
+            Err(err) if err.is_transient() => return Err(err.into()),
+            // The directory refuses it now (its entry was deleted meanwhile, say). The IdP was
+            // never told it succeeded (replies follow commits), so it is dropped like a write
+            // refused while serving; a daemon that stopped on it would never start again.
+            // Whatever part of it landed before the stop is drift, which reconciliation finds.
+            Err(err) => {
+                tracing::error!(seq = intent.seq, resource_id = %intent.resource_id, error = %err, "unfinished write refused by the directory; dropped, reconciliation will repair");
+                service
+                    .store
+                    .commit(Commit {
+                        intent_seq: Some(intent.seq),
+                        ..Commit::default()
+                    })
+                    .await?;
+                Some("refused")
+            }
+        };
         crate::audit::scope(
             crate::audit::AuditContext::system("replay", "replay"),
-            async { crate::audit::record(&change, None) },
+            async { crate::audit::record(&change, refused) },
         )
         .await;
     }

@@ -1,6 +1,7 @@
 //! Suspect resources: writes that failed with a transient directory error may have been applied
-//! in whole or in part (the reply was lost), while the cache kept the previous state. Each such
-//! resource is remembered here until its entry has been put back to the cached state.
+//! in whole or in part (the reply was lost), and writes the directory refused after an earlier
+//! operation of theirs succeeded were applied in part, while the cache kept the previous state.
+//! Each such resource is remembered here until its entry has been put back to the cached state.
 //!
 //! In memory only: after a restart the start-up reconciliation covers what was left.
 

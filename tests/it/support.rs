@@ -227,6 +227,18 @@ impl TestServer {
             .await;
     }
 
+    /// The entry at `dn` once the directory holds it (up to ten seconds: for repairs the daemon
+    /// makes on its own).
+    pub async fn wait_for_entry(&self, dn: &str) -> Attrs {
+        for _ in 0..200 {
+            if let Some(entry) = self.entry(dn) {
+                return entry;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{dn} did not appear within ten seconds");
+    }
+
     /// The entry at `dn` as the directory holds it (user and operational attributes), or None.
     pub fn entry(&self, dn: &str) -> Option<Attrs> {
         match self.slapd.ldapsearch(dn, "(objectClass=*)", &["*", "+"]) {

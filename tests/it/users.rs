@@ -585,9 +585,54 @@ async fn manager_is_written_as_the_managers_dn() {
     );
 }
 
+/// Stops the in-process daemon and runs one in its own process with the test hook that ends it
+/// between the directory write and the cache commit; sends `patch` to user `id` there and
+/// checks that it was not acknowledged and that the process ended at the hook. The directory
+/// then holds the change and the cache only its intent.
+async fn crash_after_directory_write(server: &mut TestServer, id: &str, patch: Value) {
+    server.stop_daemon().await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut crashing = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+        .args(["serve", "--config"])
+        .arg(&server.config_path)
+        .env("SCIM2LDAP__SERVER__LISTEN", listen.to_string())
+        .env("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("http://{listen}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "daemon did not become ready");
+    let reply = client
+        .patch(format!("http://{listen}/scim/v2/Users/{id}"))
+        .bearer_auth(&server.token)
+        .json(&patch)
+        .send()
+        .await;
+    assert!(
+        reply.is_err() || reply.unwrap().status().is_server_error(),
+        "no reply was acknowledged"
+    );
+    assert_eq!(crashing.wait().unwrap().code(), Some(86));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_directory_write_and_commit_is_replayed() {
-    // The daemon runs as its own process here, so that the test hook can end it.
     let mut server = TestServer::start().await;
     let created = server
         .post(
@@ -597,85 +642,67 @@ async fn a_crash_between_directory_write_and_commit_is_replayed() {
         .await
         .expect(201);
     let id = created["id"].as_str().unwrap().to_string();
-    server.stop_daemon().await;
     let dn = server.user_dn("crash");
-    let binary = env!("CARGO_BIN_EXE_scim2ldap");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let spawn = |crash: bool| {
-        let mut command = std::process::Command::new(binary);
-        command
-            .args(["serve", "--config"])
-            .arg(&server.config_path)
-            .env("SCIM2LDAP__SERVER__LISTEN", listen.to_string())
-            .stderr(std::process::Stdio::null());
-        if crash {
-            command.env("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY", "1");
-        }
-        command.spawn().unwrap()
-    };
-    let base = format!("http://{listen}/scim/v2");
-    let client = reqwest::Client::new();
-    let wait_ready = || async {
-        for _ in 0..100 {
-            if client
-                .get(format!("http://{listen}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("daemon did not become ready");
-    };
     let deactivate = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
-    let mut crashing = spawn(true);
-    wait_ready().await;
-    let reply = client
-        .patch(format!("{base}/Users/{id}"))
-        .bearer_auth(&server.token)
-        .json(&deactivate)
-        .send()
-        .await;
-    assert!(
-        reply.is_err() || reply.unwrap().status().is_server_error(),
-        "no reply was acknowledged"
-    );
-    assert_eq!(crashing.wait().unwrap().code(), Some(86));
+    crash_after_directory_write(&mut server, &id, deactivate.clone()).await;
     // The directory has the change; the cache does not have it committed yet.
     assert!(!server.can_bind(&dn, "Crash-Pass-1"));
 
-    let mut restarted = spawn(false);
-    wait_ready().await;
-    let user: Value = client
-        .get(format!("{base}/Users/{id}"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    server.launch().await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
     assert_eq!(
         user["active"], false,
         "the intent was replayed into the cache"
     );
     // The IdP retries the same request: it succeeds.
-    let retry = client
-        .patch(format!("{base}/Users/{id}"))
-        .bearer_auth(&server.token)
-        .json(&deactivate)
-        .send()
+    server
+        .patch(&format!("/Users/{id}"), deactivate)
         .await
-        .unwrap();
-    assert_eq!(retry.status().as_u16(), 200);
+        .expect(200);
     assert!(!server.can_bind(&dn, "Crash-Pass-1"));
-    restarted.kill().unwrap();
-    restarted.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfinished_write_the_directory_now_refuses_does_not_stop_the_start() {
+    let mut server = TestServer::start().await;
+    let created = server
+        .post("/Users", user_body("gone", "G", "One"))
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let dn = server.user_dn("gone");
+    let retitle = json!({"Operations": [{"op": "replace", "path": "title", "value": "Left"}]});
+    crash_after_directory_write(&mut server, &id, retitle).await;
+    assert_eq!(
+        values(&server.entry(&dn).unwrap(), "title"),
+        ["Left"],
+        "the directory has the change"
+    );
+    // While the daemon is down, an administrator deletes the entry: replaying the modify now
+    // fails with noSuchObject, for good.
+    server
+        .slapd
+        .ldapmodify(&format!("dn: {dn}\nchangetype: delete\n"))
+        .unwrap();
+
+    // The daemon starts all the same (it used to refuse to, on every restart): the refused
+    // write is dropped, so the cache keeps what the IdP was last told, and nothing is pending.
+    server.launch().await;
+    server.wait_for_intents(0).await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["userName"], "gone");
+    assert!(
+        user.get("title").is_none(),
+        "the dropped write is not cached: {user}"
+    );
+    // The start-up reconciliation puts the entry back as the cache has it, and the IdP's next
+    // write lands on it.
+    let found = server.wait_for_entry(&dn).await;
+    assert!(values(&found, "title").is_empty(), "{found:?}");
+    let mut body = user_body("gone", "G", "One");
+    body["title"] = json!("Back");
+    server.put(&format!("/Users/{id}"), body).await.expect(200);
+    assert_eq!(values(&server.entry(&dn).unwrap(), "title"), ["Back"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -709,4 +736,28 @@ async fn passwords_can_be_hashed_locally() {
         .expect(200);
     assert!(server.can_bind(&dn, "Hashed-Pass-2"));
     assert!(!server.can_bind(&dn, "Hashed-Pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_after_a_rename_puts_the_entry_back() {
+    let server = TestServer::start().await;
+    let mut body = user_body("mover", "M", "Over");
+    body["phoneNumbers"] = json!([{"value": "+1 555 0100", "type": "work"}]);
+    let created = server.post("/Users", body).await.expect(201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let old_dn = server.user_dn("mover");
+    let new_dn = server.user_dn("moved");
+    // A new userName (a rename, which the directory makes first) with a phone number its
+    // Telephone Number syntax refuses ('#' is not printable): the modify after the rename fails.
+    let mut body = user_body("moved", "M", "Over");
+    body["phoneNumbers"] = json!([{"value": "+1 555 0100 #2", "type": "work"}]);
+    let refused = server.put(&format!("/Users/{id}"), body).await.expect(400);
+    assert_eq!(refused["scimType"], "invalidValue", "{refused}");
+    // The IdP was told nothing changed: the cache kept the old state, and the entry is put back
+    // where it was, as it was, shortly after.
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["userName"], "mover");
+    let back = server.wait_for_entry(&old_dn).await;
+    assert_eq!(values(&back, "telephoneNumber"), ["+1 555 0100"]);
+    assert!(server.entry(&new_dn).is_none());
 }
