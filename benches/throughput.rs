@@ -7,7 +7,8 @@
 //! write phases it times the HTTP exchange alone, and the directory's modify from one ldap3
 //! client that pauses before each (no pause up to 1 ms, and as long as a SCIM update spends
 //! outside the directory at c=1): the directory's own latency grows with its idle time. Then it
-//! onboards BENCH_USERS users (default 100,000), measures cached reads, builds a BENCH_GROUP
+//! onboards BENCH_USERS users (default 100,000), measures cached reads (and a few filters that
+//! no index answers, which scan the cache), builds a BENCH_GROUP
 //! member group (default 50,000) and compares one member change there with a 10-member group,
 //! and reports the daemon's memory.
 //!
@@ -16,6 +17,7 @@
 //!
 //! Run with `scripts/bench` (or `cargo bench --bench throughput`). Environment: `BENCH_N` (writes
 //! per phase, default 2000), `BENCH_USERS`, `BENCH_GROUP`, `BENCH_READS` (default 20000),
+//! `BENCH_SCANS` (requests no index answers: filters on the email, deep pages; default 20 each),
 //! `BENCH_WORKERS` (the daemon's `server.worker_threads`), `BENCH_ROUNDS` (default 3: each write
 //! phase pair runs that many times and the round with the median ratio is reported, with the
 //! spread), `BENCH_CACHE_DIR` (where the daemon's cache goes, default beside the directory's
@@ -572,6 +574,7 @@ async fn main() {
     let n_users = env_usize("BENCH_USERS", size(100_000, 300));
     let n_group = env_usize("BENCH_GROUP", size(50_000, 100)).min(n_users);
     let n_reads = env_usize("BENCH_READS", size(20_000, 200));
+    let n_scans = env_usize("BENCH_SCANS", size(20, 4));
     let rounds = env_usize("BENCH_ROUNDS", size(3, 1)).max(1);
     let crowd_size = env_usize("BENCH_CROWD", size(960, 64));
     let levels: Vec<usize> = match std::env::var("BENCH_LEVELS") {
@@ -942,6 +945,48 @@ async fn main() {
             ms(phase.percentile(0.99)),
             phase.cpu_per_op_us().unwrap_or(0.0),
             phase.switches_per_op()
+        );
+    }
+    // What no index answers, a few requests one at a time: a filter on the work email (Entra
+    // matching on it), a scan of every cached user; and pages deep into the list (an import
+    // walking all users with startIndex).
+    type PathOf = fn(usize, usize) -> (String, usize);
+    let unindexed: [(&str, PathOf); 2] = [
+        ("GET /Users?filter=emails[…].value eq", |k, _| {
+            (
+                format!(
+                    "/Users?filter=emails%5Btype%20eq%20%22work%22%5D.value%20eq%20%22user{k:06}%40example.com%22"
+                ),
+                1,
+            )
+        }),
+        ("GET /Users?startIndex=…&count=100", |k, n_users| {
+            (format!("/Users?startIndex={}&count=100", k + 1), n_users)
+        }),
+    ];
+    for (name, path_of) in unindexed {
+        let phase = run_phase(n_scans, 1, Some(pid), {
+            let client = client.clone();
+            let daemon = daemon.clone();
+            move |_w: usize, i: usize| {
+                let client = client.clone();
+                let daemon = daemon.clone();
+                async move {
+                    let k = (i.wrapping_mul(7919)) % n_users;
+                    let (path, total) = path_of(k, n_users);
+                    let found =
+                        scim(&client, &daemon, reqwest::Method::GET, &path, None, 200).await;
+                    assert_eq!(found["totalResults"], total, "{path}");
+                }
+            }
+        })
+        .await;
+        println!(
+            "unindexed c=1 {name:<36} {:>7.1}/s p50 {} p99 {} ms, daemon CPU {:.0} us/op",
+            phase.ops_per_sec(),
+            ms(phase.percentile(0.5)),
+            ms(phase.percentile(0.99)),
+            phase.cpu_per_op_us().unwrap_or(0.0),
         );
     }
 

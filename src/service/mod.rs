@@ -363,50 +363,80 @@ impl Service {
                 .filter
                 .as_ref()
                 .and_then(|filter| indexed_lookup(filter, kind));
-            let candidates: Vec<StoredResource> = match (&query.filter, indexed) {
-                (_, Some((field, value))) => self
+            if query.filter.is_none() && query.sort_by.is_none() {
+                // Plain paging: read only the page, count the rest.
+                let n_kind = self.store.count(kind).await.map_err(ServiceError::from)?;
+                let offset = (start - 1).saturating_sub(total);
+                let limit = count.saturating_sub(matched.len());
+                let page = self
                     .store
-                    .find(kind, field, &value)
+                    .page(kind, offset, limit)
                     .await
-                    .map_err(ServiceError::from)?,
-                (None, None) if query.sort_by.is_none() => {
-                    // Plain paging: read only the page, count the rest.
-                    let n_kind = self.store.count(kind).await.map_err(ServiceError::from)?;
-                    let offset = (start - 1).saturating_sub(total);
-                    let limit = count.saturating_sub(matched.len());
-                    let page = self
-                        .store
-                        .page(kind, offset, limit)
-                        .await
-                        .map_err(ServiceError::from)?;
-                    total += n_kind;
-                    let with_related = !excludes_related(kind, query);
-                    for stored in page {
-                        matched.push(self.render(stored, with_related).await?);
-                    }
-                    continue;
+                    .map_err(ServiceError::from)?;
+                total += n_kind;
+                let with_related = !excludes_related(kind, query);
+                for stored in page {
+                    matched.push(self.render(stored, with_related).await?);
                 }
-                _ => self.store.list(kind).await.map_err(ServiceError::from)?,
-            };
+                continue;
+            }
+            // The membership table is read per resource: before the filter and the sort only
+            // when they name what it holds, otherwise for the returned page alone (a scan of
+            // every user by email would read it 100,000 times).
             let with_related = list_needs_related(kind, query);
-            let mut rendered = Vec::with_capacity(candidates.len());
-            for stored in candidates {
-                let resource = self.render(stored, with_related).await?;
-                if query
-                    .filter
-                    .as_ref()
-                    .is_none_or(|filter| filter.matches(&resource, schema))
-                {
-                    rendered.push(resource);
-                }
-            }
-            if let Some(sort_by) = &query.sort_by {
-                sort(&mut rendered, sort_by, query.sort_order, schema);
-            }
+            let related_first = with_related && names_related(kind, query);
             let offset = (start - 1).saturating_sub(total);
-            total += rendered.len();
             let limit = count.saturating_sub(matched.len());
-            matched.extend(rendered.into_iter().skip(offset).take(limit));
+            // A sort decides the page only once every match is known; otherwise only the
+            // page's matches are kept, so that a scan holds one chunk of the cache at a time.
+            let mut matches = Matches::new(query.sort_by.is_none().then_some((offset, limit)));
+            let (mut batch, mut scan_after) = match indexed {
+                Some((field, value)) => (
+                    self.store
+                        .find(kind, field, &value)
+                        .await
+                        .map_err(ServiceError::from)?,
+                    None,
+                ),
+                None => (Vec::new(), Some(0)),
+            };
+            loop {
+                for stored in batch {
+                    let resource = self.render(stored, related_first).await?;
+                    if query
+                        .filter
+                        .as_ref()
+                        .is_none_or(|filter| filter.matches(&resource, schema))
+                    {
+                        matches.offer(resource);
+                    }
+                }
+                let Some(after) = scan_after else { break };
+                let (chunk, last) = self
+                    .store
+                    .chunk(kind, after, SCAN_CHUNK)
+                    .await
+                    .map_err(ServiceError::from)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                (batch, scan_after) = (chunk, last);
+            }
+            total += matches.n_matched;
+            let mut page = matches.kept;
+            if let Some(sort_by) = &query.sort_by {
+                sort(&mut page, sort_by, query.sort_order, schema);
+                page = page.into_iter().skip(offset).take(limit).collect();
+            }
+            for mut resource in page {
+                if with_related && !related_first {
+                    let id = resource["id"].as_str().unwrap_or_default().to_string();
+                    if let Some(object) = resource.as_object_mut() {
+                        self.add_related(kind, &id, object).await?;
+                    }
+                }
+                matched.push(resource);
+            }
         }
         let resources: Vec<Value> = matched
             .into_iter()
@@ -510,6 +540,37 @@ impl Service {
     }
 }
 
+/// Resources a scan reads from the cache at a time.
+const SCAN_CHUNK: usize = 1_000;
+
+/// The matches of a list: counted, and kept when inside `window` (offset, limit among the
+/// matches), or all kept without a window.
+struct Matches {
+    window: Option<(usize, usize)>,
+    n_matched: usize,
+    kept: Vec<Value>,
+}
+
+impl Matches {
+    fn new(window: Option<(usize, usize)>) -> Matches {
+        Matches {
+            window,
+            n_matched: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    fn offer(&mut self, resource: Value) {
+        let keep = self.window.is_none_or(|(offset, limit)| {
+            self.n_matched >= offset && self.n_matched - offset < limit
+        });
+        if keep {
+            self.kept.push(resource);
+        }
+        self.n_matched += 1;
+    }
+}
+
 /// The cache index that answers `filter` for `kind` outright, if any.
 fn indexed_lookup(
     filter: &crate::scim::filter::Filter,
@@ -561,12 +622,16 @@ fn related_attribute(kind: Kind) -> (&'static str, &'static str) {
 /// Whether a list must render `members` / `groups`: the reply carries them, or the filter or
 /// the sort key, evaluated on the rendered resource, names them.
 fn list_needs_related(kind: Kind, query: &ListQuery) -> bool {
+    !excludes_related(kind, query) || names_related(kind, query)
+}
+
+/// True when `query`'s filter or sort names the attribute read from the membership table.
+fn names_related(kind: Kind, query: &ListQuery) -> bool {
     let (related, _) = related_attribute(kind);
-    !excludes_related(kind, query)
-        || query
-            .filter
-            .as_ref()
-            .is_some_and(|filter| filter.names_attribute(related))
+    query
+        .filter
+        .as_ref()
+        .is_some_and(|filter| filter.names_attribute(related))
         || query
             .sort_by
             .as_ref()
@@ -627,5 +692,24 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_list_keeps_the_matches_of_its_page_and_counts_them_all() {
+        let offer_all = |window| {
+            let mut matches = Matches::new(window);
+            for n in 0..7 {
+                matches.offer(json!(n));
+            }
+            (matches.n_matched, matches.kept)
+        };
+        assert_eq!(
+            offer_all(Some((2, 3))),
+            (7, vec![json!(2), json!(3), json!(4)])
+        );
+        assert_eq!(offer_all(Some((5, 10))), (7, vec![json!(5), json!(6)]));
+        assert_eq!(offer_all(Some((9, 10))), (7, vec![]));
+        assert_eq!(offer_all(Some((0, 0))), (7, vec![]));
+        assert_eq!(offer_all(None).1.len(), 7);
     }
 }

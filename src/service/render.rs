@@ -38,9 +38,33 @@ impl Service {
         );
         object.insert("schemas".to_string(), Value::Array(schemas));
         object.insert("id".to_string(), Value::from(stored.id.as_str()));
+        if with_related {
+            self.add_related(kind, &stored.id, &mut object).await?;
+        }
+        object.insert(
+            "meta".to_string(),
+            json!({
+                "resourceType": kind.as_str(),
+                "created": stored.created,
+                "lastModified": stored.last_modified,
+                "location": location,
+                "version": etag(stored.version),
+            }),
+        );
+        Ok(Value::Object(object))
+    }
+
+    /// Adds what the membership table holds to a rendered resource `id` of `kind`: a user's
+    /// `groups` (left out when there are none), a group's `members`.
+    pub(crate) async fn add_related(
+        &self,
+        kind: Kind,
+        id: &str,
+        object: &mut Map<String, Value>,
+    ) -> Result<(), ServiceError> {
         match kind {
-            Kind::User if with_related => {
-                let groups = self.store.groups_of(&stored.id).await?;
+            Kind::User => {
+                let groups = self.store.groups_of(id).await?;
                 if !groups.is_empty() {
                     let groups: Vec<Value> = groups
                         .into_iter()
@@ -56,8 +80,8 @@ impl Service {
                     object.insert("groups".to_string(), Value::Array(groups));
                 }
             }
-            Kind::Group if with_related => {
-                let members = self.store.members(&stored.id).await?;
+            Kind::Group => {
+                let members = self.store.members(id).await?;
                 let members: Vec<Value> = members
                     .into_iter()
                     .map(|member_id| {
@@ -70,18 +94,7 @@ impl Service {
                     .collect();
                 object.insert("members".to_string(), Value::Array(members));
             }
-            Kind::User | Kind::Group => {}
         }
-        object.insert(
-            "meta".to_string(),
-            json!({
-                "resourceType": kind.as_str(),
-                "created": stored.created,
-                "lastModified": stored.last_modified,
-                "location": location,
-                "version": etag(stored.version),
-            }),
-        );
-        Ok(Value::Object(object))
+        Ok(())
     }
 }

@@ -28,12 +28,13 @@ use rusqlite::{params, Connection};
 use crate::mapping::dn_key;
 use tokio::sync::oneshot;
 
-/// `SELECT` of the columns `row_to_raw` reads, in its order, from `resources` and `$tail`.
+/// `SELECT` of the columns `row_to_raw` reads, in its order, then `seq` (column 11), from
+/// `resources` and `$tail`.
 macro_rules! select_resources {
     ($tail:literal) => {
         concat!(
             "SELECT id, kind, name, external_id, dn, entry_uuid, posix_id, version, created, \
-             last_modified, doc FROM resources ",
+             last_modified, doc, seq FROM resources ",
             $tail
         )
     };
@@ -739,17 +740,6 @@ impl Store {
         .await
     }
 
-    /// Every resource of `kind`, in creation order (stable for paging).
-    pub async fn list(&self, kind: Kind) -> Result<Vec<StoredResource>, StoreError> {
-        self.read_blocking(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(select_resources!("WHERE kind = ?1 ORDER BY seq"))?;
-            let rows = stmt.query_map(params![kind.as_str()], row_to_raw)?;
-            rows.map(|row| row?.decode()).collect()
-        })
-        .await
-    }
-
     /// A page of `kind` in creation order: `offset` rows skipped, at most `limit` returned.
     pub async fn page(
         &self,
@@ -758,14 +748,44 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<StoredResource>, StoreError> {
         self.read_blocking(move |conn| {
+            // `+kind` keeps SQLite off the indexes that start with `kind`: through one it
+            // would read every resource of the kind and sort them all for each page; in the
+            // table's own order it reads only as far as the page.
             let mut stmt = conn.prepare_cached(select_resources!(
-                "WHERE kind = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3"
+                "WHERE +kind = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3"
             ))?;
             let rows = stmt.query_map(
                 params![kind.as_str(), limit as i64, offset as i64],
                 row_to_raw,
             )?;
             rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+
+    /// Up to `limit` resources of `kind` cached after position `after` (0: from the first), in
+    /// creation order, and the position of the last one: a scan in bounded steps, each a range
+    /// of the table's key (unlike `page`, which skips `offset` rows every time).
+    pub async fn chunk(
+        &self,
+        kind: Kind,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<StoredResource>, Option<i64>), StoreError> {
+        self.read_blocking(move |conn| {
+            // `+kind`: a range of the key, not a sort of the whole kind (see `page`).
+            let mut stmt = conn.prepare_cached(select_resources!(
+                "WHERE seq > ?2 AND +kind = ?1 ORDER BY seq LIMIT ?3"
+            ))?;
+            let mut last = None;
+            let rows = stmt.query_map(params![kind.as_str(), after, limit as i64], |row| {
+                last = Some(row.get::<_, i64>(11)?);
+                row_to_raw(row)
+            })?;
+            let resources = rows
+                .map(|row| row?.decode())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((resources, last))
         })
         .await
     }

@@ -245,9 +245,10 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
         .await
         .expect("second user");
     let ids: Vec<String> = store
-        .list(Kind::User)
+        .chunk(Kind::User, 0, 10)
         .await
         .expect("list")
+        .0
         .into_iter()
         .map(|r| r.id)
         .collect();
@@ -558,4 +559,43 @@ async fn point_lookups_use_the_writers_connection_when_free_and_never_its_open_t
         .await
         .expect("commit");
     assert_eq!(name(get().await.expect("answered").expect("get")), "Alicia");
+}
+
+#[tokio::test]
+async fn a_scan_reads_one_kind_in_creation_order_chunk_by_chunk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("cache.db")).expect("open");
+    for (id, name) in [
+        ("u1", "ann"),
+        ("u2", "bob"),
+        ("u3", "cy"),
+        ("u4", "di"),
+        ("u5", "ed"),
+    ] {
+        store.commit(upsert(user(id, name))).await.expect("user");
+        if id == "u2" {
+            // A group between the users: not part of a scan of users.
+            let mut group = user("g1", "staff");
+            group.kind = Kind::Group;
+            store.commit(upsert(group)).await.expect("group");
+        }
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut chunks = 0;
+    loop {
+        let (chunk, last) = store.chunk(Kind::User, after, 2).await.expect("chunk");
+        if chunk.is_empty() {
+            assert_eq!(last, None);
+            break;
+        }
+        assert!(chunk.len() <= 2);
+        chunks += 1;
+        seen.extend(chunk.into_iter().map(|r| r.id));
+        after = last.expect("a position after a non-empty chunk");
+    }
+    assert_eq!(seen, ["u1", "u2", "u3", "u4", "u5"]);
+    assert_eq!(chunks, 3);
+    let (groups, _) = store.chunk(Kind::Group, 0, 10).await.expect("groups");
+    assert_eq!(groups.len(), 1);
 }

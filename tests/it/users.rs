@@ -432,6 +432,39 @@ async fn lists_page_sort_and_project() {
         .await
         .expect(200);
     assert_eq!(filtered["totalResults"], 2);
+    // A filter no index answers, paged: every match counts, the page holds the second in
+    // creation order, and it carries the user's groups (read for the page only).
+    let alice = server
+        .get("/Users?filter=userName%20eq%20%22alice%22")
+        .await
+        .expect(200)["Resources"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let group = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Readers", "members": [{"value": alice}]}),
+        )
+        .await
+        .expect(201);
+    let page = server
+        .get("/Users?filter=title%20pr&startIndex=2&count=1")
+        .await
+        .expect(200);
+    assert_eq!(page["totalResults"], 3, "{page}");
+    assert_eq!(page["itemsPerPage"], 1, "{page}");
+    assert_eq!(page["Resources"][0]["userName"], "alice", "{page}");
+    assert_eq!(
+        page["Resources"][0]["groups"][0]["value"], group["id"],
+        "{page}"
+    );
+    let past_the_end = server
+        .get("/Users?filter=title%20pr&startIndex=4&count=2")
+        .await
+        .expect(200);
+    assert_eq!(past_the_end["totalResults"], 3);
+    assert_eq!(past_the_end["Resources"], json!([]));
     let search = server
         .post("/Users/.search", json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName eq \"bob\"", "excludedAttributes": ["emails"]}))
         .await
