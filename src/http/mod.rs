@@ -334,7 +334,9 @@ where
         }
     }
     let now = Instant::now();
-    let peer_ip = request.peer.map(|peer| peer.ip());
+    let peer_ip = request
+        .peer
+        .map(|peer| throttle::client_address(peer.ip(), &request.headers));
     if let Some(retry_after) = peer_ip.and_then(|ip| state.auth_throttle.blocked(ip, now)) {
         // Refused before the token is looked at, so that a right guess looks like a wrong one.
         tracing::warn!(retry_after, "client throttled after failed authentications");

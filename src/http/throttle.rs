@@ -3,7 +3,9 @@
 //! token it sends (a correct guess must not be told apart from a wrong one).
 //!
 //! Clients are keyed by IP address, an IPv6 address by its /64 (one host usually owns the whole
-//! prefix). The map holds at most `capacity` clients: expired entries go first, then the
+//! prefix). Behind a reverse proxy on the same host every request comes from a loopback address,
+//! so ten bad tokens from anywhere would lock every IdP out: for a loopback peer the client is
+//! the address the proxy appended to `X-Forwarded-For` (`client_address`). The map holds at most `capacity` clients: expired entries go first, then the
 //! entry whose window started earliest, so a flood of addresses costs bounded memory and
 //! cannot grow the map.
 
@@ -18,6 +20,23 @@ pub const MAX_FAILURES: u32 = 10;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Most clients tracked at once.
 pub const CAPACITY: usize = 10_000;
+
+/// The client a request counts against: `peer`, or for a loopback peer (a proxy on this host)
+/// the last address in `X-Forwarded-For`, the one the proxy appended (anything before it is
+/// what the client claimed).
+pub fn client_address(peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    if !peer.is_loopback() {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
+}
 
 /// Failed authentications per client.
 pub struct AuthThrottle {

@@ -224,3 +224,34 @@ async fn many_bad_tokens_from_one_client_are_answered_429_until_the_window_ends(
         .unwrap();
     assert_eq!(reply.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_local_proxy_one_clients_bad_tokens_do_not_lock_out_the_others() {
+    let server = TestServer::start().await;
+    // Both come through a reverse proxy on this host (peer 127.0.0.1), which appends the
+    // address it saw to X-Forwarded-For, as nginx's $proxy_add_x_forwarded_for does.
+    let proxy = reqwest::Client::new();
+    let users = format!("{}/Users", server.base);
+    let via_proxy = |client: &str, claimed: &str, token: &str| {
+        proxy
+            .get(&users)
+            .header("x-forwarded-for", format!("{claimed}, {client}"))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    for n in 0..scim2ldap::http::throttle::MAX_FAILURES {
+        // What the attacker claims changes every time; what the proxy appended does not.
+        let reply = via_proxy("203.0.113.7", &format!("10.0.0.{n}"), "guess")
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 401, "guess {n}");
+    }
+    let throttled = via_proxy("203.0.113.7", "192.0.2.1", "guess")
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), 429);
+    let identity_provider = via_proxy("198.51.100.20", "198.51.100.20", &server.token)
+        .await
+        .unwrap();
+    assert_eq!(identity_provider.status(), 200);
+}

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::AuthThrottle;
+use super::{client_address, AuthThrottle};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address parses")
@@ -85,4 +85,40 @@ fn the_map_never_grows_past_its_capacity() {
         );
     }
     assert!(throttle.blocked(attacker, start).is_some());
+}
+
+#[test]
+fn behind_a_proxy_on_this_host_the_client_is_the_address_the_proxy_appended() {
+    let headers = |values: &[&str]| {
+        let mut map = http::HeaderMap::new();
+        for value in values {
+            map.append("x-forwarded-for", value.parse().unwrap());
+        }
+        map
+    };
+    let local = ip("127.0.0.1");
+    // nginx's $proxy_add_x_forwarded_for: what the client claimed, then the address it saw.
+    assert_eq!(
+        client_address(local, &headers(&["10.9.9.9, 203.0.113.7"])),
+        ip("203.0.113.7")
+    );
+    assert_eq!(
+        client_address(local, &headers(&["10.9.9.9", "2001:db8::5"])),
+        ip("2001:db8::5")
+    );
+    assert_eq!(
+        client_address(ip("::1"), &headers(&["198.51.100.2"])),
+        ip("198.51.100.2")
+    );
+    // No header, or one that names no address: the peer itself.
+    assert_eq!(client_address(local, &headers(&[])), local);
+    assert_eq!(
+        client_address(local, &headers(&["198.51.100.2, unknown"])),
+        local
+    );
+    // A peer that is not on this host is the client, whatever it claims.
+    assert_eq!(
+        client_address(ip("192.0.2.7"), &headers(&["203.0.113.7"])),
+        ip("192.0.2.7")
+    );
 }
