@@ -732,3 +732,32 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
         "the first removal, then the seven that waited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_put_back_as_read_with_its_groups_keeps_its_memberships() {
+    // Okta updates a user by GET, change, PUT of the whole body, read-only `groups` included.
+    let server = TestServer::start().await;
+    let ann = user(&server, "ann").await;
+    let staff = server
+        .post(
+            "/Groups",
+            json!({"displayName": "Staff", "members": [{"value": ann}]}),
+        )
+        .await
+        .expect(201);
+    let mut read = server.get(&format!("/Users/{ann}")).await.expect(200);
+    assert_eq!(read["groups"][0]["value"], staff["id"]);
+    read["title"] = json!("Lead");
+    // An echoed list that no longer matches is ignored as well: groups are changed on groups.
+    read["groups"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"value": "not-a-group", "display": "Nope"}));
+    let put = server.put(&format!("/Users/{ann}"), read).await.expect(200);
+    assert_eq!(put["title"], "Lead");
+    assert_eq!(put["groups"].as_array().unwrap().len(), 1, "{put}");
+    assert_eq!(put["groups"][0]["value"], staff["id"]);
+    let dn = server.user_dn("ann");
+    assert_eq!(members_of(&server, "Staff"), [dn.as_str()]);
+    assert_eq!(values(&server.entry(&dn).unwrap(), "title"), ["Lead"]);
+}

@@ -414,6 +414,16 @@ async fn lists_page_sort_and_project() {
     let page = server.get("/Users?startIndex=1&count=2").await.expect(200);
     assert_eq!(page["totalResults"], 3);
     assert_eq!(page["itemsPerPage"], 2);
+    // Pages follow creation order, so an import walking them sees everyone once.
+    let second = server.get("/Users?startIndex=2&count=2").await.expect(200);
+    let names: Vec<&str> = second["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(second["startIndex"], 2);
     let sorted = server
         .get("/Users?sortBy=userName&sortOrder=descending&attributes=userName")
         .await
@@ -793,4 +803,64 @@ async fn a_refusal_after_a_rename_puts_the_entry_back() {
     let back = server.wait_for_entry(&old_dn).await;
     assert_eq!(values(&back, "telephoneNumber"), ["+1 555 0100"]);
     assert!(server.entry(&new_dn).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmapped_attribute_is_cached_and_a_rule_writes_it() {
+    // Without a rule, the work address is kept and returned but written nowhere.
+    let server = TestServer::start().await;
+    let mut body = user_body("addr.user", "Ad", "Dress");
+    body["addresses"] =
+        json!([{"type": "work", "streetAddress": "1 Main St", "locality": "Springfield"}]);
+    body["timezone"] = json!("Europe/Paris");
+    let created = server.post("/Users", body.clone()).await.expect(201);
+    assert_eq!(created["addresses"][0]["locality"], "Springfield");
+    assert_eq!(created["timezone"], "Europe/Paris");
+    let entry = server.entry(&server.user_dn("addr.user")).unwrap();
+    assert!(values(&entry, "l").is_empty() && values(&entry, "street").is_empty());
+
+    // The README's example rules, beside the defaults.
+    let mapped = TestServer::start_with(|text| {
+        text.push_str(
+            "\n[users.attributes]\nl = 'addresses[type eq \"work\"].locality'\nstreet = 'addresses[type eq \"work\"].streetAddress'\n",
+        )
+    })
+    .await;
+    mapped.post("/Users", body).await.expect(201);
+    let entry = mapped.entry(&mapped.user_dn("addr.user")).unwrap();
+    assert_eq!(values(&entry, "l"), ["Springfield"]);
+    assert_eq!(values(&entry, "street"), ["1 Main St"]);
+    assert_eq!(
+        values(&entry, "sn"),
+        ["Dress"],
+        "the default rules still apply"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onelogin_managerid_and_a_plain_string_manager_become_the_managers_dn() {
+    let server = TestServer::start().await;
+    let boss = server
+        .post("/Users", user_body("big.boss", "Big", "Boss"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // OneLogin's template: the old enterprise URN, the id under `managerId`.
+    let mut body = user_body("report.one", "Re", "Port");
+    body["urn:scim:schemas:extension:enterprise:2.0"] =
+        json!({"department": "QA", "manager": {"managerId": boss, "displayName": "Big Boss"}});
+    server.post("/Users", body).await.expect(201);
+    // A bare string where the schema has a complex attribute (seen from Entra).
+    let mut body = user_body("report.two", "Re", "Port");
+    body[ENTERPRISE] = json!({"manager": boss});
+    server.post("/Users", body).await.expect(201);
+    for report in ["report.one", "report.two"] {
+        assert_eq!(
+            values(&server.entry(&server.user_dn(report)).unwrap(), "manager"),
+            [server.user_dn("big.boss")],
+            "{report}"
+        );
+    }
 }
