@@ -336,32 +336,54 @@ pub fn load(file: &Path, env: Option<BTreeMap<String, String>>) -> Result<Config
     Config::from_raw(raw, &SecretSources::from_process())
 }
 
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 3] = [
+    "auth.bearer_tokens",
+    "users.object_classes",
+    "groups.object_classes",
+];
+
 /// Reads `file` and the environment into a `RawConfig`, rejecting unknown keys (all listed).
 pub fn load_raw(
     file: &Path,
     env: Option<BTreeMap<String, String>>,
 ) -> Result<RawConfig, ConfigError> {
-    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator("__")
-        .separator("__")
-        .list_separator(",")
-        .with_list_parse_key("auth.bearer_tokens")
-        .with_list_parse_key("users.object_classes")
-        .with_list_parse_key("groups.object_classes")
-        .try_parsing(true);
-    if let Some(env) = env {
-        environment = environment.source(Some(env.into_iter().collect()));
-    }
-    let built = config::Config::builder()
+    let env: BTreeMap<String, String> = env.unwrap_or_else(|| std::env::vars().collect());
+    let mut builder = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
-        .add_source(environment)
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env.clone().into_iter().collect())),
+        );
+    // Environment values stay text (config's `try_parsing` would turn a password of digits
+    // into a number, `007` into 7), so the keys that take lists are split here, at commas.
+    for key in LIST_KEYS {
+        let var = format!(
+            "{ENV_PREFIX}__{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+        if let Some(text) = env.get(&var) {
+            let items: Vec<String> = text
+                .split(',')
+                .map(|item| item.trim().to_string())
+                .collect();
+            builder = builder
+                .set_override(key, items)
+                .map_err(|err| ConfigError::one(format!("{var}: {err}")))?;
+        }
+    }
+    let built = builder
         .build()
         .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
-    let value: serde_json::Value = built
+    // config's own deserializer reads a number or a boolean from text where a key wants one
+    // (through serde_json, text could never become a number).
+    let value: config::Value = built
         .try_deserialize()
         .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
     let mut unknown = Vec::new();
-    let raw: Result<RawConfig, _> = serde_ignored::deserialize(&value, |path| {
+    let raw: Result<RawConfig, _> = serde_ignored::deserialize(value, |path| {
         unknown.push(format!("unknown key `{}`", dotted(&path.to_string())));
     });
     match raw {

@@ -102,6 +102,30 @@ fn unknown_keys_and_bad_values_are_all_reported_naming_the_key() {
 }
 
 #[test]
+fn environment_values_that_look_like_numbers_stay_text_where_text_is_expected() {
+    // A password or a DN of digits, a leading zero, an exponent, a boolean word: all text.
+    for secret in ["12345678", "007", "1e5", "true", "-0"] {
+        let config = load_text(GOOD, &[("SCIM2LDAP__LDAP__BIND_PASSWORD", secret)])
+            .unwrap_or_else(|err| panic!("{secret}: {err}"));
+        assert_eq!(
+            config.ldap.bind_password.expose_secret(),
+            secret,
+            "{secret} arrives as written"
+        );
+    }
+    // Numbers and booleans still come from text where the key wants them.
+    let config = load_text(
+        GOOD,
+        &[
+            ("SCIM2LDAP__LDAP__POOL_SIZE", "007"),
+            ("SCIM2LDAP__SERVER__WORKER_THREADS", "3"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(config.ldap.pool_size, 7);
+}
+
+#[test]
 fn environment_overrides_apply_and_misspelled_ones_are_refused() {
     let config = load_text(
         GOOD,
