@@ -94,9 +94,11 @@ fn main() -> ExitCode {
         } => {
             let token = scim2ldap::http::new_token();
             println!("token:  {}", token.plaintext);
-            println!("config: bearer_tokens = [\"{}\"]", token.hash_line);
+            println!("hash:   {}", token.hash_line);
             println!(
-                "Give the token to the identity provider; keep only the sha256 line in the config."
+                "Give the token to the identity provider; keep only the hash in the config, under a \
+                 name in [auth.tokens] (okta = \"{0}\") or in [auth] as bearer_tokens = [\"{0}\"].",
+                token.hash_line
             );
             Ok(ExitCode::SUCCESS)
         }
