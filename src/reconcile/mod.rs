@@ -333,13 +333,15 @@ impl Run<'_> {
     /// Cached resources whose entry the scan did not meet: deleted behind scim2ldap's back.
     async fn find_missing(&mut self, kind: Kind) -> Result<(), ReconcileError> {
         let page_size = self.options.page_size.max(1) as usize;
-        let mut offset = 0;
+        // By key range: no page skips rows that earlier pages had (a repair that drops a
+        // resource would shift offsets), and none re-reads them.
+        let mut after = 0;
         loop {
-            let page = self.service.store().page(kind, offset, page_size).await?;
-            if page.is_empty() {
+            let (page, last) = self.service.store().chunk(kind, after, page_size).await?;
+            let Some(last) = last else {
                 break;
-            }
-            offset += page.len();
+            };
+            after = last;
             for resource in page {
                 if self.seen.contains(&resource.id) {
                     continue;

@@ -145,6 +145,14 @@ async fn drift_and_orphans_are_reported_then_repaired() {
         values(&server.entry(&alice_dn).unwrap(), "mail"),
         ["evil@example.com"]
     );
+    // The same, one entry and one cached resource per page: nothing is missed between pages.
+    let (code, paged) = reconcile_cli(
+        &server,
+        &["--dry-run"],
+        &[("SCIM2LDAP__RECONCILE__PAGE_SIZE", "1")],
+    );
+    assert_eq!(code, 2, "{paged}");
+    assert_eq!(findings(&paged), expected);
 
     // A repairing run refuses to run beside the daemon.
     let (code, _) = reconcile_cli(&server, &[], &[]);
