@@ -219,6 +219,7 @@ pub async fn run_with(
     let options = http::ServeOptions {
         tls: control.tls().cloned(),
         heartbeat: Some(control.clone()),
+        ..http::ServeOptions::default()
     };
     let shutdown = async move {
         shutdown.await;

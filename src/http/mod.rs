@@ -107,10 +107,24 @@ pub struct ServeOptions {
     pub tls: Option<crate::tls::Acceptor>,
     /// Beaten every second while the accept loop runs (the watchdog's sign of life).
     pub heartbeat: Option<Control>,
+    /// Longest a client may take to send a request's headers; None: `HEADER_READ_TIMEOUT`.
+    pub header_read_timeout: Option<Duration>,
+    /// Most connections open at once; None: `MAX_CONNECTIONS`.
+    pub max_connections: Option<usize>,
 }
 
 /// Longest time a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a client may take to send a request's headers, counted from when the connection
+/// waits for a request: a connection that sends nothing, or a byte at a time, is closed, and so
+/// is a keep-alive connection idle that long (IdPs reconnect).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most connections served at once. Beyond it the accept loop waits (clients wait in the listen
+/// backlog) until one closes, so that a flood of connections cannot take every file descriptor
+/// the cache and the directory pool need; the header timeout frees idle ones.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then drains in-flight requests for
 /// at most `drain`.
@@ -128,16 +142,29 @@ pub async fn serve<F>(
         + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder =
+    let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // Without a timer hyper drops its header timeout silently.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT));
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        options.max_connections.unwrap_or(MAX_CONNECTIONS),
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
+        let (permit, stream, peer) = tokio::select! {
+            // A connection slot first, then the connection; never closed, so always Some.
+            accepted = async {
+                let permit = connections.clone().acquire_owned().await.ok()?;
+                Some((permit, listener.accept().await))
+            } => match accepted {
+                None => break,
+                Some((permit, Ok((stream, peer)))) => (permit, stream, peer),
+                Some((_, Err(err))) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,6 +189,7 @@ pub async fn serve<F>(
         match &options.tls {
             None => {
                 tokio::spawn(async move {
+                    let _slot = permit;
                     let connection = builder.serve_connection_with_upgrades(
                         hyper_util::rt::TokioIo::new(stream),
                         service,
@@ -176,6 +204,7 @@ pub async fn serve<F>(
                 // now; a reload changes it for later handshakes only.
                 let acceptor = tls.acceptor();
                 tokio::spawn(async move {
+                    let _slot = permit;
                     let stream = match tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),

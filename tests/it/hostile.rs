@@ -695,3 +695,82 @@ async fn metacharacters_in_group_names_and_display_names_stay_values() {
         1
     );
 }
+
+/// A plain HTTP server with `options` whose every answer is `ok`.
+async fn bare_server(options: scim2ldap::http::ServeOptions) -> std::net::SocketAddr {
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let filter = warp::any()
+        .map(|| warp::reply::Response::new("ok".into()))
+        .boxed();
+    tokio::spawn(scim2ldap::http::serve(
+        listener,
+        filter,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+        options,
+    ));
+    address
+}
+
+/// Sends one request on `stream` and reads the answer's first bytes.
+async fn ask(stream: &mut tokio::net::TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let address = bare_server(scim2ldap::http::ServeOptions {
+        header_read_timeout: Some(std::time::Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The server closes it (hyper answers 408 first); without the timeout it waited forever.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection is still open after 20 s");
+    // A client that sends its request in time is served.
+    let mut prompt = tokio::net::TcpStream::connect(address).await.unwrap();
+    assert!(ask(&mut prompt).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let address = bare_server(scim2ldap::http::ServeOptions {
+        max_connections: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let mut first = tokio::net::TcpStream::connect(address).await.unwrap();
+    assert!(ask(&mut first).await.starts_with("HTTP/1.1 200"));
+    let second = tokio::net::TcpStream::connect(address).await.unwrap();
+    // Both slots are taken (the second connection is idle, not closed): a third connection
+    // gets no answer while they last.
+    let mut third = tokio::net::TcpStream::connect(address).await.unwrap();
+    let waiting =
+        tokio::time::timeout(std::time::Duration::from_millis(500), ask(&mut third)).await;
+    assert!(waiting.is_err(), "a third connection was served beside two");
+    drop(second);
+    let mut answer = vec![0; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), third.read(&mut answer))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    drop(first);
+}
