@@ -58,6 +58,7 @@ pub struct HttpState {
 pub struct PeerAddr(pub SocketAddr);
 
 /// One extracted request, before routing.
+#[derive(Clone)]
 pub(crate) struct RawRequest {
     pub(crate) method: Method,
     pub(crate) path: String,
@@ -403,11 +404,28 @@ where
             _ => None,
         },
     };
-    crate::audit::scope(
-        context,
-        Box::pin(route::dispatch(state, request, route, body)),
-    )
-    .await
+    if matches!(request.method, Method::GET | Method::HEAD) {
+        return crate::audit::scope(
+            context,
+            Box::pin(route::dispatch(state, request, route, body)),
+        )
+        .await;
+    }
+    // A write runs in a task of its own: hyper drops a request's future when its client hangs
+    // up, and a write dropped between its directory operations and its commit would leave the
+    // cache behind the directory (and its intent to be replayed over later writes). The task
+    // finishes the write whether or not anybody waits for the answer.
+    let (state, request) = (state.clone(), request.clone());
+    let write = crate::audit::scope(context, async move {
+        route::dispatch(&state, &request, route, body).await
+    });
+    match tokio::spawn(write.in_current_span()).await {
+        Ok(reply) => reply,
+        Err(err) => {
+            tracing::error!(error = %err, "a write's task failed");
+            reply::Reply::error(ScimError::internal())
+        }
+    }
 }
 
 /// Reads the body, refusing with 413 as soon as it exceeds `limit`.

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{user_body, values, TestServer};
+use crate::support::{patient_directory, signal_slapd, user_body, values, TestServer};
 
 async fn user(server: &TestServer, name: &str) -> String {
     server
@@ -527,27 +527,6 @@ async fn crowd(
 
 fn add(id: &str) -> Value {
     json!([{"op": "add", "path": "members", "value": [{"value": id}]}])
-}
-
-/// Gives directory operations a timeout far beyond the test's own waits: the tests that stop
-/// the directory hold one operation in it while others queue, and on a loaded machine queueing
-/// them can take longer than the usual five seconds, after which the held operation would fail
-/// (or be retried) before the test lets it go.
-fn patient_directory(text: &mut String) {
-    let before = text.clone();
-    *text = text.replace("timeout = \"5s\"", "timeout = \"300s\"");
-    assert_ne!(*text, before, "the test config sets the directory timeout");
-}
-
-/// Sends `signal` (STOP, CONT) to the test's slapd.
-fn signal_slapd(server: &TestServer, signal: &str) {
-    let pid = server.slapd.pid().expect("slapd runs");
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// Member changes that queue behind a slow directory write to the group go to the directory

@@ -341,3 +341,24 @@ pub fn user_body(user_name: &str, given: &str, family: &str) -> Value {
         "emails": [{"value": format!("{user_name}@example.com"), "type": "work", "primary": true}],
     })
 }
+
+/// Gives directory operations a timeout far beyond the test's own waits: the tests that stop
+/// the directory hold one operation in it while others queue, and on a loaded machine queueing
+/// them can take longer than the usual five seconds, after which the held operation would fail
+/// (or be retried) before the test lets it go.
+pub fn patient_directory(text: &mut String) {
+    let before = text.clone();
+    *text = text.replace("timeout = \"5s\"", "timeout = \"300s\"");
+    assert_ne!(*text, before, "the test config sets the directory timeout");
+}
+
+/// Sends `signal` (STOP, CONT) to the test's slapd.
+pub fn signal_slapd(server: &TestServer, signal: &str) {
+    let pid = server.slapd.pid().expect("slapd runs");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{user_body, values, TestServer};
+use crate::support::{patient_directory, signal_slapd, user_body, values, TestServer};
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
@@ -863,4 +863,54 @@ async fn onelogin_managerid_and_a_plain_string_manager_become_the_managers_dn() 
             "{report}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_client_hangs_up_is_finished_all_the_same() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(patient_directory).await;
+    let id = server
+        .post("/Users", user_body("quitter", "Qu", "Itter"))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The directory stops, so the write waits in it; the client then gives up and closes the
+    // connection, as an IdP does when its timeout passes.
+    signal_slapd(&server, "STOP");
+    let body = json!({"Operations": [{"op": "replace", "path": "title", "value": "Gone Away"}]})
+        .to_string();
+    let authority = server.root.trim_start_matches("http://").to_string();
+    let path = format!(
+        "{}/Users/{id}",
+        server.base.trim_start_matches(&server.root)
+    );
+    let mut client = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "PATCH {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/scim+json\r\nContent-Length: {}\r\n\r\n{body}",
+                server.token,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    server.wait_for_intents(1).await;
+    drop(client);
+    // Time for the server to see the connection close before the directory answers.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    signal_slapd(&server, "CONT");
+    // The write is committed as well as applied: no intent is left to be replayed over later
+    // writes, and the cache and the directory agree.
+    server.wait_for_intents(0).await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["title"], "Gone Away");
+    assert_eq!(
+        values(&server.entry(&server.user_dn("quitter")).unwrap(), "title"),
+        ["Gone Away"]
+    );
 }
