@@ -643,18 +643,20 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::error!(seq = intent.seq, error = %err, "unreadable intent dropped; reconciliation will repair");
-                service
-                    .store
-                    .commit(Commit {
-                        intent_seq: Some(intent.seq),
-                        ..Commit::default()
-                    })
-                    .await?;
+                drop_replayed(service, intent.seq).await?;
                 continue;
             }
         };
-        tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
         let change = plan.audit_change();
+        if service.superseded(&plan).await? {
+            // Left behind while later writes of the same resource went on (its commit failed,
+            // say): replaying it would undo what they did and the IdP was told.
+            tracing::warn!(seq = intent.seq, resource_id = %intent.resource_id, "unfinished write superseded by a later one; dropped, reconciliation will repair");
+            drop_replayed(service, intent.seq).await?;
+            audit_replay(&change, Some("superseded")).await;
+            continue;
+        }
+        tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
         let applied = apply_ops(
             &service.directory,
             &plan.ops,
@@ -664,13 +666,20 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
         )
         .await;
         let refused = match applied {
-            Ok(entry_uuid) => {
-                service
-                    .store
-                    .commit(plan.into_commit(intent.seq, entry_uuid))
-                    .await?;
-                None
-            }
+            Ok(entry_uuid) => match service
+                .store
+                .commit(plan.into_commit(intent.seq, entry_uuid))
+                .await
+            {
+                Ok(()) => None,
+                // Its name is another resource's now: that one stays, this one goes.
+                Err(err @ crate::store::StoreError::NameTaken { .. }) => {
+                    tracing::error!(seq = intent.seq, resource_id = %intent.resource_id, error = %err, "unfinished write conflicts with the cache; dropped, reconciliation will repair");
+                    drop_replayed(service, intent.seq).await?;
+                    Some("refused")
+                }
+                Err(err) => return Err(err.into()),
+            },
             // Unreachable again: stop, so that no later write overtakes this one.
             Err(err) if err.is_transient() => return Err(err.into()),
             // The directory refuses it now (its entry was deleted meanwhile, say). The IdP was
@@ -679,21 +688,57 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             // Whatever part of it landed before the stop is drift, which reconciliation finds.
             Err(err) => {
                 tracing::error!(seq = intent.seq, resource_id = %intent.resource_id, error = %err, "unfinished write refused by the directory; dropped, reconciliation will repair");
-                service
-                    .store
-                    .commit(Commit {
-                        intent_seq: Some(intent.seq),
-                        ..Commit::default()
-                    })
-                    .await?;
+                drop_replayed(service, intent.seq).await?;
                 Some("refused")
             }
         };
-        crate::audit::scope(
-            crate::audit::AuditContext::system("replay", "replay"),
-            async { crate::audit::record(&change, refused) },
-        )
-        .await;
+        audit_replay(&change, refused).await;
     }
     Ok(n_intents)
+}
+
+/// Removes intent `seq`, which replay does not finish.
+async fn drop_replayed(service: &Service, seq: i64) -> Result<(), ServiceError> {
+    service
+        .store
+        .commit(Commit {
+            intent_seq: Some(seq),
+            ..Commit::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Audits a replayed write, or why it was not.
+async fn audit_replay(change: &crate::audit::Change, error: Option<&str>) {
+    crate::audit::scope(
+        crate::audit::AuditContext::system("replay", "replay"),
+        async { crate::audit::record(change, error) },
+    )
+    .await;
+}
+
+impl Service {
+    /// True when a later write of the plan's resource was committed after the plan was left
+    /// unfinished: the cache holds a newer version than the plan's, or the same version
+    /// written by another write; or the resource the plan deletes is gone already.
+    async fn superseded(&self, plan: &Plan) -> Result<bool, ServiceError> {
+        if let Some(planned) = &plan.upsert {
+            let current = self.store.get(planned.kind(), &planned.id).await?;
+            return Ok(current.is_some_and(|current| {
+                current.version > planned.version
+                    || (current.version == planned.version
+                        && current.last_modified != planned.last_modified)
+            }));
+        }
+        if let Some(id) = &plan.delete {
+            for kind in [Kind::User, Kind::Group] {
+                if self.store.get(kind, id).await?.is_some() {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
 }

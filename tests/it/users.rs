@@ -914,3 +914,48 @@ async fn a_write_whose_client_hangs_up_is_finished_all_the_same() {
         ["Gone Away"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfinished_write_that_later_writes_overtook_is_not_replayed_over_them() {
+    let mut server = TestServer::start().await;
+    let mut body = user_body("stale", "St", "Ale");
+    body["title"] = json!("One");
+    let id = server.post("/Users", body).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dn = server.user_dn("stale");
+    let two = json!({"Operations": [{"op": "replace", "path": "title", "value": "Two"}]});
+    crash_after_directory_write(&mut server, &id, two).await;
+    // What a later write of the same user leaves when this one's commit was lost while the
+    // daemon went on: the directory and the cache at a newer version.
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Three\n"
+        ))
+        .unwrap();
+    let cache = rusqlite::Connection::open(server.config_path.with_file_name("cache.db")).unwrap();
+    let changed = cache
+        .execute(
+            "UPDATE resources SET version = 3, last_modified = '2030-01-01T00:00:00Z', \
+             doc = json_set(doc, '$.title', 'Three') WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(cache);
+
+    server.launch().await;
+    server.wait_for_intents(0).await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(
+        user["title"], "Three",
+        "the later write stands in the cache"
+    );
+    assert_eq!(
+        values(&server.entry(&dn).unwrap(), "title"),
+        ["Three"],
+        "and in the directory"
+    );
+}
