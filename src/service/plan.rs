@@ -337,12 +337,16 @@ impl Service {
         let mut trace = ApplyTrace::default();
         let started = std::time::Instant::now();
         let directory_work = async {
-            let id_attr = self.config.ldap.flavor.entry_id_attribute();
-            let applied =
-                match apply_ops(&self.directory, &plan.ops, id_attr, false, &mut trace).await {
-                    Ok(entry_uuid) => then().await.map(|()| entry_uuid),
-                    Err(err) => Err(err),
-                };
+            let target = Target {
+                directory: &self.directory,
+                store: &self.store,
+                id_attr: self.config.ldap.flavor.entry_id_attribute(),
+                resource_id: &resource_id,
+            };
+            let applied = match apply_ops(&target, &plan.ops, false, &mut trace).await {
+                Ok(entry_uuid) => then().await.map(|()| entry_uuid),
+                Err(err) => Err(err),
+            };
             if applied.is_ok() {
                 self.directory_write_time.note(started.elapsed());
             }
@@ -487,36 +491,76 @@ impl Service {
     }
 }
 
+/// Where `apply_ops` writes, and for whom.
+struct Target<'a> {
+    directory: &'a Directory,
+    /// The cache, to tell whose an existing entry is before an add takes it over.
+    store: &'a crate::store::Store,
+    /// The directory's own id attribute (`entryUUID`, `objectGUID`...).
+    id_attr: &'a str,
+    /// The resource the plan writes.
+    resource_id: &'a str,
+}
+
 /// Applies `ops` in order; returns the directory id of an added entry when the server told it.
 async fn apply_ops(
-    directory: &Directory,
+    target: &Target<'_>,
     ops: &[DirOp],
-    id_attr: &str,
     replay: bool,
     trace: &mut ApplyTrace,
 ) -> Result<Option<String>, DirectoryError> {
     let mut entry_uuid = None;
     for op in ops {
-        apply_op(directory, op, id_attr, replay, trace, &mut entry_uuid).await?;
+        apply_op(target, op, replay, trace, &mut entry_uuid).await?;
         trace.wrote = true;
     }
     Ok(entry_uuid)
 }
 
+/// Refuses to take over an entry the cache gives to another resource. The directory may call
+/// two names one where the cache does not (`alice` and `alice ` are one `uid` under LDAP's
+/// insignificant-space rule): adopting would hand one user's entry, and its password, to
+/// another resource, whose delete would then remove it.
+async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryError> {
+    let existing = target.directory.read(dn, &[target.id_attr]).await?;
+    let Some(uuid) = existing
+        .as_ref()
+        .and_then(|entry| entry.first(target.id_attr))
+    else {
+        return Ok(());
+    };
+    for kind in [Kind::User, Kind::Group] {
+        let owners = target
+            .store
+            .find(kind, crate::store::IndexedField::EntryUuid, uuid)
+            .await
+            .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
+        if let Some(owner) = owners.iter().find(|owner| owner.id != target.resource_id) {
+            return Err(DirectoryError::ConstraintViolation(format!(
+                "{dn} is the entry of {} {}: names not unique for the directory",
+                kind.as_str(),
+                owner.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Applies one operation of `apply_ops`; an add sets `entry_uuid`.
 async fn apply_op(
-    directory: &Directory,
+    target: &Target<'_>,
     op: &DirOp,
-    id_attr: &str,
     replay: bool,
     trace: &mut ApplyTrace,
     entry_uuid: &mut Option<String>,
 ) -> Result<(), DirectoryError> {
+    let (directory, id_attr) = (target.directory, target.id_attr);
     match op {
         DirOp::Add { dn, attrs, adopt } => {
             match directory.add_returning(dn, attrs, id_attr).await {
                 Ok(id) => *entry_uuid = id,
                 Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
+                    check_adoptable(target, dn).await?;
                     trace.adopted = true;
                     tracing::info!("entry exists; adopting it");
                     tracing::trace!(dn = %dn, "adopted entry");
@@ -657,14 +701,13 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             continue;
         }
         tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
-        let applied = apply_ops(
-            &service.directory,
-            &plan.ops,
-            service.config.ldap.flavor.entry_id_attribute(),
-            true,
-            &mut ApplyTrace::default(),
-        )
-        .await;
+        let target = Target {
+            directory: &service.directory,
+            store: &service.store,
+            id_attr: service.config.ldap.flavor.entry_id_attribute(),
+            resource_id: &intent.resource_id,
+        };
+        let applied = apply_ops(&target, &plan.ops, true, &mut ApplyTrace::default()).await;
         let refused = match applied {
             Ok(entry_uuid) => match service
                 .store

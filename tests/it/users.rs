@@ -959,3 +959,33 @@ async fn an_unfinished_write_that_later_writes_overtook_is_not_replayed_over_the
         "and in the directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_the_directory_takes_for_another_users_never_takes_over_its_entry() {
+    let server = TestServer::start().await;
+    let alice = server
+        .post(
+            "/Users",
+            with_password(user_body("alice", "Alice", "Original"), "Alice-Pass-1"),
+        )
+        .await
+        .expect(201);
+    let dn = server.user_dn("alice");
+    // `alice ` differs from `alice` for the cache, but LDAP ignores the trailing space of a
+    // uid: its add meets alice's entry, which users.on_existing = "adopt" would take over.
+    let refused = server
+        .post(
+            "/Users",
+            with_password(user_body("alice ", "Mallory", "Impostor"), "Mallory-Pass-1"),
+        )
+        .await;
+    let body = refused.expect(409);
+    assert_eq!(body["scimType"], "uniqueness", "{body}");
+    let entry = server.entry(&dn).unwrap();
+    assert_eq!(values(&entry, "sn"), ["Original"]);
+    assert!(server.can_bind(&dn, "Alice-Pass-1"));
+    assert!(!server.can_bind(&dn, "Mallory-Pass-1"));
+    let list = server.get("/Users").await.expect(200);
+    assert_eq!(list["totalResults"], 1, "{list}");
+    assert_eq!(list["Resources"][0]["id"], alice["id"]);
+}
