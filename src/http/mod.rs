@@ -354,15 +354,6 @@ where
         }
         _ => {}
     }
-    // Monitoring is not throttled by a flood of provisioning requests.
-    if route != Route::Metrics {
-        if let Some(limiter) = &state.limiter {
-            if let Err(retry_after) = limiter.acquire() {
-                crate::metrics::record_rate_limited();
-                return reply::Reply::error(ScimError::too_many_requests(retry_after));
-            }
-        }
-    }
     let now = Instant::now();
     let peer_ip = request
         .peer
@@ -382,6 +373,17 @@ where
         state.auth_throttle.record_success(ip);
     }
     *token = Some(token_name.clone());
+    // The rate limit protects the directory from its IdPs, so it counts authenticated requests
+    // only: a flood without a valid token (answered above, by the throttle or 401) cannot use
+    // up the IdPs' share. Monitoring is not throttled by a flood of provisioning requests.
+    if route != Route::Metrics {
+        if let Some(limiter) = &state.limiter {
+            if let Err(retry_after) = limiter.acquire() {
+                crate::metrics::record_rate_limited();
+                return reply::Reply::error(ScimError::too_many_requests(retry_after));
+            }
+        }
+    }
     if route == Route::Metrics {
         return metrics_reply(&state.service).await;
     }

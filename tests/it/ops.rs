@@ -537,6 +537,34 @@ async fn over_the_rate_requests_get_429_with_retry_after_and_a_scim_error() {
     assert_eq!(health.status().as_u16(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_a_valid_token_do_not_use_up_the_rate_limit() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace(
+            "base_path = \"/scim/v2\"\n",
+            "base_path = \"/scim/v2\"\nrate_limit_per_second = 1\nrate_limit_burst = 3\n",
+        );
+    })
+    .await;
+    // A flood of wrong tokens from many clients (each below the per-client throttle), through
+    // a proxy on this host.
+    let client = reqwest::Client::new();
+    for n in 0..20 {
+        let reply = client
+            .get(format!("{}/Users", server.base))
+            .header("x-forwarded-for", format!("203.0.113.{n}"))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 401);
+    }
+    // The IdP's requests still get the whole burst.
+    for _ in 0..3 {
+        assert_eq!(server.get("/Users").await.status.as_u16(), 200);
+    }
+}
+
 /// The binary run as `scim2ldap serve`, its stderr (JSON lines) collected.
 struct Process {
     child: std::process::Child,
