@@ -160,6 +160,8 @@ pub struct Service {
     ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One reconcile run at a time.
     reconcile_lock: tokio::sync::Mutex<()>,
+    /// The last readiness check and when it ran (see `ready`).
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// Resources whose last write failed transiently and may be half applied.
     suspects: suspects::Suspects,
     /// How long a write's directory work takes: the cache's fsync, which runs beside it, may
@@ -190,6 +192,7 @@ impl Service {
             member_queue: members::MemberQueue::default(),
             ignored_names: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            readiness: tokio::sync::Mutex::new(None),
             suspects: suspects::Suspects::default(),
             directory_write_time: crate::store::MovingAverage::new(std::time::Duration::ZERO),
         })
@@ -210,8 +213,22 @@ impl Service {
         &self.directory
     }
 
-    /// Ready when the directory answers and the cache is open.
+    /// Ready when the directory answers and the cache is open. `/readyz` needs no token, so
+    /// an answer serves every caller for a second: a flood of probes costs the directory one
+    /// search a second, not one each.
     pub async fn ready(&self) -> Result<(), String> {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, outcome)) = last.as_ref() {
+            if at.elapsed() < READINESS_REUSE {
+                return outcome.clone();
+            }
+        }
+        let outcome = self.check_ready().await;
+        *last = Some((std::time::Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    async fn check_ready(&self) -> Result<(), String> {
         self.directory
             .ping()
             .await
@@ -539,6 +556,9 @@ impl Service {
         })
     }
 }
+
+/// How long one readiness answer serves `/readyz`.
+const READINESS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resources a scan reads from the cache at a time.
 const SCAN_CHUNK: usize = 1_000;

@@ -263,7 +263,22 @@ async fn health_follows_the_directory_and_the_pool_survives_a_restart() {
         .expect(201);
 
     server.slapd.stop().unwrap();
-    assert_eq!(ready(client.clone(), server.root.clone()).await, 503);
+    // One readiness answer serves the probes of a second.
+    let becomes = |wanted: u16| {
+        let (client, root) = (client.clone(), server.root.clone());
+        async move {
+            let mut status = 0;
+            for _ in 0..50 {
+                status = ready(client.clone(), root.clone()).await;
+                if status == wanted {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            status
+        }
+    };
+    assert_eq!(becomes(503).await, 503);
     let down = server
         .post("/Users", crate::support::user_body("during", "D", "Uring"))
         .await;
@@ -279,15 +294,7 @@ async fn health_follows_the_directory_and_the_pool_survives_a_restart() {
 
     server.slapd.restart().unwrap();
     // The pool reconnects by itself; the backoff is short, so a few tries suffice.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = ready(client.clone(), server.root.clone()).await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200);
+    assert_eq!(becomes(200).await, 200);
     server
         .post("/Users", crate::support::user_body("during", "D", "Uring"))
         .await

@@ -863,3 +863,28 @@ fn the_example_config_names_only_known_keys_and_loads_once_secrets_are_given() {
     assert_eq!(&*config.auth.tokens[0].name, "okta");
     assert!(config.server.rate_limit.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_readiness_probes_costs_the_directory_one_search_a_second() {
+    let server = TestServer::start().await;
+    let searches = r#"scim2ldap_directory_operations_total{operation="search",result="ok"}"#;
+    let before = sample(&server.metrics().await, searches);
+    let client = reqwest::Client::new();
+    let probes: Vec<_> = (0..40)
+        .map(|_| {
+            let request = client.get(format!("{}/readyz", server.root)).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap().unwrap().status().as_u16(), 200);
+    }
+    let after = sample(&server.metrics().await, searches);
+    // A few more than one: the daemon's own pings (every 5 s) and a second that may end
+    // between probes.
+    assert!(
+        after - before <= 5.0,
+        "{} searches for 40 probes",
+        after - before
+    );
+}
