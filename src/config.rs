@@ -303,6 +303,28 @@ pub struct LdapConfig {
     pub pool_size: usize,
 }
 
+impl LdapConfig {
+    /// The host, when passwords would cross the network in clear: an `ldap://` URL to a host
+    /// other than this one, without StartTLS. The bind password goes with every connection,
+    /// and each password the IdP sets goes with its write.
+    pub fn plaintext_remote_host(&self) -> Option<&str> {
+        if self.starttls {
+            return None;
+        }
+        let rest = self.url.strip_prefix("ldap://")?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!local).then_some(host)
+    }
+}
+
 /// Validated `[cache]`.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {

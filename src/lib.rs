@@ -126,6 +126,12 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let _cache_lock = lock_cache(&config.cache.path)?;
+    if let Some(host) = config.ldap.plaintext_remote_host() {
+        tracing::warn!(
+            host,
+            "ldap.url is ldap:// to another host without ldap.starttls: the bind password and every password set cross the network in clear; use ldaps:// or starttls = true"
+        );
+    }
     let service = open_service(config.clone())?;
     // READY means the directory answered: wait for it, or for shutdown.
     let mut shutdown = std::pin::pin!(shutdown);

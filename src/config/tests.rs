@@ -313,3 +313,35 @@ description = "descriptin"
         ],
     );
 }
+
+#[test]
+fn passwords_in_clear_to_another_host_are_told_apart() {
+    let host_of = |url: &str, starttls: &str| {
+        let config = load_text(
+            GOOD,
+            &[
+                ("SCIM2LDAP__LDAP__URL", url),
+                ("SCIM2LDAP__LDAP__STARTTLS", starttls),
+            ],
+        )
+        .unwrap_or_else(|err| panic!("{url}: {err}"));
+        config.ldap.plaintext_remote_host().map(str::to_string)
+    };
+    assert_eq!(
+        host_of("ldap://dir.example.com:389", "false").as_deref(),
+        Some("dir.example.com")
+    );
+    assert_eq!(
+        host_of("ldap://[2001:db8::7]:389", "false").as_deref(),
+        Some("2001:db8::7")
+    );
+    for (url, starttls) in [
+        ("ldap://dir.example.com", "true"),
+        ("ldaps://dir.example.com", "false"),
+        ("ldap://127.0.0.1:389", "false"),
+        ("ldap://localhost", "false"),
+        ("ldap://[::1]:389", "false"),
+    ] {
+        assert_eq!(host_of(url, starttls), None, "{url} starttls={starttls}");
+    }
+}
