@@ -70,6 +70,18 @@ impl<K: Eq + Hash + Clone, T> KeyedQueue<K, T> {
         Some(queue.drain(..count).collect())
     }
 
+    /// A guard for the task that serves `key`: dropped before `disarm` (the task panicked or
+    /// was cancelled mid-batch), it forgets the key and the items waiting, whose waiters then
+    /// get an error at once, and the next push starts a new task. Without it, every later push
+    /// would join a queue that no task serves, and wait forever.
+    pub(crate) fn serving<'q>(&'q self, key: &'q K) -> Serving<'q, K, T> {
+        Serving {
+            queue: self,
+            key,
+            armed: true,
+        }
+    }
+
     /// Items waiting, all keys together.
     pub(crate) fn len(&self) -> usize {
         self.waiting().values().map(Vec::len).sum()
@@ -78,6 +90,28 @@ impl<K: Eq + Hash + Clone, T> KeyedQueue<K, T> {
     /// Whether a task serves `key`.
     pub(crate) fn is_served(&self, key: &K) -> bool {
         self.waiting().contains_key(key)
+    }
+}
+
+/// See [`KeyedQueue::serving`].
+pub(crate) struct Serving<'q, K: Eq + Hash + Clone, T> {
+    queue: &'q KeyedQueue<K, T>,
+    key: &'q K,
+    armed: bool,
+}
+
+impl<K: Eq + Hash + Clone, T> Serving<'_, K, T> {
+    /// The task found the queue empty (`take` forgot the key): nothing to undo.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<K: Eq + Hash + Clone, T> Drop for Serving<'_, K, T> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.waiting().remove(self.key);
+        }
     }
 }
 
@@ -108,5 +142,29 @@ mod tests {
             queue.push(&"g", 1),
             "forgotten once found empty: a new task"
         );
+    }
+
+    #[test]
+    fn a_task_that_dies_mid_batch_leaves_no_key_served_by_nobody() {
+        let queue: KeyedQueue<&str, usize> = KeyedQueue::default();
+        assert!(queue.push(&"g", 1));
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _serving = queue.serving(&"g");
+            let _ = queue.take(&"g", 10, |_| 1);
+            assert!(!queue.push(&"g", 2), "joins the running task");
+            panic!("a batch that panics");
+        }));
+        assert!(died.is_err());
+        assert!(!queue.is_served(&"g"), "the dead task's key is forgotten");
+        assert_eq!(queue.len(), 0, "with what waited for it");
+        assert!(queue.push(&"g", 3), "the next push starts a new task");
+
+        // A task that ends normally disarms it: a task started after leaves its key alone.
+        let serving = queue.serving(&"g");
+        assert_eq!(queue.take(&"g", 10, |_| 1), Some(vec![3]));
+        assert_eq!(queue.take(&"g", 10, |_| 1), None);
+        serving.disarm();
+        assert!(queue.push(&"g", 4));
+        assert!(queue.is_served(&"g"));
     }
 }

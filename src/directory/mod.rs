@@ -283,6 +283,7 @@ impl Directory {
     /// one modify in order, or, when the directory refuses it (a value already there or gone,
     /// say), each change on its own so that each gets its own result.
     async fn apply_values(&self, key: values::Key) {
+        let serving = self.values.serving(&key);
         let (dn, attr) = &key;
         while let Some(batch) = self.values.take(&key, values::MAX_BATCH, |_| 1) {
             if batch.len() > 1 {
@@ -309,6 +310,7 @@ impl Directory {
                 let _ = change.reply.send(result);
             }
         }
+        serving.disarm();
     }
 
     async fn change_one_value(

@@ -89,11 +89,13 @@ impl Service {
     /// ids than one request may carry (so that a merged modify is never larger than one
     /// request's could be).
     async fn drain_members(self: Arc<Self>, id: String) {
+        let serving = self.member_queue.serving(&id);
         loop {
             let lock = self.locks.lock(format!("id:{id}")).await;
             let Some(batch) = self.member_queue.take(&id, MAX_MEMBERS, |change| {
                 change.add.len() + change.remove.len()
             }) else {
+                serving.disarm();
                 return;
             };
             let context = batch_context(&batch);
