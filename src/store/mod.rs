@@ -1030,6 +1030,10 @@ impl RawRow {
 fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueue) {
     let _closing = CloseOnExit(queue);
     let mut wal: Option<std::fs::File> = None;
+    // After a failed fsync the kernel may have dropped the pages it could not write and marked
+    // them clean, so a later fsync would succeed without them: every later caller fails too,
+    // until a restart replays what the cache file really holds.
+    let mut failed: Option<String> = None;
     while let Some(Gathered {
         waiting,
         checkpoint,
@@ -1037,7 +1041,14 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
     {
         if !waiting.is_empty() {
             let started = std::time::Instant::now();
-            let failure = fsync(&mut wal, wal_path).err();
+            let failure = match &failed {
+                Some(reason) => Some(reason.clone()),
+                None => fsync(&mut wal, wal_path).err(),
+            };
+            if let (None, Some(reason)) = (&failed, &failure) {
+                tracing::error!(reason = %reason, "cache fsync failed: every write fails from now on; restart the service (it replays what the cache holds)");
+                failed = Some(reason.clone());
+            }
             queue.fsync_time.note(started.elapsed());
             crate::metrics::record_cache_fsync(waiting.len());
             for reply in waiting {
@@ -1060,9 +1071,25 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
     }
 }
 
+/// Test hook: with `SCIM2LDAP_TEST_FSYNC_FAILS_ONCE=1` in the environment the first fsync of the
+/// cache fails and later ones succeed, as on a disk that returned EIO once. Read once per
+/// process.
+fn fsync_fails() -> bool {
+    static ONCE: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(
+            std::env::var_os("SCIM2LDAP_TEST_FSYNC_FAILS_ONCE").is_some_and(|v| v == "1"),
+        )
+    })
+    .swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fsyncs the WAL through `wal`, opening it first when needed.
 fn fsync(wal: &mut Option<std::fs::File>, wal_path: &Path) -> Result<(), String> {
     let result = (|| -> std::io::Result<()> {
+        if fsync_fails() {
+            return Err(std::io::Error::other("test hook: fsync fails"));
+        }
         if wal.is_none() {
             *wal = Some(
                 std::fs::OpenOptions::new()

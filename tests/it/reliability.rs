@@ -1152,3 +1152,50 @@ async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
         BTreeSet::from([server.slapd.placeholder_dn().to_ascii_lowercase()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failed_cache_fsync_every_write_fails_until_a_restart() {
+    let mut server = TestServer::start().await;
+    server.stop_daemon().await;
+    // The first fsync of the cache fails and later ones would succeed, as after an EIO whose
+    // pages the kernel dropped: a later success would not mean the earlier data is on disk.
+    let daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[("SCIM2LDAP_TEST_FSYNC_FAILS_ONCE", "1")],
+        std::process::Stdio::null(),
+    );
+    let mut daemon = daemon;
+    daemon.wait_ready().await;
+    let client = reqwest::Client::new();
+    for name in ["first", "second"] {
+        let reply = client
+            .post(format!("{}/Users", daemon.base))
+            .bearer_auth(&server.token)
+            .json(&user_body(name, "Fs", "Ync"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            reply.status().is_server_error(),
+            "{name}: {} (no write is acknowledged after a failed fsync)",
+            reply.status()
+        );
+    }
+    daemon.kill();
+    // A restart replays what the cache holds; the cache and the directory agree again.
+    server.launch().await;
+    server.wait_for_intents(0).await;
+    for name in ["first", "second"] {
+        let found = server
+            .get(&format!("/Users?filter=userName%20eq%20%22{name}%22"))
+            .await
+            .expect(200);
+        let in_directory = server.entry(&server.user_dn(name)).is_some();
+        assert_eq!(
+            found["totalResults"] == 1,
+            in_directory,
+            "{name}: cache {found}, directory {in_directory}"
+        );
+    }
+}

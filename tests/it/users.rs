@@ -634,35 +634,15 @@ async fn manager_is_written_as_the_managers_dn() {
 /// then holds the change and the cache only its intent.
 async fn crash_after_directory_write(server: &mut TestServer, id: &str, patch: Value) {
     server.stop_daemon().await;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut crashing = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
-        .args(["serve", "--config"])
-        .arg(&server.config_path)
-        .env("SCIM2LDAP__SERVER__LISTEN", listen.to_string())
-        .env("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY", "1")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if client
-            .get(format!("http://{listen}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "daemon did not become ready");
-    let reply = client
-        .patch(format!("http://{listen}/scim/v2/Users/{id}"))
+    let mut crashing = crate::daemon::Daemon::spawn(
+        &server.config_path,
+        crate::daemon::free_addr(),
+        &[("SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY", "1")],
+        std::process::Stdio::null(),
+    );
+    crashing.wait_ready().await;
+    let reply = reqwest::Client::new()
+        .patch(format!("{}/Users/{id}", crashing.base))
         .bearer_auth(&server.token)
         .json(&patch)
         .send()
@@ -671,7 +651,7 @@ async fn crash_after_directory_write(server: &mut TestServer, id: &str, patch: V
         reply.is_err() || reply.unwrap().status().is_server_error(),
         "no reply was acknowledged"
     );
-    assert_eq!(crashing.wait().unwrap().code(), Some(86));
+    assert_eq!(crashing.child.wait().unwrap().code(), Some(86));
 }
 
 #[tokio::test(flavor = "multi_thread")]
