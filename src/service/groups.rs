@@ -19,6 +19,24 @@ pub(super) struct Member {
 }
 
 impl Service {
+    /// Takes the locks of the users `ids`, in order and once each, before a group write reads
+    /// their names and DNs: a rename, suspension or delete of one of them then either finished
+    /// before (its new DN is read) or waits for the group write (and sees its membership).
+    /// User writes never wait for a group's lock, so the two cannot deadlock.
+    async fn lock_users<'s>(
+        &'s self,
+        ids: impl Iterator<Item = &String>,
+    ) -> Vec<super::locks::KeyGuard<'s>> {
+        let mut ids: Vec<&String> = ids.collect();
+        ids.sort();
+        ids.dedup();
+        let mut guards = Vec::with_capacity(ids.len());
+        for id in ids {
+            guards.push(self.locks.lock(format!("id:{id}")).await);
+        }
+        guards
+    }
+
     /// `POST /Groups`.
     pub(crate) async fn create_group(&self, doc: Value) -> Result<StoredResource, ServiceError> {
         let schema = self.discovery.group_schema();
@@ -33,6 +51,7 @@ impl Service {
                 &display_name,
             )
             .await?;
+        let _member_locks = self.lock_users(member_ids.iter()).await;
         let members = self.resolve_members(&member_ids).await?;
         let id = crate::new_uuid().to_string();
         let posix_range = (self.config.groups.class == crate::mapping::GroupClass::PosixGroup)
@@ -225,6 +244,7 @@ impl Service {
                 (to_add, to_remove)
             }
         };
+        let _member_locks = self.lock_users(to_add.iter().chain(&to_remove)).await;
         let adds = self.resolve_members(&to_add).await?;
         if new_doc == old.doc && adds.is_empty() && to_remove.is_empty() {
             return Ok(old);

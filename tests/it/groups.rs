@@ -740,3 +740,37 @@ async fn a_user_put_back_as_read_with_its_groups_keeps_its_memberships() {
     assert_eq!(members_of(&server, "Staff"), [dn.as_str()]);
     assert_eq!(values(&server.entry(&dn).unwrap(), "title"), ["Lead"]);
 }
+
+/// A user renamed while a group write removes it: whichever goes first, the group ends
+/// without the user in the directory as in the cache (the group write reads the user's DN
+/// under the user's lock, after the rename).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rename_racing_a_removal_from_a_group_leaves_no_membership_behind() {
+    let server = TestServer::start_with(patient_directory).await;
+    let (ids, gid) = crowd(&server, "racer", 2, "Racers", true).await;
+    let renamed_dn = server.user_dn("racer-renamed");
+    // The rename waits in the stopped directory, holding the user; the removal comes then.
+    signal_slapd(&server, "STOP");
+    let rename = spawn_call(
+        &server,
+        reqwest::Method::PATCH,
+        &format!("/Users/{}", ids[0]),
+        Some(json!([{"op": "replace", "path": "userName", "value": "racer-renamed"}])),
+    );
+    server.wait_for_intents(1).await;
+    let remove = spawn_patch(
+        &server,
+        &gid,
+        json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}]),
+    );
+    // Time for the removal to reach the directory, as it did before it waited for the user.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    signal_slapd(&server, "CONT");
+    assert_eq!(rename.await.unwrap().0, 200);
+    assert_eq!(remove.await.unwrap().0, 204);
+    assert_eq!(members_of(&server, "Racers"), [server.user_dn("racer01")]);
+    assert!(server.entry(&renamed_dn).is_some());
+    let group = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    assert_eq!(group["members"].as_array().unwrap().len(), 1, "{group}");
+    assert_eq!(group["members"][0]["value"], ids[1].as_str());
+}
