@@ -1061,7 +1061,8 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
                 });
             }
         }
-        if let Some(writer) = writer.upgrade().filter(|_| checkpoint) {
+        // Nor is the WAL copied into the database file on the word of a failed disk.
+        if let Some(writer) = writer.upgrade().filter(|_| checkpoint && failed.is_none()) {
             writer.exclusive(|conn| {
                 if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %err, "cache checkpoint failed");
