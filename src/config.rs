@@ -354,8 +354,25 @@ pub struct LogConfig {
 ///
 /// Fails with every problem at once: unreadable file, unknown keys, wrong types, invalid values.
 pub fn load(file: &Path, env: Option<BTreeMap<String, String>>) -> Result<Config, ConfigError> {
-    let raw = load_raw(file, env)?;
-    Config::from_raw(raw, &SecretSources::from_process())
+    let (raw, unknown) = read_raw(file, env)?;
+    validate(raw, unknown, &SecretSources::from_process())
+}
+
+/// `Config::from_raw`, reporting the unknown keys found while reading beside its own problems.
+pub fn validate(
+    raw: RawConfig,
+    unknown: Vec<String>,
+    secrets: &SecretSources,
+) -> Result<Config, ConfigError> {
+    match Config::from_raw(raw, secrets) {
+        Ok(config) if unknown.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems: unknown }),
+        Err(err) => {
+            let mut problems = unknown;
+            problems.extend(err.problems);
+            Err(ConfigError { problems })
+        }
+    }
 }
 
 /// Keys whose environment value is a comma-separated list.
@@ -370,6 +387,18 @@ pub fn load_raw(
     file: &Path,
     env: Option<BTreeMap<String, String>>,
 ) -> Result<RawConfig, ConfigError> {
+    match read_raw(file, env)? {
+        (raw, unknown) if unknown.is_empty() => Ok(raw),
+        (_, unknown) => Err(ConfigError { problems: unknown }),
+    }
+}
+
+/// Reads `file` and the environment into a `RawConfig` and the unknown keys met (problems to
+/// report, beside the values' own). A value of the wrong type ends the reading.
+pub fn read_raw(
+    file: &Path,
+    env: Option<BTreeMap<String, String>>,
+) -> Result<(RawConfig, Vec<String>), ConfigError> {
     let env: BTreeMap<String, String> = env.unwrap_or_else(|| std::env::vars().collect());
     let mut builder = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
@@ -409,8 +438,7 @@ pub fn load_raw(
         unknown.push(format!("unknown key `{}`", dotted(&path.to_string())));
     });
     match raw {
-        Ok(raw) if unknown.is_empty() => Ok(raw),
-        Ok(_) => Err(ConfigError { problems: unknown }),
+        Ok(raw) => Ok((raw, unknown)),
         Err(err) => {
             unknown.push(format!("{err}"));
             Err(ConfigError { problems: unknown })

@@ -31,8 +31,8 @@ fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let raw = load_raw(&path, Some(env))?;
-    Config::from_raw(raw, &SecretSources::default())
+    let (raw, unknown) = read_raw(&path, Some(env))?;
+    validate(raw, unknown, &SecretSources::default())
 }
 
 #[track_caller]
@@ -344,4 +344,12 @@ fn passwords_in_clear_to_another_host_are_told_apart() {
     ] {
         assert_eq!(host_of(url, starttls), None, "{url} starttls={starttls}");
     }
+}
+
+#[test]
+fn unknown_keys_and_invalid_values_are_reported_together() {
+    let text = GOOD
+        .replace("[ldap]\n", "[ldap]\nurll = \"ldap://x\"\n")
+        .replace("url = \"ldap://127.0.0.1:389\"", "url = \"http://127.0.0.1\"");
+    check_problems(&text, &[], &["ldap.urll", "ldap.url"]);
 }
