@@ -350,6 +350,9 @@ fn passwords_in_clear_to_another_host_are_told_apart() {
 fn unknown_keys_and_invalid_values_are_reported_together() {
     let text = GOOD
         .replace("[ldap]\n", "[ldap]\nurll = \"ldap://x\"\n")
-        .replace("url = \"ldap://127.0.0.1:389\"", "url = \"http://127.0.0.1\"");
+        .replace(
+            "url = \"ldap://127.0.0.1:389\"",
+            "url = \"http://127.0.0.1\"",
+        );
     check_problems(&text, &[], &["ldap.urll", "ldap.url"]);
 }
