@@ -22,7 +22,12 @@ pub enum DirectoryError {
     /// A value to delete is missing (result 16).
     #[error("no such attribute: {0}")]
     NoSuchAttribute(String),
-    /// A constraint (unique overlay, size limits) refused the change (result 19).
+    /// A value is another entry's already (result 19 from a uniqueness constraint, such as
+    /// OpenLDAP's unique overlay).
+    #[error("value not unique: {0}")]
+    NotUnique(String),
+    /// Another constraint refused the change (result 19: a password policy, a second value of
+    /// a single-valued attribute, size limits).
     #[error("constraint violation: {0}")]
     ConstraintViolation(String),
     /// The entry would break the schema (results 17, 18, 21, 64, 65, 67, 69).
@@ -69,6 +74,8 @@ impl DirectoryError {
             51 | 52 | 80 | 81 | 91 => DirectoryError::Unavailable(format!("result {rc}: {text}")),
             3 | 85 => DirectoryError::Timeout,
             16 => DirectoryError::NoSuchAttribute(text),
+            // One code for every constraint; the unique overlay's text says which.
+            19 if text.to_ascii_lowercase().contains("unique") => DirectoryError::NotUnique(text),
             19 => DirectoryError::ConstraintViolation(text),
             20 => DirectoryError::ValueExists(text),
             32 => DirectoryError::NoSuchObject(text),

@@ -84,12 +84,8 @@ impl From<ServiceError> for ScimError {
                 tracing::warn!(error = %dir_err, "directory unavailable");
                 ScimError::unavailable(RETRY_AFTER_SECS)
             }
-            // One result code (19) for the unique overlay's refusal and for other constraints:
-            // a password policy's quality checks, a single-valued attribute given two values.
-            ServiceError::Directory(DirectoryError::ConstraintViolation(text))
-                if text.to_ascii_lowercase().contains("unique") =>
-            {
-                tracing::info!(error = %text, "directory constraint violation");
+            ServiceError::Directory(DirectoryError::NotUnique(text)) => {
+                tracing::info!(error = %text, "value not unique in the directory");
                 ScimError::uniqueness(
                     "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry",
                 )
@@ -686,9 +682,10 @@ mod tests {
     use crate::scim::error::ScimType;
 
     fn answer(text: &str) -> ScimError {
-        ScimError::from(ServiceError::Directory(
-            DirectoryError::ConstraintViolation(text.to_string()),
-        ))
+        ScimError::from(ServiceError::Directory(DirectoryError::from_result(
+            19,
+            text.to_string(),
+        )))
     }
 
     #[test]

@@ -420,13 +420,19 @@ impl Service {
 impl Service {
     /// Removes intent `seq` of a plan that changed nothing it could commit.
     async fn drop_intent(&self, seq: i64) {
-        let drop_intent = Commit {
-            intent_seq: Some(seq),
-            ..Commit::default()
-        };
-        if let Err(store_err) = self.store.commit(drop_intent).await {
+        if let Err(store_err) = self.forget_intent(seq).await {
             tracing::error!(error = %store_err, "could not drop a failed intent");
         }
+    }
+
+    /// Removes intent `seq` without committing anything of its plan.
+    async fn forget_intent(&self, seq: i64) -> Result<(), crate::store::StoreError> {
+        self.store
+            .commit(Commit {
+                intent_seq: Some(seq),
+                ..Commit::default()
+            })
+            .await
     }
 
     /// Remembers the resource of `plan`, which failed transiently, as suspect.
@@ -536,8 +542,8 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
             .await
             .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
         if let Some(owner) = owners.iter().find(|owner| owner.id != target.resource_id) {
-            return Err(DirectoryError::ConstraintViolation(format!(
-                "{dn} is the entry of {} {}: names not unique for the directory",
+            return Err(DirectoryError::NotUnique(format!(
+                "{dn} is the entry of {} {}: the directory takes the two names for one",
                 kind.as_str(),
                 owner.id
             )));
@@ -618,33 +624,43 @@ async fn apply_op(
         DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
         DirOp::DeleteValue { dn, attr, value } => directory.delete_value(dn, attr, value).await?,
         DirOp::AddValues { dn, attr, values } => {
-            match directory
-                .modify(dn, &[Mod::Add(attr.clone(), values.clone())])
-                .await
-            {
-                Err(DirectoryError::ValueExists(_)) => {
-                    for value in values {
-                        directory.add_value(dn, attr, value).await?;
-                        trace.wrote = true;
-                    }
-                }
-                other => other?,
-            }
+            change_values(directory, dn, attr, values, true, trace).await?
         }
         DirOp::DeleteValues { dn, attr, values } => {
-            match directory
-                .modify(dn, &[Mod::Delete(attr.clone(), values.clone())])
-                .await
-            {
-                Err(DirectoryError::NoSuchAttribute(_)) => {
-                    for value in values {
-                        directory.delete_value(dn, attr, value).await?;
-                        trace.wrote = true;
-                    }
-                }
-                other => other?,
-            }
+            change_values(directory, dn, attr, values, false, trace).await?
         }
+    }
+    Ok(())
+}
+
+/// Adds (or deletes) several values of one attribute in one modify; when one is there already
+/// (or gone already), which fails the whole modify, falls back to one modify per value so that
+/// the rest still land.
+async fn change_values(
+    directory: &Directory,
+    dn: &str,
+    attr: &str,
+    values: &[String],
+    add: bool,
+    trace: &mut ApplyTrace,
+) -> Result<(), DirectoryError> {
+    let change = if add {
+        Mod::Add(attr.to_string(), values.to_vec())
+    } else {
+        Mod::Delete(attr.to_string(), values.to_vec())
+    };
+    match directory.modify(dn, &[change]).await {
+        Err(DirectoryError::ValueExists(_)) if add => {}
+        Err(DirectoryError::NoSuchAttribute(_)) if !add => {}
+        other => return other,
+    }
+    for value in values {
+        if add {
+            directory.add_value(dn, attr, value).await?;
+        } else {
+            directory.delete_value(dn, attr, value).await?;
+        }
+        trace.wrote = true;
     }
     Ok(())
 }
@@ -687,7 +703,7 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::error!(seq = intent.seq, error = %err, "unreadable intent dropped; reconciliation will repair");
-                drop_replayed(service, intent.seq).await?;
+                service.forget_intent(intent.seq).await?;
                 continue;
             }
         };
@@ -696,7 +712,7 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             // Left behind while later writes of the same resource went on (its commit failed,
             // say): replaying it would undo what they did and the IdP was told.
             tracing::warn!(seq = intent.seq, resource_id = %intent.resource_id, "unfinished write superseded by a later one; dropped, reconciliation will repair");
-            drop_replayed(service, intent.seq).await?;
+            service.forget_intent(intent.seq).await?;
             audit_replay(&change, Some("superseded")).await;
             continue;
         }
@@ -718,7 +734,7 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
                 // Its name is another resource's now: that one stays, this one goes.
                 Err(err @ crate::store::StoreError::NameTaken { .. }) => {
                     tracing::error!(seq = intent.seq, resource_id = %intent.resource_id, error = %err, "unfinished write conflicts with the cache; dropped, reconciliation will repair");
-                    drop_replayed(service, intent.seq).await?;
+                    service.forget_intent(intent.seq).await?;
                     Some("refused")
                 }
                 Err(err) => return Err(err.into()),
@@ -731,25 +747,13 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             // Whatever part of it landed before the stop is drift, which reconciliation finds.
             Err(err) => {
                 tracing::error!(seq = intent.seq, resource_id = %intent.resource_id, error = %err, "unfinished write refused by the directory; dropped, reconciliation will repair");
-                drop_replayed(service, intent.seq).await?;
+                service.forget_intent(intent.seq).await?;
                 Some("refused")
             }
         };
         audit_replay(&change, refused).await;
     }
     Ok(n_intents)
-}
-
-/// Removes intent `seq`, which replay does not finish.
-async fn drop_replayed(service: &Service, seq: i64) -> Result<(), ServiceError> {
-    service
-        .store
-        .commit(Commit {
-            intent_seq: Some(seq),
-            ..Commit::default()
-        })
-        .await?;
-    Ok(())
 }
 
 /// Audits a replayed write, or why it was not.

@@ -7,12 +7,8 @@ use crate::support::{patient_directory, signal_slapd, user_body, values, TestSer
 
 async fn user(server: &TestServer, name: &str) -> String {
     server
-        .post("/Users", user_body(name, name, "Member"))
+        .create("/Users", user_body(name, name, "Member"))
         .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn members_of(server: &TestServer, cn: &str) -> Vec<String> {

@@ -171,6 +171,12 @@ impl TestServer {
     pub async fn get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, None).await
     }
+    /// POSTs `body` to `path`, expects 201, and returns the new resource's id.
+    pub async fn create(&self, path: &str, body: Value) -> String {
+        let created = self.post(path, body).await.expect(201);
+        created["id"].as_str().expect("an id").to_string()
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.call(Method::POST, path, Some(body)).await
     }

@@ -406,35 +406,32 @@ async fn etags_guard_writes_and_reads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_page_sort_and_project() {
     let server = TestServer::start().await;
+    let mut ids = Vec::new();
     for (name, title) in [("carol", "b"), ("alice", "c"), ("bob", "a")] {
         let mut body = user_body(name, name, "X");
         body["title"] = json!(title);
-        server.post("/Users", body).await.expect(201);
+        ids.push(server.create("/Users", body).await);
     }
+    let user_names = |list: &Value| -> Vec<String> {
+        list["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap().to_string())
+            .collect()
+    };
     let page = server.get("/Users?startIndex=1&count=2").await.expect(200);
     assert_eq!(page["totalResults"], 3);
     assert_eq!(page["itemsPerPage"], 2);
     // Pages follow creation order, so an import walking them sees everyone once.
     let second = server.get("/Users?startIndex=2&count=2").await.expect(200);
-    let names: Vec<&str> = second["Resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["userName"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(user_names(&second), ["alice", "bob"]);
     assert_eq!(second["startIndex"], 2);
     let sorted = server
         .get("/Users?sortBy=userName&sortOrder=descending&attributes=userName")
         .await
         .expect(200);
-    let names: Vec<&str> = sorted["Resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["userName"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["carol", "bob", "alice"]);
+    assert_eq!(user_names(&sorted), ["carol", "bob", "alice"]);
     let first = &sorted["Resources"][0];
     assert!(first.get("title").is_none() && first.get("id").is_some());
     let filtered = server
@@ -444,13 +441,7 @@ async fn lists_page_sort_and_project() {
     assert_eq!(filtered["totalResults"], 2);
     // A filter no index answers, paged: every match counts, the page holds the second in
     // creation order, and it carries the user's groups (read for the page only).
-    let alice = server
-        .get("/Users?filter=userName%20eq%20%22alice%22")
-        .await
-        .expect(200)["Resources"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice = &ids[1];
     let group = server
         .post(
             "/Groups",
@@ -821,12 +812,8 @@ async fn an_unmapped_attribute_is_cached_and_a_rule_writes_it() {
 async fn onelogin_managerid_and_a_plain_string_manager_become_the_managers_dn() {
     let server = TestServer::start().await;
     let boss = server
-        .post("/Users", user_body("big.boss", "Big", "Boss"))
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/Users", user_body("big.boss", "Big", "Boss"))
+        .await;
     // OneLogin's template: the old enterprise URN, the id under `managerId`.
     let mut body = user_body("report.one", "Re", "Port");
     body["urn:scim:schemas:extension:enterprise:2.0"] =
@@ -850,12 +837,8 @@ async fn a_write_whose_client_hangs_up_is_finished_all_the_same() {
     use tokio::io::AsyncWriteExt;
     let server = TestServer::start_with(patient_directory).await;
     let id = server
-        .post("/Users", user_body("quitter", "Qu", "Itter"))
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/Users", user_body("quitter", "Qu", "Itter"))
+        .await;
     // The directory stops, so the write waits in it; the client then gives up and closes the
     // connection, as an IdP does when its timeout passes.
     signal_slapd(&server, "STOP");
@@ -900,10 +883,7 @@ async fn an_unfinished_write_that_later_writes_overtook_is_not_replayed_over_the
     let mut server = TestServer::start().await;
     let mut body = user_body("stale", "St", "Ale");
     body["title"] = json!("One");
-    let id = server.post("/Users", body).await.expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.create("/Users", body).await;
     let dn = server.user_dn("stale");
     let two = json!({"Operations": [{"op": "replace", "path": "title", "value": "Two"}]});
     crash_after_directory_write(&mut server, &id, two).await;
@@ -968,4 +948,20 @@ async fn a_name_the_directory_takes_for_another_users_never_takes_over_its_entry
     let list = server.get("/Users").await.expect(200);
     assert_eq!(list["totalResults"], 1, "{list}");
     assert_eq!(list["Resources"][0]["id"], alice["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mail_another_entry_has_is_a_uniqueness_conflict_from_the_directory() {
+    // The cache knows no mail index: the directory's unique overlay refuses (result 19).
+    let server = TestServer::start().await;
+    server
+        .create("/Users", user_body("first.mail", "F", "M"))
+        .await;
+    let mut body = user_body("second.mail", "S", "M");
+    body["emails"] = json!([{"value": "first.mail@example.com", "type": "work", "primary": true}]);
+    let refused = server.post("/Users", body).await.expect(409);
+    assert_eq!(refused["scimType"], "uniqueness", "{refused}");
+    assert!(server.entry(&server.user_dn("second.mail")).is_none());
+    let list = server.get("/Users").await.expect(200);
+    assert_eq!(list["totalResults"], 1);
 }
