@@ -366,6 +366,44 @@ pub fn rdn(dn: &str) -> &str {
 const PPOLICY_LOCK_ATTR: &str = "pwdAccountLockedTime";
 const PPOLICY_LOCK_VALUE: &str = "000001010000Z";
 
+/// Active Directory's account flags. `Deactivate::AdUserAccountControl` owns one bit of it,
+/// ACCOUNTDISABLE; the others (password never expires, smart card required...) are the
+/// directory's, and every write keeps them.
+pub const AD_ACCOUNT_CONTROL: &str = "userAccountControl";
+/// ACCOUNTDISABLE, bit 2 of `userAccountControl`.
+const AD_ACCOUNTDISABLE: i64 = 0x2;
+/// NORMAL_ACCOUNT, for an entry that has no flags yet.
+const AD_NORMAL_ACCOUNT: i64 = 0x200;
+
+/// Whether `userAccountControl` values say the account is disabled (bit 2 set). A value that
+/// is not a number says nothing: not disabled.
+pub fn ad_disabled(values: &[String]) -> bool {
+    values
+        .first()
+        .and_then(|value| ad_flags(value))
+        .is_some_and(|flags| flags & AD_ACCOUNTDISABLE != 0)
+}
+
+fn ad_flags(value: &str) -> Option<i64> {
+    value.trim().parse().ok()
+}
+
+/// The `userAccountControl` value that disables (or enables) an account whose flags are
+/// `current`, keeping every other flag; `None` when `current` is in that state already.
+pub fn ad_account_control(current: Option<&str>, disabled: bool) -> Option<String> {
+    let flags = current.and_then(ad_flags);
+    if flags.is_some_and(|flags| (flags & AD_ACCOUNTDISABLE != 0) == disabled) {
+        return None;
+    }
+    let flags = flags.unwrap_or(AD_NORMAL_ACCOUNT);
+    let new = if disabled {
+        flags | AD_ACCOUNTDISABLE
+    } else {
+        flags & !AD_ACCOUNTDISABLE
+    };
+    Some(new.to_string())
+}
+
 impl UserMapping {
     /// Validates `[users]` for `flavor`, recording every problem.
     pub(crate) fn from_raw(
@@ -541,7 +579,7 @@ impl UserMapping {
         match &self.deactivate {
             Deactivate::PpolicyLock => attrs.push(PPOLICY_LOCK_ATTR.to_string()),
             Deactivate::NsAccountLock => attrs.push("nsAccountLock".to_string()),
-            Deactivate::AdUserAccountControl => attrs.push("userAccountControl".to_string()),
+            Deactivate::AdUserAccountControl => attrs.push(AD_ACCOUNT_CONTROL.to_string()),
             Deactivate::Attribute { attr, .. } => attrs.push(attr.clone()),
             Deactivate::Move { .. } => {}
         }
@@ -661,9 +699,11 @@ impl UserMapping {
                 attrs.insert("nsAccountLock".to_string(), lock_values(active, "TRUE"));
             }
             Deactivate::AdUserAccountControl => {
-                // 512 = NORMAL_ACCOUNT; 514 adds ACCOUNTDISABLE (bit 2).
-                let value = if active { "512" } else { "514" };
-                attrs.insert("userAccountControl".to_string(), vec![value.to_string()]);
+                // 512 = NORMAL_ACCOUNT; 514 adds ACCOUNTDISABLE (bit 2). Only a new entry gets
+                // the value whole: a modify keeps the entry's other flags (`apply_op`), and
+                // `drift` compares bit 2 alone.
+                let value = ad_account_control(None, !active).unwrap_or_default();
+                attrs.insert(AD_ACCOUNT_CONTROL.to_string(), vec![value]);
             }
             Deactivate::Attribute { attr, value } => {
                 attrs.insert(attr.clone(), lock_values(active, value));
@@ -1234,6 +1274,9 @@ pub fn drift(
                 keys
             };
             fold(wanted) == fold(&have)
+        } else if attr.eq_ignore_ascii_case(AD_ACCOUNT_CONTROL) {
+            // Only the disable bit is ours; the directory keeps the other flags.
+            !have.is_empty() && ad_disabled(wanted) == ad_disabled(&have)
         } else {
             same_set(wanted, &have)
         };

@@ -62,7 +62,9 @@ impl UserMapping {
         let active = match &self.deactivate {
             Deactivate::PpolicyLock => get("pwdAccountLockedTime").is_empty(),
             Deactivate::NsAccountLock => !locked("nsAccountLock", "TRUE"),
-            Deactivate::AdUserAccountControl => !locked("userAccountControl", "514"),
+            Deactivate::AdUserAccountControl => {
+                !super::ad_disabled(&get(super::AD_ACCOUNT_CONTROL))
+            }
             Deactivate::Attribute { attr, value } => !locked(attr, value),
             Deactivate::Move { disabled_base_dn } => {
                 super::dn_key(super::parent_dn(dn)) != super::dn_key(disabled_base_dn)

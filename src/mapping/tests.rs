@@ -363,3 +363,29 @@ mod partial_projection {
         assert_eq!(changed_members(&old, &json!({"userName": "x"})), ["title"]);
     }
 }
+
+#[test]
+fn ad_account_control_sets_only_the_disable_bit() {
+    use super::{ad_account_control, ad_disabled};
+    assert_eq!(ad_account_control(None, false).as_deref(), Some("512"));
+    assert_eq!(ad_account_control(None, true).as_deref(), Some("514"));
+    assert_eq!(
+        ad_account_control(Some("66048"), true).as_deref(),
+        Some("66050")
+    );
+    assert_eq!(
+        ad_account_control(Some("66050"), false).as_deref(),
+        Some("66048")
+    );
+    assert_eq!(ad_account_control(Some("66050"), true), None);
+    assert_eq!(ad_account_control(Some("512"), false), None);
+    assert_eq!(
+        ad_account_control(Some("junk"), true).as_deref(),
+        Some("514")
+    );
+    assert!(ad_disabled(&["66050".into()]));
+    assert!(ad_disabled(&["514".into()]));
+    assert!(!ad_disabled(&["66048".into()]));
+    assert!(!ad_disabled(&["junk".into()]));
+    assert!(!ad_disabled(&[]));
+}

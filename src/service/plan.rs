@@ -337,12 +337,7 @@ impl Service {
         let mut trace = ApplyTrace::default();
         let started = std::time::Instant::now();
         let directory_work = async {
-            let target = Target {
-                directory: &self.directory,
-                store: &self.store,
-                id_attr: self.config.ldap.flavor.entry_id_attribute(),
-                resource_id: &resource_id,
-            };
+            let target = Target::new(self, &resource_id);
             let applied = match apply_ops(&target, &plan.ops, false, &mut trace).await {
                 Ok(entry_uuid) => then().await.map(|()| entry_uuid),
                 Err(err) => Err(err),
@@ -506,6 +501,22 @@ struct Target<'a> {
     id_attr: &'a str,
     /// The resource the plan writes.
     resource_id: &'a str,
+    /// Accounts are disabled by bit 2 of `userAccountControl` (Active Directory): a write of
+    /// it keeps the entry's other flags.
+    account_control: bool,
+}
+
+impl<'a> Target<'a> {
+    fn new(service: &'a Service, resource_id: &'a str) -> Target<'a> {
+        Target {
+            directory: &service.directory,
+            store: &service.store,
+            id_attr: service.config.ldap.flavor.entry_id_attribute(),
+            resource_id,
+            account_control: service.config.users.deactivate
+                == crate::mapping::Deactivate::AdUserAccountControl,
+        }
+    }
 }
 
 /// Applies `ops` in order; returns the directory id of an added entry when the server told it.
@@ -587,7 +598,7 @@ async fn apply_op(
                         .flat_map(|(_, values)| values.clone())
                         .collect();
                     add_missing_classes(directory, dn, &classes).await?;
-                    directory.modify(dn, &mods).await?;
+                    modify(target, dn, mods).await?;
                     trace.wrote = true;
                     *entry_uuid = directory
                         .read(dn, &[id_attr])
@@ -607,7 +618,7 @@ async fn apply_op(
                 .iter()
                 .map(|(attr, values)| Mod::Replace(attr.clone(), values.clone()))
                 .collect();
-            directory.modify(dn, &mods).await?;
+            modify(target, dn, mods).await?;
         }
         DirOp::Rename {
             dn,
@@ -631,6 +642,44 @@ async fn apply_op(
         }
     }
     Ok(())
+}
+
+/// Applies `mods` to `dn`. Where accounts are disabled by a bit of `userAccountControl`, a
+/// replace of it sets or clears that bit in the entry's current flags instead, by deleting the
+/// value read and adding the new one in the same modify: if the value changed meanwhile, the
+/// delete fails and the flags are read again.
+async fn modify(target: &Target<'_>, dn: &str, mods: Vec<Mod>) -> Result<(), DirectoryError> {
+    use crate::mapping::{ad_account_control, ad_disabled, AD_ACCOUNT_CONTROL};
+    let is_flags = |m: &Mod| matches!(m, Mod::Replace(attr, _) if attr.eq_ignore_ascii_case(AD_ACCOUNT_CONTROL));
+    let disabled = match mods.iter().find(|m| is_flags(m)) {
+        Some(Mod::Replace(_, values)) if target.account_control => ad_disabled(values),
+        _ => return target.directory.modify(dn, &mods).await,
+    };
+    let mut attempts = 0;
+    loop {
+        let mut merged: Vec<Mod> = mods.iter().filter(|m| !is_flags(m)).cloned().collect();
+        let current = target.directory.read(dn, &[AD_ACCOUNT_CONTROL]).await?;
+        let current = current
+            .as_ref()
+            .and_then(|entry| entry.first(AD_ACCOUNT_CONTROL));
+        if let Some(new) = ad_account_control(current, disabled) {
+            let attr = AD_ACCOUNT_CONTROL.to_string();
+            match current {
+                Some(old) => {
+                    merged.push(Mod::Delete(attr.clone(), vec![old.to_string()]));
+                    merged.push(Mod::Add(attr, vec![new]));
+                }
+                None => merged.push(Mod::Replace(attr, vec![new])),
+            }
+        }
+        if merged.is_empty() {
+            return Ok(());
+        }
+        match target.directory.modify(dn, &merged).await {
+            Err(DirectoryError::NoSuchAttribute(_)) if attempts < 3 => attempts += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Adds (or deletes) several values of one attribute in one modify; when one is there already
@@ -717,12 +766,7 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
             continue;
         }
         tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
-        let target = Target {
-            directory: &service.directory,
-            store: &service.store,
-            id_attr: service.config.ldap.flavor.entry_id_attribute(),
-            resource_id: &intent.resource_id,
-        };
+        let target = Target::new(service, &intent.resource_id);
         let applied = apply_ops(&target, &plan.ops, true, &mut ApplyTrace::default()).await;
         let refused = match applied {
             Ok(entry_uuid) => match service

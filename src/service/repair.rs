@@ -490,7 +490,15 @@ impl Service {
         let op = match &self.config.users.deactivate {
             Deactivate::PpolicyLock => set("pwdAccountLockedTime", "000001010000Z"),
             Deactivate::NsAccountLock => set("nsAccountLock", "TRUE"),
-            Deactivate::AdUserAccountControl => set("userAccountControl", "514"),
+            Deactivate::AdUserAccountControl => {
+                let flags = crate::mapping::AD_ACCOUNT_CONTROL;
+                // `apply_op` sets the bit in the entry's flags, keeping the others.
+                (!crate::mapping::ad_disabled(entry.values(flags))).then(|| DirOp::Modify {
+                    dn: entry.dn.clone(),
+                    replace: vec![(flags.to_string(), vec!["514".to_string()])],
+                    add_classes: Vec::new(),
+                })
+            }
             Deactivate::Attribute { attr, value } => set(attr, value),
             Deactivate::Move { disabled_base_dn } => {
                 let in_disabled = crate::mapping::dn_key(parent_dn(&entry.dn))

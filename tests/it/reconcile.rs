@@ -330,3 +330,98 @@ async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
     let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
     assert_eq!(code, 0, "{report}");
 }
+
+/// The part of Active Directory's schema the AD flavor writes: `userAccountControl` and the
+/// `user` class (here under `inetOrgPerson`, so that the default rules' attributes fit).
+const AD_LIKE_SCHEMA: &str = "dn: cn=adlike,cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: adlike\n\
+olcAttributeTypes: ( 1.2.840.113556.1.4.8 NAME 'userAccountControl' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )\n\
+olcAttributeTypes: ( 1.2.840.113556.1.2.141 NAME 'department' EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )\n\
+olcAttributeTypes: ( 1.2.840.113556.1.2.146 NAME 'company' EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )\n\
+olcObjectClasses: ( 1.2.840.113556.1.5.9 NAME 'user' SUP inetOrgPerson STRUCTURAL MAY ( userAccountControl $ department $ company ) )\n";
+
+/// 66048: NORMAL_ACCOUNT (512) and DONT_EXPIRE_PASSWORD (65536); 66050 adds ACCOUNTDISABLE.
+#[tokio::test(flavor = "multi_thread")]
+async fn ad_flavor_owns_only_the_disable_bit_of_user_account_control() {
+    let schema_dir = tempfile::tempdir().unwrap();
+    let schema = schema_dir.path().join("adlike.ldif");
+    std::fs::write(&schema, AD_LIKE_SCHEMA).unwrap();
+    let slapd = scim2ldap::demo::slapd::Slapd::start(scim2ldap::demo::slapd::SlapdOptions {
+        extra_schema_ldif: vec![schema],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut server = TestServer::start_on(slapd, |text| {
+        *text = text.replace("flavor = \"openldap\"", "flavor = \"ad\"");
+        text.push_str("\n[reconcile]\nat_startup = false\norphans = \"disable\"\n");
+    })
+    .await;
+    let flags = |server: &TestServer, dn: &str| {
+        values(&server.entry(dn).unwrap(), "userAccountControl")
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+    };
+    let set_flags = |server: &TestServer, dn: &str, value: &str| {
+        server
+            .slapd
+            .ldapmodify(&format!(
+                "dn: {dn}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: {value}\n"
+            ))
+            .unwrap();
+    };
+    let people = server.slapd.people_dn();
+    let alice_dn = format!("cn=alice,{people}");
+    let id = server
+        .create("/Users", user_body("alice", "Alice", "A"))
+        .await;
+    assert_eq!(flags(&server, &alice_dn), ["512"], "a new account");
+    set_flags(&server, &alice_dn, "66048");
+
+    let deactivate = |active: bool| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "value": {"active": active}}]
+        })
+    };
+    let path = format!("/Users/{id}");
+    server.patch(&path, deactivate(false)).await.expect(200);
+    assert_eq!(flags(&server, &alice_dn), ["66050"], "disabled, flags kept");
+    assert_eq!(server.get(&path).await.expect(200)["active"], false);
+    server.patch(&path, deactivate(true)).await.expect(200);
+    assert_eq!(flags(&server, &alice_dn), ["66048"], "enabled, flags kept");
+    assert_eq!(server.get(&path).await.expect(200)["active"], true);
+
+    // The other flags are the directory's: no drift. The disable bit is ours.
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+    set_flags(&server, &alice_dn, "66050");
+    let stray_dn = format!("cn=mallory,{people}");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {stray_dn}\nobjectClass: user\ncn: mallory\nsn: M\nuserAccountControl: 66048\n"
+        ))
+        .unwrap();
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        findings(&report),
+        [
+            ("enabled-state".to_string(), "would repair".to_string()),
+            ("orphan".to_string(), "would disable".to_string()),
+        ]
+    );
+    server.stop_daemon().await;
+    let (code, report) = reconcile_cli(&server, &[], &[]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        flags(&server, &alice_dn),
+        ["66048"],
+        "enabled again, flags kept"
+    );
+    assert_eq!(
+        flags(&server, &stray_dn),
+        ["66050"],
+        "orphan disabled, flags kept"
+    );
+}
