@@ -42,6 +42,8 @@ struct Inner {
     loop_beat: AtomicU64,
     directory_beat: AtomicU64,
     stopping: AtomicBool,
+    /// Start-up runs: waiting for the directory and replaying unfinished writes.
+    starting: AtomicBool,
     metrics_address: OnceLock<std::net::SocketAddr>,
 }
 
@@ -60,6 +62,7 @@ impl Control {
                 loop_beat: AtomicU64::new(0),
                 directory_beat: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
+                starting: AtomicBool::new(false),
                 metrics_address: OnceLock::new(),
             }),
         })
@@ -140,6 +143,17 @@ impl Control {
     /// Shutdown began: draining counts as healthy.
     pub fn set_stopping(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Start-up began (`true`) or is done (`false`). While it runs, requests are answered but
+    /// not served: `/healthz` says alive, the rest 503.
+    pub fn set_starting(&self, starting: bool) {
+        self.inner.starting.store(starting, Ordering::Relaxed);
+    }
+
+    /// Whether start-up is still running.
+    pub fn is_starting(&self) -> bool {
+        self.inner.starting.load(Ordering::Relaxed)
     }
 
     /// Ok when both the accept loop and the directory gave a sign of life within `max_age`

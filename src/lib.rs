@@ -104,7 +104,8 @@ const DIRECTORY_PING_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// Serves SCIM on `listener` until `shutdown` resolves, then drains in-flight requests.
 ///
 /// Before serving, unfinished writes from a previous run are replayed, so that no write is
-/// served out of order. `ready` is called once the listener serves (systemd's READY=1).
+/// served out of order; meanwhile `/healthz` answers (alive) and the rest 503 with
+/// `Retry-After`. `ready` is called once start-up is done (systemd's READY=1).
 pub async fn run(
     config: config::Config,
     listener: TcpListener,
@@ -133,6 +134,52 @@ pub async fn run_with(
         );
     }
     let service = open_service(config.clone())?;
+    let (stop_send, stop_receive) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_receive = stop_receive.clone();
+        async move {
+            let _ = stop_receive.wait_for(|stop| *stop).await;
+        }
+    };
+    // Served from the start, so that probes and IdPs get an answer (alive; 503 with
+    // Retry-After for the rest) rather than a hang while start-up waits and replays.
+    control.set_starting(true);
+    let state = http::HttpState {
+        service: service.clone(),
+        control: control.clone(),
+        limiter: config
+            .server
+            .rate_limit
+            .map(|limit| Arc::new(http::RateLimiter::new(limit))),
+        base_path: Arc::from(config.server.base_path.as_str()),
+        max_body_bytes: config.server.max_body_bytes,
+        auth_throttle: Arc::new(http::AuthThrottle::default()),
+    };
+    let address = listener.local_addr().ok();
+    if let Some(address) = address {
+        tracing::info!(%address, "listening; 503 until start-up is done");
+    }
+    let options = http::ServeOptions {
+        tls: control.tls().cloned(),
+        heartbeat: Some(control.clone()),
+        ..http::ServeOptions::default()
+    };
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::filter(state),
+        stopped(),
+        config.server.shutdown_timeout,
+        options,
+    ));
+    let stop_serving = |server: tokio::task::JoinHandle<()>| {
+        control.set_stopping();
+        let _ = stop_send.send(true);
+        async move {
+            if let Err(err) = server.await {
+                tracing::warn!(error = %err, "server task ended abnormally");
+            }
+        }
+    };
     // READY means the directory answered: wait for it, or for shutdown.
     let mut shutdown = std::pin::pin!(shutdown);
     let mut wait = std::time::Duration::from_millis(200);
@@ -145,13 +192,20 @@ pub async fn run_with(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                stop_serving(server).await;
+                return Ok(());
+            }
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
-    let replayed = service::replay_intents(&service)
-        .await
-        .map_err(|err| RunError::Replay(err.to_string()))?;
+    let replayed = match service::replay_intents(&service).await {
+        Ok(replayed) => replayed,
+        Err(err) => {
+            stop_serving(server).await;
+            return Err(RunError::Replay(err.to_string()));
+        }
+    };
     if replayed > 0 {
         tracing::info!(
             n_intents = replayed,
@@ -159,18 +213,15 @@ pub async fn run_with(
         );
     }
     control.beat_directory();
-    let (stop_send, stop_receive) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop_receive = stop_receive.clone();
-        async move {
-            let _ = stop_receive.wait_for(|stop| *stop).await;
-        }
-    };
     let metrics_server = match config.server.metrics_listen {
         Some(address) => {
-            let metrics_listener = http::bind(address)
-                .await
-                .map_err(|err| RunError::Startup(format!("bind {address}: {err}")))?;
+            let metrics_listener = match http::bind(address).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    stop_serving(server).await;
+                    return Err(RunError::Startup(format!("bind {address}: {err}")));
+                }
+            };
             if let Ok(bound) = metrics_listener.local_addr() {
                 control.set_metrics_address(bound);
                 tracing::info!(address = %bound, "serving metrics without authentication");
@@ -192,54 +243,26 @@ pub async fn run_with(
         config.reconcile.clone(),
         stopped(),
     ));
-    let state = http::HttpState {
+    // Reconciliation runs beside serving (first right away), under the same resource locks.
+    let reconciler = tokio::spawn(reconcile::periodic(
         service,
-        control: control.clone(),
-        limiter: config
-            .server
-            .rate_limit
-            .map(|limit| Arc::new(http::RateLimiter::new(limit))),
-        base_path: Arc::from(config.server.base_path.as_str()),
-        max_body_bytes: config.server.max_body_bytes,
-        auth_throttle: Arc::new(http::AuthThrottle::default()),
-    };
-    let reconcile_service = state.service.clone();
-    let filter = http::filter(state);
-    if let Ok(addr) = listener.local_addr() {
+        config.reconcile.clone(),
+        stop_send.subscribe(),
+    ));
+    control.set_starting(false);
+    if let Some(address) = address {
         tracing::info!(
-            address = %addr,
+            %address,
             base_path = %config.server.base_path,
             tls = control.tls().is_some(),
             "serving SCIM"
         );
     }
-    // Reconciliation runs beside serving (first right away), under the same resource locks.
-    let reconciler = tokio::spawn(reconcile::periodic(
-        reconcile_service,
-        config.reconcile.clone(),
-        stop_send.subscribe(),
-    ));
-    // The accept loop starts right below; count it alive from READY on.
+    // The accept loop runs; count it alive from READY on.
     control.beat_loop();
     ready();
-    let options = http::ServeOptions {
-        tls: control.tls().cloned(),
-        heartbeat: Some(control.clone()),
-        ..http::ServeOptions::default()
-    };
-    let shutdown = async move {
-        shutdown.await;
-        control.set_stopping();
-        let _ = stop_send.send(true);
-    };
-    http::serve(
-        listener,
-        filter,
-        shutdown,
-        config.server.shutdown_timeout,
-        options,
-    )
-    .await;
+    shutdown.await;
+    stop_serving(server).await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }

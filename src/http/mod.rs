@@ -343,6 +343,9 @@ where
 {
     match route {
         Route::Healthz => return reply::Reply::text(StatusCode::OK, "ok"),
+        Route::Readyz if state.control.is_starting() => {
+            return reply::Reply::text(StatusCode::SERVICE_UNAVAILABLE, "starting")
+        }
         Route::Readyz => {
             return match state.service.ready().await {
                 Ok(()) => reply::Reply::text(StatusCode::OK, "ready"),
@@ -373,6 +376,9 @@ where
         state.auth_throttle.record_success(ip);
     }
     *token = Some(token_name.clone());
+    if state.control.is_starting() {
+        return reply::Reply::error(ScimError::starting());
+    }
     // The rate limit protects the directory from its IdPs, so it counts authenticated requests
     // only: a flood without a valid token (answered above, by the throttle or 401) cannot use
     // up the IdPs' share. Monitoring is not throttled by a flood of provisioning requests.

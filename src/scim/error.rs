@@ -161,6 +161,17 @@ impl ScimError {
         err.retry_after = Some(retry_after);
         err
     }
+    /// 503 while the daemon starts: it waits for the directory and finishes the writes the
+    /// previous run left, and serves nothing before, so that no write overtakes them.
+    pub fn starting() -> ScimError {
+        let mut err = ScimError::new(
+            503,
+            None,
+            "scim2ldap is starting (waiting for the directory, finishing writes left by the previous run); nothing was changed, retry later",
+        );
+        err.retry_after = Some(1);
+        err
+    }
 }
 
 impl fmt::Display for ScimError {

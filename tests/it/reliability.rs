@@ -1199,3 +1199,61 @@ async fn after_a_failed_cache_fsync_every_write_fails_until_a_restart() {
         );
     }
 }
+
+/// While start-up waits for the directory, the daemon answers: alive, not ready, and 503 with
+/// `Retry-After` for SCIM requests (after the token check). Once the directory answers, it
+/// serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn during_start_up_probes_and_requests_are_answered_not_held() {
+    let mut server = TestServer::start().await;
+    let id = server
+        .create("/Users", user_body("alice", "Alice", "A"))
+        .await;
+    server.stop_daemon().await;
+    crate::support::signal_slapd(&server, "STOP");
+    let ready = server.launch_unready().await;
+    let quick = |req: reqwest::RequestBuilder| req.timeout(Duration::from_secs(2));
+    let probe = |path: &str| {
+        let url = format!("{}{path}", server.root);
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .expect("answered, not held");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(probe("/healthz").await.0, 200);
+    assert_eq!(probe("/readyz").await, (503, "starting".to_string()));
+    let path = format!("/Users/{id}");
+    let reply = server.call_with(Method::GET, &path, None, quick).await;
+    assert_eq!(reply.status.as_u16(), 503, "{}", reply.body);
+    assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("starting"),
+        "{}",
+        reply.body
+    );
+    let wrong_token = reqwest::Client::new()
+        .get(format!("{}{path}", server.base))
+        .bearer_auth("not-the-token")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong_token.status().as_u16(),
+        401,
+        "the token is checked first"
+    );
+
+    crate::support::signal_slapd(&server, "CONT");
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("start-up finishes once the directory answers")
+        .unwrap();
+    assert_eq!(probe("/readyz").await.0, 200);
+    assert_eq!(server.get(&path).await.expect(200)["userName"], "alice");
+}

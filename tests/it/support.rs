@@ -97,6 +97,13 @@ impl TestServer {
 
     /// Starts the daemon on the current config file (again, after `stop_daemon`).
     pub async fn launch(&mut self) {
+        let ready = self.launch_unready().await;
+        ready.await.expect("daemon becomes ready");
+    }
+
+    /// Starts the daemon on the current config file and returns at once, with what tells when
+    /// its start-up is done.
+    pub async fn launch_unready(&mut self) -> oneshot::Receiver<()> {
         let config = scim2ldap::config::load(&self.config_path, Some(Default::default()))
             .expect("config loads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -115,11 +122,11 @@ impl TestServer {
                 let _ = ready_send.send(());
             },
         ));
-        ready_receive.await.expect("daemon becomes ready");
         self.root = format!("http://{addr}");
         self.base = format!("http://{addr}/scim/v2");
         self.shutdown = Some(send);
         self.handle = Some(handle);
+        ready_receive
     }
 
     /// Stops the daemon (not the directory) and waits for it.
