@@ -213,7 +213,16 @@ impl Run<'_> {
         {
             return Ok(());
         }
-        let Some(resource) = self.owner(kind, &entry).await? else {
+        let mut owner = self.owner(kind, &entry).await?;
+        if owner.is_none() {
+            // A create (or rename) of this name may be between its directory write and its
+            // commit, its entry not yet in the cache: wait for it, then look again.
+            if let Some(name) = entry.first(self.rdn_attribute(kind)) {
+                let _name = self.service.hold_name(kind, name).await;
+                owner = self.owner(kind, &entry).await?;
+            }
+        }
+        let Some(resource) = owner else {
             return self.orphan(kind, entry).await;
         };
         if !self.seen.insert(resource.id.clone()) {

@@ -471,6 +471,14 @@ impl Service {
         }))
     }
 
+    /// Holds `name` of `kind` (ignoring case), as a write that creates or renames to it does
+    /// from before its directory write until its commit: waits for such a write to finish.
+    pub(crate) async fn hold_name(&self, kind: Kind, name: &str) -> locks::KeyGuard<'_> {
+        self.locks
+            .lock(format!("{}-name:{}", kind.as_str(), store::name_key(name)))
+            .await
+    }
+
     /// Takes the lock of `name` for `kind` and checks that no resource but `owner` holds it
     /// (names ignore case). Returns no lock when `owner` already has that name.
     async fn claim_name(
@@ -482,10 +490,7 @@ impl Service {
         if !owner.id.is_empty() && store::name_key(name) == store::name_key(&owner.name) {
             return Ok(None);
         }
-        let guard = self
-            .locks
-            .lock(format!("{}-name:{}", kind.as_str(), store::name_key(name)))
-            .await;
+        let guard = self.hold_name(kind, name).await;
         let taken = self.store.find(kind, IndexedField::Name, name).await?;
         if taken.iter().any(|other| other.id != owner.id) {
             let attr = match kind {

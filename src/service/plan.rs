@@ -251,6 +251,19 @@ fn crash_after_directory() -> bool {
     })
 }
 
+/// Test hook: `SCIM2LDAP_TEST_COMMIT_DELAY_MS=<n>` in the environment holds a client's write
+/// for n milliseconds between its directory write and its cache commit, so that tests can run
+/// something in that window. Read once per process.
+fn commit_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("SCIM2LDAP_TEST_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 /// Test hook: with `SCIM2LDAP_TEST_LOSE_REPLY=1` in the environment, a client's write whose
 /// directory operations all succeeded fails as if the connection had dropped before the last
 /// reply (a transient error, nothing committed). Replays and repairs are not affected. Read
@@ -373,6 +386,10 @@ impl Service {
                 if crash_after_directory() {
                     tracing::error!("test hook: exiting between directory write and cache commit");
                     std::process::exit(86);
+                }
+                if let Some(delay) = commit_delay().filter(|_| crate::audit::in_request()) {
+                    tracing::warn!(?delay, "test hook: holding the write before its commit");
+                    tokio::time::sleep(delay).await;
                 }
                 let change = plan.audit_change();
                 match self

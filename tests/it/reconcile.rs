@@ -425,3 +425,64 @@ async fn ad_flavor_owns_only_the_disable_bit_of_user_account_control() {
         "orphan disabled, flags kept"
     );
 }
+
+/// A user whose create is between its directory write and its commit is not an orphan:
+/// reconciliation (every second here, orphans disabled) waits for the write, and the new
+/// account stays enabled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_in_flight_is_not_disabled_as_an_orphan() {
+    let mut server = TestServer::start_with(|text| {
+        text.push_str(
+            "\n[reconcile]\nat_startup = false\ninterval = \"1s\"\norphans = \"disable\"\n",
+        )
+    })
+    .await;
+    server.stop_daemon().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("daemon.log");
+    let mut daemon = crate::daemon::Daemon::spawn(
+        &server.config_path,
+        crate::daemon::free_addr(),
+        &[("SCIM2LDAP_TEST_COMMIT_DELAY_MS", "3000")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    daemon.wait_ready().await;
+    let post = reqwest::Client::new()
+        .post(format!("{}/Users", daemon.base))
+        .bearer_auth(&server.token)
+        .json(&with_password(
+            user_body("newbie", "New", "Bie"),
+            "Newbie-Pass-1",
+        ))
+        .send();
+    let reply = post.await.unwrap();
+    assert_eq!(reply.status().as_u16(), 201);
+    let dn = server.user_dn("newbie");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("holding the write before its commit"),
+        "the hook held the create: {log_text}"
+    );
+    assert!(
+        !log_text.contains("orphan account disabled"),
+        "the new account was taken for an orphan: {log_text}"
+    );
+    assert!(
+        values(&server.entry(&dn).unwrap(), "pwdAccountLockedTime").is_empty(),
+        "not locked"
+    );
+    assert!(server.can_bind(&dn, "Newbie-Pass-1"));
+    // Runs went on during the hold (each waited for the create) and found no orphan.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<&str> = log_text
+        .lines()
+        .filter(|line| line.contains("reconcile run"))
+        .collect();
+    assert!(runs.len() >= 2, "{log_text}");
+    assert!(
+        runs.iter().all(|line| line.contains("orphans=0")),
+        "{log_text}"
+    );
+    daemon.kill();
+}
