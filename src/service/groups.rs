@@ -94,6 +94,7 @@ impl Service {
             entry_uuid: None,
             posix_id,
             version: 1,
+            member_gen: 0,
             created: created.clone(),
             last_modified: created,
             doc: group_doc,
@@ -127,7 +128,7 @@ impl Service {
         };
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         self.update_group(old, group_doc, delta).await
     }
 
@@ -150,7 +151,7 @@ impl Service {
         let schema = self.discovery.group_schema();
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         let (new_doc, delta) = match members_delta(&request) {
             Some(delta) => {
                 let other = PatchRequest {
@@ -338,7 +339,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         let mut plan = Plan::new();
         plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
         plan.delete = Some(old.id.clone());

@@ -547,7 +547,7 @@ impl Service {
         with_related: bool,
     ) -> Result<ResourceReply, ServiceError> {
         let kind = stored.kind;
-        let etag = render::etag(stored.version);
+        let etag = render::etag(&stored);
         let location = self.location(kind, &stored.id);
         let body = self.render(stored, with_related).await?;
         Ok(ResourceReply {
@@ -659,10 +659,10 @@ fn names_related(kind: Kind, query: &ListQuery) -> bool {
             .is_some_and(|path| path.name.eq_ignore_ascii_case(related))
 }
 
-/// Checks `If-Match` against the stored version.
-fn check_if_match(conditions: &Conditions, version: i64) -> Result<(), ServiceError> {
+/// Checks `If-Match` against the stored resource's ETag.
+fn check_if_match(conditions: &Conditions, stored: &StoredResource) -> Result<(), ServiceError> {
     match &conditions.if_match {
-        Some(list) if !crate::http::etag_matches(list, &render::etag(version)) => {
+        Some(list) if !crate::http::etag_matches(list, &render::etag(stored)) => {
             Err(ServiceError::PreconditionFailed)
         }
         _ => Ok(()),

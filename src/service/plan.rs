@@ -148,6 +148,8 @@ impl From<PlannedResource> for StoredResource {
             entry_uuid: planned.entry_uuid,
             posix_id: planned.posix_id,
             version: planned.version,
+            // Not written by an upsert: the store keeps the row's own.
+            member_gen: 0,
             created: planned.created,
             last_modified: planned.last_modified,
             doc: planned.doc,

@@ -7,9 +7,14 @@ use super::{Service, ServiceError};
 use crate::scim::schema::{GROUP_URN, USER_URN};
 use crate::store::{Kind, StoredResource};
 
-/// The ETag of a version: weak, since the rendering is not byte-stable.
-pub(crate) fn etag(version: i64) -> String {
-    format!("W/\"{version}\"")
+/// The ETag of a cached resource: weak, since the rendering is not byte-stable. Both counters
+/// only grow, so no two states of a resource share one; `W/"<version>"` until another
+/// resource's write first changes its memberships.
+pub(crate) fn etag(stored: &StoredResource) -> String {
+    match stored.member_gen {
+        0 => format!("W/\"{}\"", stored.version),
+        member_gen => format!("W/\"{}.{member_gen}\"", stored.version),
+    }
 }
 
 impl Service {
@@ -22,6 +27,7 @@ impl Service {
     ) -> Result<Value, ServiceError> {
         let kind = stored.kind;
         let location = self.location(kind, &stored.id);
+        let version = etag(&stored);
         let mut object = match stored.doc {
             Value::Object(object) => object,
             _ => Map::new(),
@@ -48,7 +54,7 @@ impl Service {
                 "created": stored.created,
                 "lastModified": stored.last_modified,
                 "location": location,
-                "version": etag(stored.version),
+                "version": version,
             }),
         );
         Ok(Value::Object(object))

@@ -71,6 +71,7 @@ impl Service {
             entry_uuid: None,
             posix_id,
             version: 1,
+            member_gen: 0,
             created: created.clone(),
             last_modified: created,
             doc: validated.doc,
@@ -104,7 +105,7 @@ impl Service {
     ) -> Result<StoredResource, ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         let validated = validate_resource(&doc, self.discovery.user_schema())?;
         self.note_ignored(&validated.ignored);
         let mut new_doc = validated.doc;
@@ -128,7 +129,7 @@ impl Service {
         let request = PatchRequest::from_json(&doc)?;
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         let schema = self.discovery.user_schema();
         let outcome = crate::scim::patch::apply(&old.doc, &request, schema)?;
         self.note_ignored(&outcome.ignored);
@@ -216,7 +217,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
         let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, old.version)?;
+        check_if_match(conditions, &old)?;
         let mut plan = Plan::new();
         let member_value = self.member_value_of(&old.name, &old.dn);
         for (group_id, _) in self.store.groups_of(&old.id).await? {

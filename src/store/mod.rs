@@ -28,13 +28,13 @@ use rusqlite::{params, Connection};
 use crate::mapping::dn_key;
 use tokio::sync::oneshot;
 
-/// `SELECT` of the columns `row_to_raw` reads, in its order, then `seq` (column 11), from
-/// `resources` and `$tail`.
+/// `SELECT` of the columns `row_to_raw` reads, in its order (`seq`, column 11, is read by
+/// those that page), from `resources` and `$tail`.
 macro_rules! select_resources {
     ($tail:literal) => {
         concat!(
             "SELECT id, kind, name, external_id, dn, entry_uuid, posix_id, version, created, \
-             last_modified, doc, seq FROM resources ",
+             last_modified, doc, seq, member_gen FROM resources ",
             $tail
         )
     };
@@ -111,8 +111,12 @@ pub struct StoredResource {
     pub entry_uuid: Option<String>,
     /// The allocated `uidNumber` / `gidNumber`, with POSIX attributes on.
     pub posix_id: Option<i64>,
-    /// Incremented on every change; the ETag is derived from it.
+    /// Incremented on every write of the resource; the ETag is derived from it and
+    /// `member_gen`.
     pub version: i64,
+    /// Incremented when a write of another resource changes this one's memberships (a group
+    /// write its members' `groups`, a user's delete its groups' `members`).
+    pub member_gen: i64,
     /// RFC 3339 creation time.
     pub created: String,
     /// RFC 3339 time of the last change.
@@ -133,6 +137,7 @@ impl StoredResource {
             entry_uuid: None,
             posix_id: None,
             version: 0,
+            member_gen: 0,
             created: String::new(),
             last_modified: String::new(),
             doc: serde_json::Value::Null,
@@ -976,6 +981,7 @@ struct RawRow {
     created: String,
     last_modified: String,
     doc: String,
+    member_gen: i64,
 }
 
 /// A row of `select_resources!`, read by position (a name lookup per column cost more than the
@@ -993,6 +999,7 @@ fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         created: row.get(8)?,
         last_modified: row.get(9)?,
         doc: row.get(10)?,
+        member_gen: row.get(12)?,
     })
 }
 
@@ -1015,6 +1022,7 @@ impl RawRow {
             entry_uuid: self.entry_uuid,
             posix_id: self.posix_id,
             version: self.version,
+            member_gen: self.member_gen,
             created: self.created,
             last_modified: self.last_modified,
             doc,
@@ -1196,6 +1204,13 @@ fn apply_job(conn: &Connection, job: &Job) -> Result<Option<i64>, StoreError> {
 
 fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(id) = &commit.delete {
+        // Its groups lose a member (or its members a group).
+        conn.prepare_cached(
+            "UPDATE resources SET member_gen = member_gen + 1, last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+             WHERE id IN (SELECT group_id FROM members WHERE member_id = ?1 \
+             UNION SELECT member_id FROM members WHERE group_id = ?1)",
+        )?
+        .execute(params![id])?;
         conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1")?
             .execute(params![id])?;
         conn.prepare_cached("DELETE FROM resources WHERE id = ?1")?
@@ -1261,9 +1276,16 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     finish_commit(conn, commit)
 }
 
-/// The membership rows and the intent of `commit`, after its resource row.
+/// The membership rows and the intent of `commit`, after its resource row. Each member whose
+/// membership changed gets its `member_gen` bumped: its `groups` changed.
 fn finish_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+    let mut changed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut cleared: Vec<String> = Vec::new();
     if let Some(group_id) = &commit.members_clear {
+        cleared = conn
+            .prepare_cached("SELECT member_id FROM members WHERE group_id = ?1")?
+            .query_map(params![group_id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
         conn.prepare_cached("DELETE FROM members WHERE group_id = ?1")?
             .execute(params![group_id])?;
     }
@@ -1271,13 +1293,39 @@ fn finish_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         let mut remove =
             conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2")?;
         for (group_id, member_id) in &commit.members_remove {
-            remove.execute(params![group_id, member_id])?;
+            if remove.execute(params![group_id, member_id])? > 0 {
+                changed.insert(member_id);
+            }
         }
         let mut add = conn.prepare_cached(
             "INSERT OR IGNORE INTO members (group_id, member_id) VALUES (?1, ?2)",
         )?;
         for (group_id, member_id) in &commit.members_add {
-            add.execute(params![group_id, member_id])?;
+            if add.execute(params![group_id, member_id])? > 0 {
+                changed.insert(member_id);
+            }
+        }
+    }
+    // After a clear, a member added back is no change, and one not added back is.
+    let kept: std::collections::HashSet<&str> = commit
+        .members_add
+        .iter()
+        .map(|(_, member_id)| member_id.as_str())
+        .collect();
+    for member_id in &cleared {
+        if kept.contains(member_id.as_str()) {
+            changed.remove(member_id.as_str());
+        } else {
+            changed.insert(member_id);
+        }
+    }
+    if !changed.is_empty() {
+        let mut bump = conn.prepare_cached(
+            "UPDATE resources SET member_gen = member_gen + 1, \
+             last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?1",
+        )?;
+        for member_id in changed {
+            bump.execute(params![member_id])?;
         }
     }
     if let Some(seq) = commit.intent_seq {

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped on every incompatible change of the tables below.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS resources (
     version INTEGER NOT NULL,
     created TEXT NOT NULL,
     last_modified TEXT NOT NULL,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    member_gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resources_name ON resources (kind, name_key);
 CREATE INDEX IF NOT EXISTS resources_external_id ON resources (kind, external_id);
@@ -76,6 +77,12 @@ pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
                  dn_key, entry_uuid, posix_id, version, created, last_modified, doc FROM resources;
              DROP TABLE resources;
              ALTER TABLE resources_v2 RENAME TO resources;",
+        )?;
+    }
+    if version == 1 || version == 2 {
+        // Version 3 counts membership changes made from the other side (`member_gen`).
+        tx.execute_batch(
+            "ALTER TABLE resources ADD COLUMN member_gen INTEGER NOT NULL DEFAULT 0;",
         )?;
     }
     tx.execute_batch(TABLES)?;

@@ -53,6 +53,7 @@ fn user(id: &str, name: &str) -> StoredResource {
         entry_uuid: None,
         posix_id: None,
         version: 1,
+        member_gen: 0,
         created: "2024-01-01T00:00:00Z".to_string(),
         last_modified: "2024-01-01T00:00:00Z".to_string(),
         doc: json!({"userName": name}),
@@ -282,7 +283,15 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let member_gen: i64 = conn
+        .query_row(
+            "SELECT member_gen FROM resources WHERE id = 'a'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("member_gen column");
+    assert_eq!(member_gen, 0);
 }
 
 #[tokio::test]
@@ -598,4 +607,96 @@ async fn a_scan_reads_one_kind_in_creation_order_chunk_by_chunk() {
     assert_eq!(chunks, 3);
     let (groups, _) = store.chunk(Kind::Group, 0, 10).await.expect("groups");
     assert_eq!(groups.len(), 1);
+}
+
+#[tokio::test]
+async fn membership_changes_count_on_the_other_side() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("cache.db")).expect("opens");
+    for id in ["u1", "u2", "u3"] {
+        store.commit(upsert(user(id, id))).await.expect("user");
+    }
+    let group = StoredResource {
+        kind: Kind::Group,
+        dn: "cn=g,ou=groups".to_string(),
+        ..user("g", "g")
+    };
+    let pair = |member: &str| ("g".to_string(), member.to_string());
+    store
+        .commit(Commit {
+            upsert: Some(group.clone()),
+            members_add: vec![pair("u1"), pair("u2")],
+            ..Commit::default()
+        })
+        .await
+        .expect("group");
+    let gens = || async {
+        let mut out = Vec::new();
+        for id in ["u1", "u2", "u3"] {
+            out.push(store.get(Kind::User, id).await.unwrap().unwrap().member_gen);
+        }
+        out.push(
+            store
+                .get(Kind::Group, "g")
+                .await
+                .unwrap()
+                .unwrap()
+                .member_gen,
+        );
+        out
+    };
+    assert_eq!(
+        gens().await,
+        [1, 1, 0, 0],
+        "added members; the group's own write"
+    );
+    // A full replace: u2 stays (no change), u1 goes, u3 comes; removing one never there and
+    // adding one there already change nothing.
+    store
+        .commit(Commit {
+            upsert: Some(StoredResource {
+                version: 2,
+                ..group.clone()
+            }),
+            members_clear: Some("g".to_string()),
+            members_add: vec![pair("u2"), pair("u3")],
+            ..Commit::default()
+        })
+        .await
+        .expect("replace");
+    assert_eq!(gens().await, [2, 1, 1, 0]);
+    store
+        .commit(Commit {
+            members_remove: vec![pair("u1")],
+            members_add: vec![pair("u3")],
+            ..Commit::default()
+        })
+        .await
+        .expect("no-op");
+    assert_eq!(gens().await, [2, 1, 1, 0]);
+    let group_before = store.get(Kind::Group, "g").await.unwrap().unwrap();
+    // Deleting a member changes its group; the group's own version stays.
+    store
+        .commit(Commit {
+            delete: Some("u2".to_string()),
+            ..Commit::default()
+        })
+        .await
+        .expect("delete");
+    let group_after = store.get(Kind::Group, "g").await.unwrap().unwrap();
+    assert_eq!(
+        (group_after.version, group_after.member_gen),
+        (group_before.version, 1)
+    );
+    assert_ne!(group_after.last_modified, group_before.last_modified);
+    // A group write keeps the count (an upsert does not write it).
+    store
+        .commit(upsert(StoredResource {
+            version: 3,
+            ..group
+        }))
+        .await
+        .expect("group update");
+    let group = store.get(Kind::Group, "g").await.unwrap().unwrap();
+    assert_eq!((group.version, group.member_gen), (3, 1));
 }

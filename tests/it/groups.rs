@@ -770,3 +770,84 @@ async fn a_rename_racing_a_removal_from_a_group_leaves_no_membership_behind() {
     assert_eq!(group["members"].as_array().unwrap().len(), 1, "{group}");
     assert_eq!(group["members"][0]["value"], ids[1].as_str());
 }
+
+/// A membership changed by another resource's write changes the ETag (and `lastModified`):
+/// a user's `groups` when a group adds or drops it, a group's `members` when a member is
+/// deleted. `If-None-Match` with the old tag then reads the new state, and `If-Match` with it
+/// is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn etags_follow_membership_changes_from_the_other_side() {
+    let server = TestServer::start().await;
+    let alice = server.create("/Users", user_body("alice", "A", "A")).await;
+    let bob = server.create("/Users", user_body("bob", "B", "B")).await;
+    let group = server
+        .create(
+            "/Groups",
+            json!({"displayName": "staff", "members": [{"value": bob}]}),
+        )
+        .await;
+    let get = |path: String, if_none_match: Option<String>| {
+        let server = &server;
+        async move {
+            server
+                .call_with(
+                    reqwest::Method::GET,
+                    &path,
+                    None,
+                    |req| match if_none_match {
+                        Some(tag) => req.header("if-none-match", tag),
+                        None => req,
+                    },
+                )
+                .await
+        }
+    };
+    let alice_path = format!("/Users/{alice}");
+    let group_path = format!("/Groups/{group}");
+    let alice_tag = get(alice_path.clone(), None).await.header("etag").unwrap();
+    let alice_seen = get(alice_path.clone(), Some(alice_tag.clone())).await;
+    assert_eq!(alice_seen.status.as_u16(), 304, "unchanged so far");
+
+    server
+        .patch(
+            &group_path,
+            json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": alice}]}]}),
+        )
+        .await
+        .expect(204);
+    let alice_now = get(alice_path.clone(), Some(alice_tag.clone())).await;
+    assert_eq!(alice_now.status.as_u16(), 200, "her groups changed");
+    assert_ne!(alice_now.header("etag").unwrap(), alice_tag);
+    assert_eq!(alice_now.body["groups"][0]["value"], group.as_str());
+    assert_eq!(
+        alice_now.body["meta"]["version"],
+        alice_now.header("etag").unwrap()
+    );
+    let stale = server
+        .call_with(
+            reqwest::Method::PATCH,
+            &alice_path,
+            Some(json!({"Operations": [{"op": "replace", "path": "title", "value": "T"}]})),
+            |req| req.header("if-match", alice_tag.clone()),
+        )
+        .await;
+    stale.expect(412);
+    assert!(values(&server.entry(&server.user_dn("alice")).unwrap(), "title").is_empty());
+
+    let group_tag = get(group_path.clone(), None).await.header("etag").unwrap();
+    server.delete(&format!("/Users/{bob}")).await.expect(204);
+    let group_now = get(group_path.clone(), Some(group_tag.clone())).await;
+    assert_eq!(group_now.status.as_u16(), 200, "a member was deleted");
+    assert_ne!(group_now.header("etag").unwrap(), group_tag);
+    let members: Vec<&str> = group_now.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, [alice.as_str()]);
+    let entry = server.entry(&server.group_dn("staff")).unwrap();
+    assert!(!values(&entry, "member")
+        .iter()
+        .any(|dn| dn.contains("uid=bob")));
+}
