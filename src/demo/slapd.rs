@@ -168,6 +168,9 @@ pub struct SlapdOptions {
     /// Whether slapd logs every operation (`-d stats`) to its log, for tests that count the
     /// operations a change cost ([`Slapd::log`]).
     pub log_operations: bool,
+    /// Whether to load the `refint` overlay, which rewrites member values after a rename or
+    /// delete; off, tests show that the daemon keeps groups right on its own.
+    pub refint: bool,
 }
 
 impl Default for SlapdOptions {
@@ -179,6 +182,7 @@ impl Default for SlapdOptions {
             syncprov: false,
             extra_schema_ldif: Vec::new(),
             log_operations: false,
+            refint: true,
         }
     }
 }
@@ -652,17 +656,22 @@ impl Slapd {
              olcMemberOfGroupOC: groupOfNames\nolcMemberOfMemberAD: member\n\
              olcMemberOfMemberOfAD: memberOf\nolcMemberOfRefInt: TRUE\n"
                 .to_owned(),
-            // One attribute per value: several in one value only warn today and will be refused.
-            format!(
-                "objectClass: olcRefintConfig\nolcOverlay: {{N}}refint\n\
-                 olcRefintAttribute: member\nolcRefintAttribute: uniqueMember\n\
-                 olcRefintNothing: cn=placeholder,{suffix}\n"
-            ),
             // An empty base in the URI means the database suffix.
             "objectClass: olcUniqueConfig\nolcOverlay: {N}unique\n\
              olcUniqueURI: ldap:///?uid?sub\nolcUniqueURI: ldap:///?mail?sub\n"
                 .to_owned(),
         ];
+        if opts.refint {
+            // One attribute per value: several in one value only warn today and will be refused.
+            overlays.insert(
+                2,
+                format!(
+                    "objectClass: olcRefintConfig\nolcOverlay: {{N}}refint\n\
+                     olcRefintAttribute: member\nolcRefintAttribute: uniqueMember\n\
+                     olcRefintNothing: cn=placeholder,{suffix}\n"
+                ),
+            );
+        }
         if opts.syncprov {
             overlays.push(
                 "objectClass: olcSyncProvConfig\nolcOverlay: {N}syncprov\n\

@@ -352,7 +352,13 @@ impl Service {
         let new_value = self.member_value_of(new_name, new_dn);
         let was_in_directory = old_active || !remove_when_disabled;
         let is_in_directory = new_active || !remove_when_disabled;
-        if old_value == new_value && was_in_directory == is_in_directory {
+        // A DN that changes only in case is the same member value to the directory (DN
+        // matching ignores case): nothing to move. `memberUid` matches exactly.
+        let same_value = match self.config.groups.class {
+            crate::mapping::GroupClass::PosixGroup => old_value == new_value,
+            _ => crate::mapping::dn_key(&old_value) == crate::mapping::dn_key(&new_value),
+        };
+        if same_value && was_in_directory == is_in_directory {
             return Ok(());
         }
         let member_attr = self.config.groups.class.member_attribute();
@@ -369,18 +375,20 @@ impl Service {
                     value: self.config.groups.placeholder_member.clone(),
                 });
             }
-            if was_in_directory {
-                plan.ops.push(DirOp::DeleteValue {
-                    dn: group.dn.clone(),
-                    attr: member_attr.to_string(),
-                    value: old_value.clone(),
-                });
-            }
-            if is_in_directory {
+            // The new value first: deleting the old one first would leave a group whose only
+            // member this is without any, which its schema refuses.
+            if is_in_directory && !(same_value && was_in_directory) {
                 plan.ops.push(DirOp::AddValue {
                     dn: group.dn.clone(),
                     attr: member_attr.to_string(),
                     value: new_value.clone(),
+                });
+            }
+            if was_in_directory && !(same_value && is_in_directory) {
+                plan.ops.push(DirOp::DeleteValue {
+                    dn: group.dn.clone(),
+                    attr: member_attr.to_string(),
+                    value: old_value.clone(),
                 });
             }
         }
@@ -412,9 +420,10 @@ pub(crate) fn ident(resource: &StoredResource) -> Ident<'_> {
     }
 }
 
-/// Adds a rename to `plan` when the DN changes (beyond letter case).
+/// Adds a rename to `plan` when the DN changes, in letter case too: the directory keeps the
+/// RDN value as written, and a legacy application shows it.
 pub(crate) fn push_rename(plan: &mut Plan, old_dn: &str, new_dn: &str) {
-    if old_dn.eq_ignore_ascii_case(new_dn) {
+    if old_dn == new_dn {
         return;
     }
     let old_parent = parent_dn(old_dn);

@@ -851,3 +851,49 @@ async fn etags_follow_membership_changes_from_the_other_side() {
         .iter()
         .any(|dn| dn.contains("uid=bob")));
 }
+
+/// Without `refint` in the directory: renaming a group's only member moves its member value
+/// (new value first, so the group never goes empty), and a change of case only renames the
+/// entry too and leaves the member value alone (DN matching ignores case).
+#[tokio::test(flavor = "multi_thread")]
+async fn renaming_a_groups_only_member_keeps_the_group_valid() {
+    let slapd = scim2ldap::demo::slapd::Slapd::start(scim2ldap::demo::slapd::SlapdOptions {
+        refint: false,
+        ..Default::default()
+    })
+    .expect("slapd starts");
+    let server = TestServer::start_on(slapd, |_| {}).await;
+    let alice = server.create("/Users", user_body("alice", "A", "A")).await;
+    server
+        .create(
+            "/Groups",
+            json!({"displayName": "solo", "members": [{"value": alice}]}),
+        )
+        .await;
+    let rename =
+        |name: &str| json!({"Operations": [{"op": "replace", "path": "userName", "value": name}]});
+    let path = format!("/Users/{alice}");
+    server.patch(&path, rename("alicia")).await.expect(200);
+    let members = |server: &TestServer| -> Vec<String> {
+        values(&server.entry(&server.group_dn("solo")).unwrap(), "member")
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
+    };
+    assert_eq!(members(&server), [server.user_dn("alicia")]);
+
+    server.patch(&path, rename("Alicia")).await.expect(200);
+    let renamed = server.search(&server.slapd.people_dn(), "(uid=alicia)");
+    assert_eq!(renamed.len(), 1);
+    assert_eq!(
+        renamed[0].0,
+        server.user_dn("Alicia"),
+        "the DN has the new case"
+    );
+    assert_eq!(values(&renamed[0].1, "uid"), ["Alicia"]);
+    let member = members(&server);
+    assert_eq!(member.len(), 1);
+    assert!(member[0].eq_ignore_ascii_case(&server.user_dn("alicia")));
+    let user = server.get(&path).await.expect(200);
+    assert_eq!(user["userName"], "Alicia");
+}

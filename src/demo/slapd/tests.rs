@@ -298,6 +298,7 @@ fn options_select_syncprov_fsync_and_extra_schema() {
         syncprov: true,
         extra_schema_ldif: vec![extra],
         log_operations: true,
+        refint: true,
     })
     .unwrap();
     fs::remove_dir_all(&extra_dir).unwrap();
