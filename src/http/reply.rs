@@ -73,6 +73,14 @@ impl Reply {
         Reply::new(status, Body::Empty)
     }
 
+    /// `204 No Content` with the resource's new ETag (RFC 7644 §3.14: an ETag goes in the
+    /// header of every reply about a resource).
+    pub fn no_content(etag: String) -> Reply {
+        let mut reply = Reply::new(StatusCode::NO_CONTENT, Body::Empty);
+        reply.etag = Some(etag);
+        reply
+    }
+
     /// `304 Not Modified` with the current ETag.
     pub fn not_modified(etag: String) -> Reply {
         let mut reply = Reply::new(StatusCode::NOT_MODIFIED, Body::Empty);

@@ -12,7 +12,7 @@ use super::reply::Reply;
 use super::{HttpState, RawRequest};
 use crate::scim::query::ListQuery;
 use crate::scim::ScimError;
-use crate::service::{Conditions, ResourceReply};
+use crate::service::{Conditions, Patched, ResourceReply};
 use crate::store::Kind;
 
 /// Where a request goes.
@@ -199,8 +199,10 @@ pub(crate) async fn dispatch(
                     .map(|list| Reply::json(StatusCode::OK, list)),
                 Err(err) => Err(err),
             },
-            Method::POST => match parse_json(&request.headers, &body) {
-                Ok(doc) => Box::pin(service.create(kind, doc, &projection(&request.query)))
+            Method::POST => match parse_json(&request.headers, &body)
+                .and_then(|doc| Ok((doc, projection(&request.query)?)))
+            {
+                Ok((doc, projection)) => Box::pin(service.create(kind, doc, &projection))
                     .await
                     .map(|created| resource_reply(StatusCode::CREATED, created, true)),
                 Err(err) => Err(err),
@@ -209,7 +211,10 @@ pub(crate) async fn dispatch(
         },
         Route::Resource(kind, id) => {
             let conditions = conditions(&request.headers);
-            let projection = projection(&request.query);
+            let projection = match projection(&request.query) {
+                Ok(projection) => projection,
+                Err(err) => return Reply::error(err),
+            };
             match *method {
                 Method::GET => Box::pin(service.get(kind, &id, &projection))
                     .await
@@ -229,8 +234,10 @@ pub(crate) async fn dispatch(
                     Ok(doc) => Box::pin(service.patch(kind, &id, doc, &conditions, &projection))
                         .await
                         .map(|patched| match patched {
-                            Some(patched) => resource_reply(StatusCode::OK, patched, false),
-                            None => Reply::empty(StatusCode::NO_CONTENT),
+                            Patched::Resource(patched) => {
+                                resource_reply(StatusCode::OK, patched, false)
+                            }
+                            Patched::NoContent { etag } => Reply::no_content(etag),
                         }),
                     Err(err) => Err(err),
                 },
@@ -261,9 +268,11 @@ fn resource_reply(status: StatusCode, reply: ResourceReply, with_location: bool)
     Reply::resource(status, reply.body, reply.etag, location)
 }
 
-/// `attributes` / `excludedAttributes` from the query string of a single-resource request.
-fn projection(query: &str) -> ListQuery {
-    ListQuery::from_query_string(query).unwrap_or_default()
+/// `attributes` / `excludedAttributes` from the query string of a single-resource request; a
+/// bad one is refused as on a list, not ignored (the client would take the full resource for
+/// its projection).
+fn projection(query: &str) -> Result<ListQuery, ScimError> {
+    ListQuery::from_query_string(query)
 }
 
 fn conditions(headers: &HeaderMap) -> Conditions {

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::filter::Filter;
-use super::path::{get_ci, resolve, resolve_name, values_of, AttrPath};
+use super::path::{get_ci, resolve, resolve_name, values_of, AttrPath, PatchPath};
 use super::schema::{Attribute, Mutability, ResourceSchema, Returned};
 use super::ScimError;
 
@@ -105,7 +105,7 @@ impl ListQuery {
                 .iter()
                 .map(|item| item.trim())
                 .filter(|item| !item.is_empty())
-                .map(AttrPath::parse)
+                .map(projected_path)
                 .collect()
         };
         match name.to_ascii_lowercase().as_str() {
@@ -152,6 +152,22 @@ impl ListQuery {
             &self.attributes,
             &self.excluded_attributes,
         )
+    }
+}
+
+/// One name of `attributes` or `excludedAttributes`: attribute notation (RFC 7644 §3.10). A
+/// value path such as `emails[type eq "work"]` (Microsoft's test collection sends it) names its
+/// attribute: the filter must parse, and the whole attribute is projected.
+fn projected_path(item: &str) -> Result<AttrPath, ScimError> {
+    if !item.contains('[') {
+        return AttrPath::parse(item);
+    }
+    match PatchPath::parse(item)? {
+        PatchPath::Attr(path) => Ok(path),
+        PatchPath::ValuePath { path, sub_attr, .. } => Ok(AttrPath {
+            sub: sub_attr,
+            ..path
+        }),
     }
 }
 
@@ -357,7 +373,8 @@ fn keep_subs(value: Value, subs: &[&str], keep: bool) -> Option<Value> {
 
 /// Sorts resources by `sort_by` (RFC 7644 §3.4.2.3): strings ignore case unless `caseExact`,
 /// multi-valued attributes sort by their primary (or first) value, and resources without a
-/// value sort last in either order. The sort is stable, so equal keys keep creation order.
+/// value sort last if ascending and first if descending. The sort is stable, so equal keys
+/// keep creation order.
 pub fn sort(
     resources: &mut [Value],
     sort_by: &AttrPath,
@@ -392,16 +409,16 @@ pub fn sort(
         .iter_mut()
         .map(|resource| (key(resource), std::mem::take(resource)))
         .collect();
-    keyed.sort_by(|(a, _), (b, _)| match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(a), Some(b)) => {
-            let ordering = compare_values(a, b);
-            match order {
-                SortOrder::Ascending => ordering,
-                SortOrder::Descending => ordering.reverse(),
-            }
+    keyed.sort_by(|(a, _), (b, _)| {
+        let ordering = match (a, b) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(a), Some(b)) => compare_values(a, b),
+        };
+        match order {
+            SortOrder::Ascending => ordering,
+            SortOrder::Descending => ordering.reverse(),
         }
     });
     for (slot, (_, resource)) in resources.iter_mut().zip(keyed) {

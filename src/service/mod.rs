@@ -143,6 +143,18 @@ pub struct ResourceReply {
     pub location: String,
 }
 
+/// What a `PATCH` answers.
+#[derive(Debug, Clone)]
+pub enum Patched {
+    /// The resource (200).
+    Resource(ResourceReply),
+    /// No body (204), with the new ETag.
+    NoContent {
+        /// The resource's ETag after the change.
+        etag: String,
+    },
+}
+
 /// The service: directory, cache, schemas, mapping and locks.
 pub struct Service {
     config: Arc<Config>,
@@ -327,17 +339,21 @@ impl Service {
         doc: Value,
         conditions: &Conditions,
         projection: &ListQuery,
-    ) -> Result<Option<ResourceReply>, ScimError> {
+    ) -> Result<Patched, ScimError> {
         let stored = match kind {
             Kind::User => self.patch_user(id, doc, conditions).await,
             Kind::Group => self.patch_group(id, doc, conditions).await,
         }?;
         let asked = !projection.attributes.is_empty() || !projection.excluded_attributes.is_empty();
         if kind == Kind::Group && !asked {
-            return Ok(None);
+            return Ok(Patched::NoContent {
+                etag: render::etag(&stored),
+            });
         }
         let with_related = !excludes_related(kind, projection);
-        Ok(Some(self.reply(stored, projection, with_related).await?))
+        Ok(Patched::Resource(
+            self.reply(stored, projection, with_related).await?,
+        ))
     }
 
     /// `DELETE /Users/{id}` or `DELETE /Groups/{id}`.

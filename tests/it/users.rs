@@ -965,3 +965,36 @@ async fn a_mail_another_entry_has_is_a_uniqueness_conflict_from_the_directory() 
     let list = server.get("/Users").await.expect(200);
     assert_eq!(list["totalResults"], 1);
 }
+
+/// `attributes` on a single resource: a value path names its attribute (as Microsoft's test
+/// collection sends it), and a malformed one is refused, as on a list, before anything is
+/// written.
+#[tokio::test(flavor = "multi_thread")]
+async fn projections_on_one_resource_are_checked() {
+    let server = TestServer::start().await;
+    let mut body = user_body("proj", "Pro", "Jection");
+    body["emails"] = json!([{"value": "p@example.com", "type": "work"}]);
+    let id = server.create("/Users", body).await;
+    let work = server
+        .get(&format!(
+            "/Users/{id}?attributes=emails%5Btype%20eq%20%22work%22%5D"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(work["emails"][0]["value"], "p@example.com");
+    assert!(work.get("name").is_none(), "{work}");
+    let bad = server
+        .get(&format!("/Users/{id}?attributes=emails%5Btype%20eq%5D"))
+        .await
+        .expect(400);
+    assert_eq!(bad["scimType"], "invalidPath");
+    let refused = server
+        .post(
+            "/Users?excludedAttributes=%5B",
+            user_body("other", "Ot", "Her"),
+        )
+        .await
+        .expect(400);
+    assert_eq!(refused["scimType"], "invalidPath");
+    assert!(server.entry(&server.user_dn("other")).is_none());
+}

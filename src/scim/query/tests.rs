@@ -27,6 +27,19 @@ fn projection_keeps_always_returned_and_drops_never_returned() {
         user.clone(),
         json!({"id": "1", "userName": "u"}),
     );
+    // A value path names its attribute (Microsoft's test collection sends one).
+    let with_emails = json!({"id": "1", "userName": "u", "emails": [{"value": "w@x", "type": "work"}, {"value": "h@x", "type": "home"}]});
+    check_projection(
+        "attributes=emails%5Btype%20eq%20%22work%22%5D",
+        with_emails.clone(),
+        json!({"id": "1", "emails": [{"value": "w@x", "type": "work"}, {"value": "h@x", "type": "home"}]}),
+    );
+    check_projection(
+        "attributes=emails[type eq \"work\"].value",
+        with_emails,
+        json!({"id": "1", "emails": [{"value": "w@x"}, {"value": "h@x"}]}),
+    );
+    assert!(ListQuery::from_query_string("attributes=emails%5Btype%20eq%5D").is_err());
     check_projection(
         "excludedAttributes=id",
         user.clone(),
@@ -51,24 +64,30 @@ fn query_parameters_parse_with_tolerance() {
 }
 
 #[test]
-fn sort_is_stable_and_puts_missing_values_last() {
+fn sort_is_stable_and_puts_missing_values_last_ascending_and_first_descending() {
     let mut resources = vec![
         json!({"userName": "b"}),
         json!({"title": "none"}),
         json!({"userName": "A"}),
         json!({"userName": "a", "n": 2}),
     ];
-    sort(
-        &mut resources,
-        &AttrPath::new("userName"),
-        SortOrder::Ascending,
-        &user_schema(),
-    );
-    let names: Vec<String> = resources
-        .iter()
-        .map(|r| r["userName"].as_str().unwrap_or("-").to_string() + r.get("n").map_or("", |_| "2"))
-        .collect();
-    assert_eq!(names, ["A", "a2", "b", "-"]);
+    let mut sorted = |order: SortOrder| -> Vec<String> {
+        sort(
+            &mut resources,
+            &AttrPath::new("userName"),
+            order,
+            &user_schema(),
+        );
+        resources
+            .iter()
+            .map(|r| {
+                r["userName"].as_str().unwrap_or("-").to_string() + r.get("n").map_or("", |_| "2")
+            })
+            .collect()
+    };
+    assert_eq!(sorted(SortOrder::Ascending), ["A", "a2", "b", "-"]);
+    // RFC 7644 §3.4.2.3: "ordered last if ascending and first if descending".
+    assert_eq!(sorted(SortOrder::Descending), ["-", "b", "A", "a2"]);
 }
 
 #[test]
