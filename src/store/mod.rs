@@ -1242,6 +1242,16 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         if unchanged_keys == 1 {
             return finish_commit(conn, commit);
         }
+        if resource.kind == Kind::Group {
+            // A renamed group changes the `groups[].display` of every member.
+            conn.prepare_cached(
+                "UPDATE resources SET member_gen = member_gen + 1, \
+                 last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+                 WHERE id IN (SELECT member_id FROM members WHERE group_id = ?1) \
+                 AND EXISTS (SELECT 1 FROM resources WHERE id = ?1 AND name IS NOT ?2)",
+            )?
+            .execute(params![resource.id, resource.name])?;
+        }
         let result = conn.prepare_cached(
             "INSERT INTO resources (id, kind, name, name_key, external_id, dn, entry_uuid, version, created, last_modified, doc, dn_key, posix_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \

@@ -633,7 +633,8 @@ async fn membership_changes_count_on_the_other_side() {
     let gens = || async {
         let mut out = Vec::new();
         for id in ["u1", "u2", "u3"] {
-            out.push(store.get(Kind::User, id).await.unwrap().unwrap().member_gen);
+            let user = store.get(Kind::User, id).await.unwrap();
+            out.push(user.map_or(-1, |user| user.member_gen));
         }
         out.push(
             store
@@ -699,4 +700,23 @@ async fn membership_changes_count_on_the_other_side() {
         .expect("group update");
     let group = store.get(Kind::Group, "g").await.unwrap().unwrap();
     assert_eq!((group.version, group.member_gen), (3, 1));
+    // A rename changes every member's `groups[].display`; other key changes do not.
+    store
+        .commit(upsert(StoredResource {
+            version: 4,
+            dn: "cn=g,ou=elsewhere".to_string(),
+            ..group.clone()
+        }))
+        .await
+        .expect("move");
+    assert_eq!(gens().await, [2, -1, 1, 1]);
+    store
+        .commit(upsert(StoredResource {
+            version: 5,
+            name: "G2".to_string(),
+            ..group
+        }))
+        .await
+        .expect("rename");
+    assert_eq!(gens().await, [2, -1, 2, 1]);
 }

@@ -808,13 +808,19 @@ async fn etags_follow_membership_changes_from_the_other_side() {
     let alice_seen = get(alice_path.clone(), Some(alice_tag.clone())).await;
     assert_eq!(alice_seen.status.as_u16(), 304, "unchanged so far");
 
-    server
+    let added = server
         .patch(
             &group_path,
             json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": alice}]}]}),
         )
-        .await
-        .expect(204);
+        .await;
+    // A 204 still carries the group's new ETag.
+    let added_tag = added.header("etag").expect("ETag on 204");
+    added.expect(204);
+    assert_eq!(
+        get(group_path.clone(), None).await.header("etag").unwrap(),
+        added_tag
+    );
     let alice_now = get(alice_path.clone(), Some(alice_tag.clone())).await;
     assert_eq!(alice_now.status.as_u16(), 200, "her groups changed");
     assert_ne!(alice_now.header("etag").unwrap(), alice_tag);
@@ -834,6 +840,19 @@ async fn etags_follow_membership_changes_from_the_other_side() {
     stale.expect(412);
     assert!(values(&server.entry(&server.user_dn("alice")).unwrap(), "title").is_empty());
 
+    // Renaming the group changes her `groups[].display`.
+    let alice_tag = alice_now.header("etag").unwrap();
+    server
+        .patch(
+            &group_path,
+            json!({"Operations": [{"op": "replace", "path": "displayName", "value": "crew"}]}),
+        )
+        .await
+        .expect(204);
+    let alice_now = get(alice_path.clone(), Some(alice_tag.clone())).await;
+    assert_eq!(alice_now.status.as_u16(), 200, "her group was renamed");
+    assert_eq!(alice_now.body["groups"][0]["display"], "crew");
+
     let group_tag = get(group_path.clone(), None).await.header("etag").unwrap();
     server.delete(&format!("/Users/{bob}")).await.expect(204);
     let group_now = get(group_path.clone(), Some(group_tag.clone())).await;
@@ -846,7 +865,7 @@ async fn etags_follow_membership_changes_from_the_other_side() {
         .map(|m| m["value"].as_str().unwrap())
         .collect();
     assert_eq!(members, [alice.as_str()]);
-    let entry = server.entry(&server.group_dn("staff")).unwrap();
+    let entry = server.entry(&server.group_dn("crew")).unwrap();
     assert!(!values(&entry, "member")
         .iter()
         .any(|dn| dn.contains("uid=bob")));
