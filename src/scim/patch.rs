@@ -555,18 +555,23 @@ impl<'s> Engine<'s> {
                     (PatchOpKind::Remove, _) | (_, None) => None,
                     (_, Some(value)) => self.normalize(sub, value, &label)?,
                 };
-                let create = kind != PatchOpKind::Remove && !attr.multi_valued;
+                let create = kind != PatchOpKind::Remove;
                 let Some(container) = container_mut(resource, resolved.extension, create) else {
                     return Ok(());
                 };
                 if attr.multi_valued {
                     // `emails.type` without a filter: every value of the attribute.
                     let mut items = take_items(container, &attr.name);
-                    if items.is_empty() && kind != PatchOpKind::Remove {
-                        return Err(ScimError::no_target(format!(
-                            "{} has no values whose {} could be set",
-                            attr.name, sub.name
-                        )));
+                    if items.is_empty() {
+                        // RFC 7644 §3.5.2.1 and 3: a target that does not exist is added (no
+                        // filter here, so not `noTarget`): one value with this sub-attribute.
+                        if let Some(new) = new {
+                            let mut element = Map::new();
+                            insert_canonical(&mut element, &sub.name, new);
+                            items.push(Value::Object(element));
+                            set_items(container, attr, items, &[0]);
+                        }
+                        return Ok(());
                     }
                     let all: Vec<usize> = (0..items.len()).collect();
                     set_sub(&mut items, &all, &sub.name, new.as_ref());
@@ -1039,10 +1044,10 @@ fn remove_listed(container: &mut Map<String, Value>, attr: &Attribute, listed: O
     set_items(container, attr, items, &[]);
 }
 
-/// Removes an attribute; a required one cannot be removed (RFC 7643 §7 `required`).
+/// Removes an attribute; a required one cannot be removed: `mutability` (RFC 7644 §3.5.2.2).
 fn remove_attr(container: &mut Map<String, Value>, attr: &Attribute) -> Result<(), ScimError> {
     if attr.required {
-        return Err(ScimError::invalid_value(format!(
+        return Err(ScimError::mutability(format!(
             "{} is required and cannot be removed",
             attr.name
         )));

@@ -258,6 +258,17 @@ pub fn coerce(value: &Value, attr: &Attribute, name: &str) -> Result<Option<Valu
                 }
             }
         }
+        // RFC 7643 §2.4: `primary: true` "MUST appear no more than once"; the first listed
+        // keeps it (PATCH, which adds to existing values, lets the newest win instead).
+        let mut primary_seen = false;
+        for item in &mut out {
+            if let Some(primary) = item.get_mut("primary").filter(|p| **p == Value::Bool(true)) {
+                if primary_seen {
+                    *primary = Value::Bool(false);
+                }
+                primary_seen = true;
+            }
+        }
         return Ok((!out.is_empty()).then_some(Value::Array(out)));
     }
     let value = match value {

@@ -395,6 +395,22 @@ fn sub_attributes_and_extensions() {
         json!([{"op": "replace", "path": "emails.type", "value": "work"}]),
         Ok(json!({"emails": [{"value": "a", "type": "work"}, {"value": "b", "type": "work"}]})),
     );
+    // ... and with no values yet, adds one (RFC 7644 §3.5.2.1/3: a missing target is added;
+    // noTarget is for a filter that matches nothing).
+    for op in ["add", "replace"] {
+        check(
+            &user(),
+            json!({"userName": "x"}),
+            json!([{"op": op, "path": "emails.value", "value": "a@example.com"}]),
+            Ok(json!({"userName": "x", "emails": [{"value": "a@example.com"}]})),
+        );
+    }
+    check(
+        &user(),
+        json!({"userName": "x"}),
+        json!([{"op": "remove", "path": "emails.value"}]),
+        Ok(json!({"userName": "x"})),
+    );
     // Remove a sub-attribute of the matching values only.
     check(
         &user(),
@@ -615,7 +631,13 @@ fn errors() {
         &user(),
         babs.clone(),
         json!([{"op": "remove", "path": "userName"}]),
-        Err((ScimType::InvalidValue, "userName is required")),
+        Err((ScimType::Mutability, "userName is required")),
+    );
+    check(
+        &user(),
+        babs.clone(),
+        json!([{"op": "replace", "path": "userName", "value": null}]),
+        Err((ScimType::Mutability, "userName is required")),
     );
     // RFC 7644 §3.5.2.3: replace through a filter matching nothing is noTarget.
     check(

@@ -140,3 +140,25 @@ fn group_members_accept_bare_ids() {
         json!([{"value": "id-1"}, {"value": "id-2"}])
     );
 }
+
+#[test]
+fn only_the_first_primary_value_stays_primary() {
+    check(
+        json!({
+            "userName": "u",
+            "emails": [
+                {"value": "a@x", "primary": true},
+                {"value": "b@x", "primary": "True"},
+                {"value": "c@x", "primary": false}
+            ]
+        }),
+        json!({
+            "userName": "u",
+            "emails": [
+                {"value": "a@x", "primary": true},
+                {"value": "b@x", "primary": false},
+                {"value": "c@x", "primary": false}
+            ]
+        }),
+    );
+}
