@@ -7,6 +7,19 @@ pub enum DirectoryError {
     /// The directory could not be reached, is busy or shutting down; retrying later may succeed.
     #[error("directory unavailable: {0}")]
     Unavailable(String),
+    /// The directory answered that it is busy (51), unavailable (52) or failed otherwise (80);
+    /// retrying later may succeed.
+    #[error("directory answered result {rc}: {text}")]
+    Busy {
+        /// LDAP result code.
+        rc: u32,
+        /// Server diagnostic text.
+        text: String,
+    },
+    /// The connection failed under the operation (I/O error, closed by the server); retrying
+    /// on a new connection may succeed.
+    #[error("directory connection lost: {0}")]
+    ConnectionLost(String),
     /// The operation did not complete within the configured timeout.
     #[error("directory operation timed out")]
     Timeout,
@@ -63,7 +76,26 @@ impl DirectoryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            DirectoryError::Unavailable(_) | DirectoryError::Timeout
+            DirectoryError::Unavailable(_)
+                | DirectoryError::Busy { .. }
+                | DirectoryError::ConnectionLost(_)
+                | DirectoryError::Timeout
+        )
+    }
+
+    /// The connection the operation ran on is gone.
+    pub fn connection_lost(&self) -> bool {
+        matches!(self, DirectoryError::ConnectionLost(_))
+    }
+
+    /// The directory answered (with a refusal): the connection works.
+    pub fn is_answer(&self) -> bool {
+        !matches!(
+            self,
+            DirectoryError::Unavailable(_)
+                | DirectoryError::ConnectionLost(_)
+                | DirectoryError::Timeout
+                | DirectoryError::Client(_)
         )
     }
 
@@ -71,7 +103,7 @@ impl DirectoryError {
     pub fn from_result(rc: u32, text: String) -> DirectoryError {
         match rc {
             // busy, unavailable, unwillingToPerform is permanent; server down, connect error.
-            51 | 52 | 80 | 81 | 91 => DirectoryError::Unavailable(format!("result {rc}: {text}")),
+            51 | 52 | 80 | 81 | 91 => DirectoryError::Busy { rc, text },
             3 | 85 => DirectoryError::Timeout,
             16 => DirectoryError::NoSuchAttribute(text),
             // One code for every constraint; the unique overlay's text says which.
@@ -98,8 +130,29 @@ impl From<ldap3::LdapError> for DirectoryError {
             | LdapError::OpSend { .. }
             | LdapError::ResultRecv { .. }
             | LdapError::IdScrubSend { .. }
-            | LdapError::EndOfStream => DirectoryError::Unavailable(err.to_string()),
+            | LdapError::EndOfStream => DirectoryError::ConnectionLost(err.to_string()),
             other => DirectoryError::Client(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DirectoryError;
+
+    #[test]
+    fn a_refusal_is_an_answer_and_only_a_failed_connection_is_lost() {
+        for rc in [51, 52, 80] {
+            let busy = DirectoryError::from_result(rc, "x".to_string());
+            assert!(busy.is_transient() && busy.is_answer() && !busy.connection_lost());
+        }
+        for rc in [16, 19, 20, 32, 50, 65, 68] {
+            let refused = DirectoryError::from_result(rc, "x".to_string());
+            assert!(!refused.is_transient() && refused.is_answer(), "{rc}");
+        }
+        let lost = DirectoryError::from(ldap3::LdapError::EndOfStream);
+        assert!(lost.is_transient() && lost.connection_lost() && !lost.is_answer());
+        let timeout = DirectoryError::from_result(3, "x".to_string());
+        assert!(timeout.is_transient() && !timeout.is_answer() && !timeout.connection_lost());
     }
 }

@@ -148,8 +148,8 @@ impl Directory {
         })
     }
 
-    /// Runs `op` on a pooled connection with the configured timeout; a transient failure
-    /// discards that connection so the next use reconnects.
+    /// Runs `op` on a pooled connection with the configured timeout; a lost connection is
+    /// dropped so that the next use reconnects (`Pool::after`).
     ///
     /// Each run is counted in the metrics under `operation`, with its result and latency.
     async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, DirectoryError>
@@ -160,14 +160,11 @@ impl Directory {
         let started = std::time::Instant::now();
         let result = async {
             let pooled = self.pool.get().await?;
-            let mut ldap = pooled.ldap;
+            let mut ldap = pooled.ldap.clone();
             ldap.with_timeout(self.pool.timeout());
+            let began_us = self.pool.now_us();
             let result = op(ldap).await;
-            if let Err(err) = &result {
-                if err.is_transient() {
-                    self.pool.discard(pooled.slot_idx).await;
-                }
-            }
+            self.pool.after(&pooled, began_us, &result).await;
             result
         }
         .await;

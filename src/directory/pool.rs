@@ -55,6 +55,16 @@ struct Slot {
 struct Conn {
     ldap: Ldap,
     driver: JoinHandle<()>,
+    health: Arc<Health>,
+}
+
+/// When a connection last carried an answer of the directory, to tell an operation that timed
+/// out on a working connection (a slow modify of a huge group: others keep answering) from a
+/// connection that died without closing.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Microseconds since the pool's start; 0: never.
+    last_answer_us: AtomicU64,
 }
 
 impl Drop for Conn {
@@ -105,6 +115,7 @@ impl Pool {
                 return Ok(PooledLdap {
                     ldap: conn.ldap.clone(),
                     slot_idx,
+                    health: conn.health.clone(),
                 });
             }
             slot.conn = None;
@@ -118,15 +129,16 @@ impl Pool {
         }
         match self.connect().await {
             Ok(conn) => {
-                let since_start = u64::try_from(self.started.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
                 self.last_connected_us
-                    .fetch_max(since_start, Ordering::Relaxed);
-                let ldap = conn.ldap.clone();
+                    .fetch_max(self.now_us(), Ordering::Relaxed);
+                let pooled = PooledLdap {
+                    ldap: conn.ldap.clone(),
+                    slot_idx,
+                    health: conn.health.clone(),
+                };
                 slot.conn = Some(conn);
                 slot.backoff = None;
-                Ok(PooledLdap { ldap, slot_idx })
+                Ok(pooled)
             }
             Err(err) => {
                 let wait = match slot.backoff {
@@ -167,11 +179,58 @@ impl Pool {
         }
     }
 
-    /// Drops the connection of a slot whose operation failed transiently, so the next use
-    /// reconnects.
-    pub(crate) async fn discard(&self, slot_idx: usize) {
-        if let Some(slot) = self.slots.get(slot_idx) {
-            slot.lock().await.conn = None;
+    /// Microseconds since the pool started, never 0.
+    pub(crate) fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// After an operation on `pooled` that began at `began_us` (`now_us`) ended with `result`:
+    /// notes an answer of the directory, or drops the connection when it is lost, so that the
+    /// next use reconnects. Other operations share the connection, so only a lost connection
+    /// is dropped: one the library saw fail, or one on which an operation timed out and
+    /// nothing has answered since it began. A server's refusal, busy or unavailable included,
+    /// came over a working connection.
+    pub(crate) async fn after<T>(
+        &self,
+        pooled: &PooledLdap,
+        began_us: u64,
+        result: &Result<T, DirectoryError>,
+    ) {
+        let lost = match result {
+            Err(err) => err.connection_lost(),
+            Ok(_) => false,
+        };
+        let answered = match result {
+            Ok(_) => true,
+            Err(err) => err.is_answer(),
+        };
+        if answered {
+            pooled
+                .health
+                .last_answer_us
+                .fetch_max(self.now_us(), Ordering::Relaxed);
+            return;
+        }
+        let silent = matches!(result, Err(DirectoryError::Timeout))
+            && pooled.health.last_answer_us.load(Ordering::Relaxed) < began_us;
+        if lost || silent {
+            self.discard(pooled).await;
+        }
+    }
+
+    /// Drops the connection `pooled` came from, unless the slot holds another by now.
+    async fn discard(&self, pooled: &PooledLdap) {
+        if let Some(slot) = self.slots.get(pooled.slot_idx) {
+            let mut slot = slot.lock().await;
+            if slot
+                .conn
+                .as_ref()
+                .is_some_and(|conn| Arc::ptr_eq(&conn.health, &pooled.health))
+            {
+                slot.conn = None;
+            }
         }
     }
 
@@ -206,6 +265,7 @@ impl Pool {
         let conn = Conn {
             ldap: ldap.clone(),
             driver,
+            health: Arc::new(Health::default()),
         };
         ldap.with_timeout(self.config.timeout);
         ldap.simple_bind(
@@ -241,6 +301,7 @@ impl Drop for Waiting<'_> {
 pub(crate) struct PooledLdap {
     pub(crate) ldap: Ldap,
     pub(crate) slot_idx: usize,
+    health: Arc<Health>,
 }
 
 /// A rustls client configuration trusting the certificates in `ca_file`.
