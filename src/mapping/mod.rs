@@ -1193,8 +1193,26 @@ pub fn values_at(resource: &Value, path: &PatchPath, schema: &ResourceSchema) ->
             }
         }
     }
-    out.dedup();
+    dedup_folded(&mut out);
     out
+}
+
+/// Drops values equal to an earlier one under LDAP's usual matching (caseIgnoreMatch: case and
+/// runs of spaces do not count). The directory refuses a value twice in one change (result 20),
+/// and a projection holding more values than the entry can would look like drift forever.
+fn dedup_folded(values: &mut Vec<String>) {
+    if values.len() < 2 {
+        return;
+    }
+    let fold = |value: &str| -> String {
+        value
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    let mut seen = std::collections::HashSet::with_capacity(values.len());
+    values.retain(|value| seen.insert(fold(value)));
 }
 
 /// The modify that takes the entry from `old` to `new` (same DN assumed; renames are separate).

@@ -154,6 +154,12 @@ fn default_rules_pick_fallbacks_and_skip_empty_values() {
         "departmentNumber",
         &["D"],
     );
+    // Values the directory would call equal go once (it refuses a value twice in a change).
+    check_values(
+        json!({"userName": "u", "emails": [{"value": "Ann@x"}, {"value": "b@x"}, {"value": "ann@X"}]}),
+        "mail",
+        &["Ann@x", "b@x"],
+    );
 }
 
 #[test]

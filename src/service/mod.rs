@@ -102,6 +102,14 @@ impl From<ServiceError> for ScimError {
                     "an entry with this name exists in the directory but was not provisioned through SCIM, and users.on_existing = \"conflict\"",
                 )
             }
+            ServiceError::Directory(DirectoryError::ValueExists(text)) => {
+                // A value given twice, equal under the attribute's matching rule (two emails
+                // differing in case); an add of a value already there counts as done before.
+                tracing::warn!(error = %text, "directory refused a repeated value");
+                ScimError::invalid_value(
+                    "the directory refused a value given twice (values equal under its matching rule, such as two emails differing only in case)",
+                )
+            }
             ServiceError::Directory(DirectoryError::SchemaViolation { rc, text }) => {
                 tracing::warn!(rc, error = %text, "directory schema violation");
                 ScimError::invalid_value(

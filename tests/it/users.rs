@@ -998,3 +998,25 @@ async fn projections_on_one_resource_are_checked() {
     assert_eq!(refused["scimType"], "invalidPath");
     assert!(server.entry(&server.user_dn("other")).is_none());
 }
+
+/// Values equal under the directory's matching rule: those equal ignoring case go once; two
+/// phone numbers the directory calls equal (telephoneNumberMatch ignores hyphens and spaces)
+/// are refused with 400, not a server error, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_the_directory_calls_equal_are_sent_once_or_refused() {
+    let server = TestServer::start().await;
+    let mut body = user_body("twice", "Tw", "Ice");
+    body["emails"] = json!([{"value": "Twice@example.com"}, {"value": "twice@EXAMPLE.com"}]);
+    server.create("/Users", body).await;
+    let entry = server.entry(&server.user_dn("twice")).unwrap();
+    assert_eq!(values(&entry, "mail"), ["Twice@example.com"]);
+
+    let mut body = user_body("phones", "Pho", "Nes");
+    body["phoneNumbers"] = json!([
+        {"value": "+1 555 0100", "type": "mobile"},
+        {"value": "+1-555-0100", "type": "mobile"}
+    ]);
+    let refused = server.post("/Users", body).await.expect(400);
+    assert_eq!(refused["scimType"], "invalidValue", "{refused}");
+    assert!(server.entry(&server.user_dn("phones")).is_none());
+}
