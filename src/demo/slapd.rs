@@ -405,6 +405,22 @@ impl Slapd {
             .map(drop)
     }
 
+    /// Applies an LDIF change text to `cn=config` over LDAPI with SASL EXTERNAL, as an
+    /// operator would (limits, access rules, overlays).
+    pub fn configure(&self, ldif: &str) -> Result<(), SlapdError> {
+        let ldapi = self.ldapi_url().ok_or_else(|| {
+            SlapdError::InvalidOptions(
+                "the directory's path is too long for an LDAPI socket".to_string(),
+            )
+        })?;
+        run_tool(
+            &self.programs.ldapmodify,
+            &["-Y", "EXTERNAL", "-Q", "-H", &ldapi],
+            Some(ldif),
+        )
+        .map(drop)
+    }
+
     /// Searches the subtree under `base` as the admin and returns the entries as LDIF without
     /// comments or version line (`-LLL`) and with unwrapped lines. Empty `attrs` means all user
     /// attributes. A missing base is an error with `ldap_code() == Some(32)`.

@@ -51,6 +51,13 @@ pub enum DirectoryError {
         /// Server diagnostic text.
         text: String,
     },
+    /// The directory ended a search at its size limit (result 4). Reconciliation reads whole
+    /// subtrees with paged searches; OpenLDAP caps their total at the bind DN's hard size
+    /// limit (500 unless set) for any identity but the rootdn.
+    #[error(
+        "the directory ended the search at its size limit (result 4: {0}); give the bind DN unlimited paged searches, on OpenLDAP olcLimits: dn.exact=\"<bind DN>\" size.prtotal=unlimited"
+    )]
+    SizeLimit(String),
     /// A bind was refused (result 49).
     #[error("invalid credentials")]
     InvalidCredentials,
@@ -105,6 +112,7 @@ impl DirectoryError {
             // busy, unavailable, unwillingToPerform is permanent; server down, connect error.
             51 | 52 | 80 | 81 | 91 => DirectoryError::Busy { rc, text },
             3 | 85 => DirectoryError::Timeout,
+            4 => DirectoryError::SizeLimit(text),
             16 => DirectoryError::NoSuchAttribute(text),
             // One code for every constraint; the unique overlay's text says which.
             19 if text.to_ascii_lowercase().contains("unique") => DirectoryError::NotUnique(text),

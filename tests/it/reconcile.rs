@@ -486,3 +486,58 @@ async fn a_create_in_flight_is_not_disabled_as_an_orphan() {
     );
     daemon.kill();
 }
+
+/// Bound as a service account (not the rootdn), reconciliation meets OpenLDAP's size limit on
+/// paged searches. The run fails saying what to configure; with that limit lifted, it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_size_limited_bind_dn_gets_a_run_error_that_says_what_to_configure() {
+    let slapd = scim2ldap::demo::slapd::Slapd::start(Default::default()).unwrap();
+    let service_dn = format!("cn=scim2ldap,{}", slapd.suffix());
+    slapd
+        .ldapadd(&format!(
+            "dn: {service_dn}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: scim2ldap\nuserPassword: Service-Pass-1\n"
+        ))
+        .unwrap();
+    slapd
+        .configure(&format!(
+            "dn: olcDatabase={{1}}mdb,cn=config\nchangetype: modify\n\
+             add: olcAccess\nolcAccess: {{0}}to * by dn.exact=\"{service_dn}\" write by * break\n-\n\
+             replace: olcSizeLimit\nolcSizeLimit: 3\n"
+        ))
+        .unwrap();
+    let admin_dn = slapd.admin_dn();
+    let admin_password = slapd.admin_password().to_string();
+    let mut server = TestServer::start_on(slapd, |text| {
+        *text = text
+            .replace(&admin_dn, &service_dn)
+            .replace(&admin_password, "Service-Pass-1");
+        text.push_str("\n[reconcile]\nat_startup = false\n");
+    })
+    .await;
+    for k in 0..5 {
+        server
+            .create("/Users", user_body(&format!("svc{k}"), "S", "Vc"))
+            .await;
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+        .args(["reconcile", "--dry-run", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("size limit"), "{stderr}");
+    assert!(stderr.contains("size.prtotal=unlimited"), "{stderr}");
+
+    server
+        .slapd
+        .configure(&format!(
+            "dn: olcDatabase={{1}}mdb,cn=config\nchangetype: modify\n\
+             add: olcLimits\nolcLimits: dn.exact=\"{service_dn}\" size.prtotal=unlimited\n"
+        ))
+        .unwrap();
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["scanned"], 5, "{report}");
+    server.stop_daemon().await;
+}
