@@ -225,13 +225,21 @@ impl Plan {
         }
     }
 
-    fn into_commit(self, intent_seq: i64, entry_uuid: Option<String>) -> Commit {
+    fn into_commit(
+        self,
+        intent_seq: i64,
+        entry_uuid: Option<String>,
+        trace: &ApplyTrace,
+    ) -> Commit {
         Commit {
             intent_seq: Some(intent_seq),
             upsert: self.upsert.map(|planned| {
                 let mut stored = StoredResource::from(planned);
                 if entry_uuid.is_some() {
                     stored.entry_uuid = entry_uuid;
+                }
+                if trace.adopted_posix_id.is_some() {
+                    stored.posix_id = trace.adopted_posix_id;
                 }
                 stored
             }),
@@ -283,6 +291,9 @@ pub(crate) struct ApplyTrace {
     /// At least one directory write of the plan succeeded: a later failure leaves the entry
     /// partly changed.
     pub wrote: bool,
+    /// The POSIX number (`uidNumber` of a user, `gidNumber` of a group) of an adopted entry
+    /// that had one: kept in the directory, and cached instead of the allocated one.
+    pub adopted_posix_id: Option<i64>,
 }
 
 impl Service {
@@ -396,7 +407,7 @@ impl Service {
                 let change = plan.audit_change();
                 match self
                     .store
-                    .commit(plan.into_commit(seq, entry_uuid.clone()))
+                    .commit(plan.into_commit(seq, entry_uuid.clone(), &trace))
                     .await
                 {
                     Ok(()) => crate::audit::record(&change, None),
@@ -600,8 +611,29 @@ async fn apply_op(
                     trace.adopted = true;
                     tracing::info!("entry exists; adopting it");
                     tracing::trace!(dn = %dn, "adopted entry");
+                    // An account's POSIX number owns its files: an entry that has one keeps it.
+                    let number_attr = ["uidNumber", "gidNumber"].into_iter().find(|number| {
+                        attrs
+                            .iter()
+                            .any(|(attr, _)| attr.eq_ignore_ascii_case(number))
+                    });
+                    let mut kept = None;
+                    if let Some(number_attr) = number_attr {
+                        let existing = directory.read(dn, &[number_attr]).await?;
+                        kept = existing
+                            .as_ref()
+                            .and_then(|entry| entry.first(number_attr))
+                            .and_then(|value| value.trim().parse::<i64>().ok())
+                            .map(|number| (number_attr, number));
+                        trace.adopted_posix_id = kept.map(|(_, number)| number);
+                    }
                     let mods: Vec<Mod> = attrs
                         .iter()
+                        .filter(|(attr, _)| {
+                            !kept.is_some_and(|(number_attr, _)| {
+                                attr.eq_ignore_ascii_case(number_attr)
+                            })
+                        })
                         .map(|(attr, values)| {
                             if attr.eq_ignore_ascii_case("objectClass") {
                                 Mod::Add(attr.clone(), Vec::new())
@@ -786,11 +818,12 @@ pub async fn replay_intents(service: &Service) -> Result<usize, ServiceError> {
         }
         tracing::info!(seq = intent.seq, resource_id = %intent.resource_id, "replaying an unfinished write");
         let target = Target::new(service, &intent.resource_id);
-        let applied = apply_ops(&target, &plan.ops, true, &mut ApplyTrace::default()).await;
+        let mut trace = ApplyTrace::default();
+        let applied = apply_ops(&target, &plan.ops, true, &mut trace).await;
         let refused = match applied {
             Ok(entry_uuid) => match service
                 .store
-                .commit(plan.into_commit(intent.seq, entry_uuid))
+                .commit(plan.into_commit(intent.seq, entry_uuid, &trace))
                 .await
             {
                 Ok(()) => None,

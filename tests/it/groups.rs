@@ -916,3 +916,86 @@ async fn renaming_a_groups_only_member_keeps_the_group_valid() {
     let user = server.get(&path).await.expect(200);
     assert_eq!(user["userName"], "Alicia");
 }
+
+/// Adopting existing POSIX accounts and groups keeps their numbers (they own files); the cache
+/// records them, so later writes and reconciliation keep them too.
+#[tokio::test(flavor = "multi_thread")]
+async fn adopted_posix_entries_keep_their_numbers() {
+    let mut server = TestServer::start_with(|text| {
+        *text = text
+            .replace("[users]\n", "[users]\nposix = true\nuid_number_min = 20000\nuid_number_max = 20999\ngid_number = 5000\n")
+            .replace("[groups]\n", "[groups]\nobject_class = \"posixGroup\"\ngid_number_min = 7000\ngid_number_max = 7999\n");
+        text.push_str("\n[reconcile]\nat_startup = false\n");
+    })
+    .await;
+    let legacy_dn = server.user_dn("legacy");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {legacy_dn}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: legacy\ncn: Legacy\nsn: Legacy\n\
+             uidNumber: 1234\ngidNumber: 100\nhomeDirectory: /home/legacy\n"
+        ))
+        .unwrap();
+    let ops_dn = server.group_dn("ops");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {ops_dn}\nobjectClass: posixGroup\ncn: ops\ngidNumber: 4321\n"
+        ))
+        .unwrap();
+    let id = server
+        .create("/Users", user_body("legacy", "Leg", "Acy"))
+        .await;
+    let uid_number = |server: &TestServer| {
+        values(&server.entry(&legacy_dn).unwrap(), "uidNumber")
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(uid_number(&server), ["1234"]);
+    let group = server
+        .create(
+            "/Groups",
+            json!({"displayName": "ops", "members": [{"value": id}]}),
+        )
+        .await;
+    let gid_number = |server: &TestServer| {
+        values(&server.entry(&ops_dn).unwrap(), "gidNumber")
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gid_number(&server), ["4321"]);
+    // A rename re-projects every attribute: the numbers stay.
+    server
+        .patch(
+            &format!("/Users/{id}"),
+            ops(json!([{"op": "replace", "path": "userName", "value": "legacy2"}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        values(
+            &server.entry(&server.user_dn("legacy2")).unwrap(),
+            "uidNumber"
+        ),
+        ["1234"]
+    );
+    server
+        .patch(
+            &format!("/Groups/{group}"),
+            ops(json!([{"op": "replace", "path": "displayName", "value": "ops2"}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        values(
+            &server.entry(&server.group_dn("ops2")).unwrap(),
+            "gidNumber"
+        ),
+        ["4321"]
+    );
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+    server.stop_daemon().await;
+}
