@@ -387,15 +387,29 @@ impl Service {
             Some(kind) => vec![kind],
             None => vec![Kind::User, Kind::Group],
         };
+        if let Some(filter) = &query.filter {
+            // At the root, an attribute only one resource type has is unassigned in the other
+            // (RFC 7644 §3.4.2.1): the filter must make sense for one of them.
+            let mut problem = None;
+            for &kind in &kinds {
+                match filter.validate(self.schema(kind)) {
+                    Ok(()) => {
+                        problem = None;
+                        break;
+                    }
+                    Err(err) => problem = problem.or(Some(err)),
+                }
+            }
+            if let Some(err) = problem {
+                return Err(err);
+            }
+        }
         let count = query.count.unwrap_or(MAX_RESULTS).min(MAX_RESULTS);
         let start = query.start_index.max(1);
         let mut matched: Vec<Value> = Vec::new();
         let mut total = 0usize;
         for kind in kinds {
             let schema = self.schema(kind);
-            if let Some(filter) = &query.filter {
-                filter.validate(schema)?;
-            }
             let indexed = query
                 .filter
                 .as_ref()

@@ -297,6 +297,26 @@ async fn group_names_are_unique_and_filterable() {
         .await
         .expect(200);
     assert_eq!(all["totalResults"], 1);
+    // At the root, an attribute only users have is unassigned in groups (RFC 7644 §3.4.2.1),
+    // not an invalid filter.
+    let ann = user(&server, "ann").await;
+    let search = |filter: &str| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": filter});
+    let by_user_name = server
+        .post("/.search", search(r#"userName eq "ann""#))
+        .await
+        .expect(200);
+    assert_eq!(by_user_name["totalResults"], 1);
+    assert_eq!(by_user_name["Resources"][0]["id"], ann.as_str());
+    let not_ann = server
+        .post("/.search", search(r#"not (userName eq "ann")"#))
+        .await
+        .expect(200);
+    assert_eq!(not_ann["totalResults"], 1, "the group: {not_ann}");
+    let unknown = server
+        .post("/.search", search(r#"noSuchAttribute eq "x""#))
+        .await
+        .expect(400);
+    assert_eq!(unknown["scimType"], "invalidFilter");
 }
 
 #[tokio::test(flavor = "multi_thread")]
