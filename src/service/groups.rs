@@ -274,11 +274,10 @@ impl Service {
         let ends_empty = adds.is_empty()
             && !to_remove.is_empty()
             && !self
-                .store
-                .has_members_besides(&old.id, to_remove.clone())
+                .has_members_in_entry(&old.id, to_remove.clone())
                 .await?;
         let starts_empty =
-            !adds.is_empty() && !self.store.has_members_besides(&old.id, Vec::new()).await?;
+            !adds.is_empty() && !self.has_members_in_entry(&old.id, Vec::new()).await?;
         if needs_placeholder && ends_empty {
             plan.ops.push(DirOp::AddValue {
                 dn: group_dn.clone(),
@@ -348,6 +347,21 @@ impl Service {
         Ok(())
     }
 
+    /// Whether group `group_id`'s entry holds a member other than `excluded`: with
+    /// `on_disable_groups = "remove"`, suspended members are not in it.
+    async fn has_members_in_entry(
+        &self,
+        group_id: &str,
+        excluded: Vec<String>,
+    ) -> Result<bool, ServiceError> {
+        let active_only =
+            self.config.users.on_disable_groups == crate::mapping::OnDisableGroups::Remove;
+        Ok(self
+            .store
+            .has_members_besides(group_id, excluded, active_only)
+            .await?)
+    }
+
     /// Removes user `member_id` (whose value in group entries is `member_value`) from `group`,
     /// keeping a `groupOfNames` valid with the placeholder when it was the last member.
     pub(crate) async fn plan_member_removal(
@@ -360,8 +374,7 @@ impl Service {
         let member_attr = self.config.groups.class.member_attribute().to_string();
         if self.config.groups.class.needs_placeholder()
             && !self
-                .store
-                .has_members_besides(&group.id, vec![member_id.to_string()])
+                .has_members_in_entry(&group.id, vec![member_id.to_string()])
                 .await?
         {
             plan.ops.push(DirOp::AddValue {

@@ -856,17 +856,25 @@ impl Store {
         .await
     }
 
-    /// True when group `group_id` has a member other than those in `excluded`; reads at most
-    /// `excluded.len() + 1` rows, whatever the group's size.
+    /// True when group `group_id` has a member other than those in `excluded` (with
+    /// `active_only`, an active one: suspended users may be out of the group's entry); reads
+    /// at most `excluded.len() + 1` rows when its members are active, whatever its size.
     pub async fn has_members_besides(
         &self,
         group_id: &str,
         excluded: Vec<String>,
+        active_only: bool,
     ) -> Result<bool, StoreError> {
         let group_id = group_id.to_string();
         self.read_keys(excluded.len() + 1, move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1 LIMIT ?2")?;
+            let mut stmt = if active_only {
+                conn.prepare_cached(
+                    "SELECT m.member_id FROM members m JOIN resources r ON r.id = m.member_id \
+                     WHERE m.group_id = ?1 AND json_extract(r.doc, '$.active') IS NOT 0 LIMIT ?2",
+                )?
+            } else {
+                conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1 LIMIT ?2")?
+            };
             let rows = stmt.query_map(params![group_id, excluded.len() as i64 + 1], |row| {
                 row.get::<_, String>(0)
             })?;

@@ -135,7 +135,7 @@ async fn memberships_are_rows_and_membership_checks_read_few_rows() {
         .expect("commit");
     assert_eq!(store.member_count("g").await.expect("count"), 100);
     assert!(store
-        .has_members_besides("g", vec!["m000".into()])
+        .has_members_besides("g", vec!["m000".into()], false)
         .await
         .expect("check"));
     assert_eq!(
@@ -157,7 +157,7 @@ async fn memberships_are_rows_and_membership_checks_read_few_rows() {
         .await
         .expect("commit");
     assert!(!store
-        .has_members_besides("g", vec!["m000".into()])
+        .has_members_besides("g", vec!["m000".into()], false)
         .await
         .expect("check"));
     store

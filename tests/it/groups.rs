@@ -319,21 +319,27 @@ async fn group_names_are_unique_and_filterable() {
     assert_eq!(unknown["scimType"], "invalidFilter");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn suspension_can_remove_memberships_and_reactivation_restores_them() {
+/// A server whose suspended users leave their groups' entries, with users ann and ben in
+/// group Ops: (server, ann, ben, Ops).
+async fn ops_group_removing_suspended() -> (TestServer, String, String, String) {
     let server = TestServer::start_with(|text| {
         *text = text.replace("[users]\n", "[users]\non_disable_groups = \"remove\"\n")
     })
     .await;
     let ann = user(&server, "ann").await;
     let ben = user(&server, "ben").await;
-    server
-        .post(
+    let gid = server
+        .create(
             "/Groups",
             json!({"displayName": "Ops", "members": [{"value": ann}, {"value": ben}]}),
         )
-        .await
-        .expect(201);
+        .await;
+    (server, ann, ben, gid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspension_can_remove_memberships_and_reactivation_restores_them() {
+    let (server, ann, _, _) = ops_group_removing_suspended().await;
     let off = ops(json!([{"op": "replace", "path": "active", "value": false}]));
     let on = ops(json!([{"op": "replace", "path": "active", "value": true}]));
     server
@@ -1018,4 +1024,46 @@ async fn adopted_posix_entries_keep_their_numbers() {
     let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
     assert_eq!(code, 0, "{report}");
     server.stop_daemon().await;
+}
+
+/// With suspended users out of their groups' entries, a group whose only remaining member in
+/// the entry leaves gets the placeholder (the suspended member does not count), and a member
+/// added to a group holding only suspended members replaces it.
+#[tokio::test(flavor = "multi_thread")]
+async fn suspended_members_do_not_keep_a_group_entry_valid() {
+    let (server, ann, ben, gid) = ops_group_removing_suspended().await;
+    let off = ops(json!([{"op": "replace", "path": "active", "value": false}]));
+    server
+        .patch(&format!("/Users/{ben}"), off)
+        .await
+        .expect(200);
+    let group_dn = server.group_dn("Ops");
+    // As reconciliation does once an active member is in the entry: the placeholder goes.
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {group_dn}\nchangetype: modify\ndelete: member\nmember: {}\n",
+            server.slapd.placeholder_dn()
+        ))
+        .unwrap();
+    assert_eq!(members_of(&server, "Ops"), [server.user_dn("ann")]);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": format!("members[value eq \"{ann}\"]")}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(members_of(&server, "Ops"), [server.slapd.placeholder_dn()]);
+    let cid = user(&server, "cid").await;
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "add", "path": "members", "value": [{"value": cid}]}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(members_of(&server, "Ops"), [server.user_dn("cid")]);
+    server.delete(&format!("/Users/{cid}")).await.expect(204);
+    assert_eq!(members_of(&server, "Ops"), [server.slapd.placeholder_dn()]);
 }
