@@ -213,16 +213,17 @@ impl Run<'_> {
         {
             return Ok(());
         }
-        let mut owner = self.owner(kind, &entry).await?;
-        if owner.is_none() {
+        let Some(resource) = self.owner(kind, &entry).await? else {
             // A create (or rename) of this name may be between its directory write and its
-            // commit, its entry not yet in the cache: wait for it, then look again.
+            // commit, its entry not yet in the cache: wait for it, then look again. The entry
+            // as read may predate the end of that write, so it is left to the next run.
             if let Some(name) = entry.first(self.rdn_attribute(kind)) {
                 let _name = self.service.hold_name(kind, name).await;
-                owner = self.owner(kind, &entry).await?;
+                if let Some(resource) = self.owner(kind, &entry).await? {
+                    self.seen.insert(resource.id);
+                    return Ok(());
+                }
             }
-        }
-        let Some(resource) = owner else {
             return self.orphan(kind, entry).await;
         };
         if !self.seen.insert(resource.id.clone()) {
