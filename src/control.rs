@@ -44,6 +44,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Start-up runs: waiting for the directory and replaying unfinished writes.
     starting: AtomicBool,
+    /// The cache can no longer make writes durable (a failed fsync): only a restart helps.
+    cache_failed: AtomicBool,
     metrics_address: OnceLock<std::net::SocketAddr>,
 }
 
@@ -63,6 +65,7 @@ impl Control {
                 directory_beat: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
                 starting: AtomicBool::new(false),
+                cache_failed: AtomicBool::new(false),
                 metrics_address: OnceLock::new(),
             }),
         })
@@ -145,6 +148,12 @@ impl Control {
         self.inner.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// The cache's fsync failed: the daemon is unhealthy for good, so that the watchdog
+    /// restarts it and the restart replays what the cache holds.
+    pub fn set_cache_failed(&self) {
+        self.inner.cache_failed.store(true, Ordering::Relaxed);
+    }
+
     /// Start-up began (`true`) or is done (`false`). While it runs, requests are answered but
     /// not served: `/healthz` says alive, the rest 503.
     pub fn set_starting(&self, starting: bool) {
@@ -161,6 +170,9 @@ impl Control {
     pub fn health(&self, max_age: Duration) -> Result<(), &'static str> {
         if self.inner.stopping.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if self.inner.cache_failed.load(Ordering::Relaxed) {
+            return Err("the cache's fsync failed; a restart replays what it holds");
         }
         let now = self.now_ms();
         let max_age = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
@@ -191,5 +203,34 @@ impl Control {
         u64::try_from(self.inner.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_failed_cache_makes_the_daemon_unhealthy_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nbearer_tokens = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\n\
+             [ldap]\nurl = \"ldap://127.0.0.1:389\"\nbind_dn = \"cn=admin,dc=example,dc=com\"\n\
+             bind_password = \"secret\"\n[users]\nbase_dn = \"ou=people,dc=example,dc=com\"\n\
+             [groups]\nbase_dn = \"ou=groups,dc=example,dc=com\"\n[cache]\npath = \"/tmp/c.db\"\n",
+        )
+        .unwrap();
+        let config = crate::config::load(&path, Some(Default::default())).unwrap();
+        let control = super::Control::new(&config).unwrap();
+        control.beat_loop();
+        control.beat_directory();
+        assert_eq!(control.health(Duration::from_secs(60)), Ok(()));
+        control.set_cache_failed();
+        assert!(control.health(Duration::from_secs(60)).is_err());
+        control.beat_loop();
+        control.beat_directory();
+        assert!(control.health(Duration::from_secs(60)).is_err());
     }
 }

@@ -249,6 +249,8 @@ struct SyncQueue {
     fsync_time: MovingAverage,
     /// Longest an fsync is held back to serve more callers.
     max_delay: Duration,
+    /// Why an fsync failed, once one has: from then on every write fails until a restart.
+    failure: std::sync::OnceLock<String>,
 }
 
 #[derive(Default)]
@@ -300,6 +302,7 @@ impl SyncQueue {
             wake: std::sync::Condvar::new(),
             fsync_time: MovingAverage::new(Duration::from_millis(10)),
             max_delay,
+            failure: std::sync::OnceLock::new(),
         }
     }
 
@@ -580,6 +583,12 @@ impl Store {
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
+    }
+
+    /// Why the cache's fsync failed, once one has (writes fail from then on, until a restart
+    /// replays what the file holds).
+    pub fn fsync_failure(&self) -> Option<String> {
+        self.writer.sync.failure.get().cloned()
     }
 
     /// Records an intent (durable against a process crash) and returns its sequence number.
@@ -951,6 +960,12 @@ impl Store {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.fsync_failure() {
+            return Err(StoreError::Open {
+                path: PathBuf::from("(WAL)"),
+                reason: format!("an fsync failed ({reason}); every write fails until a restart"),
+            });
+        }
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
@@ -1064,6 +1079,7 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
             if let (None, Some(reason)) = (&failed, &failure) {
                 tracing::error!(reason = %reason, "cache fsync failed: every write fails from now on; restart the service (it replays what the cache holds)");
                 failed = Some(reason.clone());
+                let _ = queue.failure.set(reason.clone());
             }
             queue.fsync_time.note(started.elapsed());
             crate::metrics::record_cache_fsync(waiting.len());

@@ -1182,6 +1182,21 @@ async fn after_a_failed_cache_fsync_every_write_fails_until_a_restart() {
             reply.status()
         );
     }
+    // Not ready any more (one probe result serves a second): a load balancer stops sending
+    // writes, and the watchdog stops being fed, so systemd restarts the service.
+    let ready = format!("http://{}/readyz", daemon.listen);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client.get(&ready).send().await.unwrap().status();
+        if status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     daemon.kill();
     // A restart replays what the cache holds; the cache and the directory agree again.
     server.launch().await;
