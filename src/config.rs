@@ -425,14 +425,22 @@ pub fn read_raw(
                 .map_err(|err| ConfigError::one(format!("{var}: {err}")))?;
         }
     }
-    let built = builder
-        .build()
-        .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
+    let built = builder.build().map_err(|err| {
+        ConfigError::one(format!(
+            "{}: {}",
+            file.display(),
+            without_values(&err.to_string())
+        ))
+    })?;
     // config's own deserializer reads a number or a boolean from text where a key wants one
     // (through serde_json, text could never become a number).
-    let value: config::Value = built
-        .try_deserialize()
-        .map_err(|err| ConfigError::one(format!("{}: {err}", file.display())))?;
+    let value: config::Value = built.try_deserialize().map_err(|err| {
+        ConfigError::one(format!(
+            "{}: {}",
+            file.display(),
+            without_values(&err.to_string())
+        ))
+    })?;
     let mut unknown = Vec::new();
     let raw: Result<RawConfig, _> = serde_ignored::deserialize(value, |path| {
         unknown.push(format!("unknown key `{}`", dotted(&path.to_string())));
@@ -440,10 +448,41 @@ pub fn read_raw(
     match raw {
         Ok(raw) => Ok((raw, unknown)),
         Err(err) => {
-            unknown.push(format!("{err}"));
+            unknown.push(without_values(&err.to_string()));
             Err(ConfigError { problems: unknown })
         }
     }
+}
+
+/// A parser's message without the values it quotes: the line of a TOML syntax error and the
+/// text of a mistyped value may be a password or a token, and the message goes to the log.
+fn without_values(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        let line = line.trim_start();
+        let digits = line.trim_start_matches(|c: char| c.is_ascii_digit());
+        digits.trim_start().starts_with('|')
+    };
+    let mut out = String::new();
+    for line in message.lines().filter(|line| !is_excerpt(line)) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let mut rest = line.trim();
+        while let Some(at) = rest.find("string \"") {
+            out.push_str(&rest[..at]);
+            out.push_str("a string");
+            let quoted = &rest[at + "string \"".len()..];
+            let mut escaped = false;
+            let end = quoted.char_indices().find_map(|(i, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes.then_some(i + 1)
+            });
+            rest = &quoted[end.unwrap_or(quoted.len())..];
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 /// serde_ignored prints paths as `a.b.c` already; keep one place that decides the spelling.
@@ -927,10 +966,39 @@ fn validate_log(raw: RawLog, problems: &mut Problems) -> Option<LogConfig> {
             None
         }
     };
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if let Err(problem) = check_log_level(&level) {
+        problems.push(format!("`log.level`: {problem}"));
+        return None;
+    }
     Some(LogConfig {
         format: format?,
-        level: raw.level.unwrap_or_else(|| "info".to_string()),
+        level,
     })
+}
+
+/// A tracing filter (`info`, `warn,scim2ldap=debug`). A bare word that is not a level would be
+/// read as a target at trace level and silence every other line, the audit included: refused.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(level.trim()))
+        {
+            return Err(format!(
+                "`{directive}` names no level; use one of {} (optionally `target=level`, comma-separated)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|err| format!("`{filter}`: {err}"))
 }
 
 /// Reads a secret file, trimming one trailing newline; an empty file is an error.

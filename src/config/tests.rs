@@ -356,3 +356,45 @@ fn unknown_keys_and_invalid_values_are_reported_together() {
         );
     check_problems(&text, &[], &["ldap.urll", "ldap.url"]);
 }
+
+#[test]
+fn problems_never_quote_the_values_they_refuse() {
+    let mistyped = GOOD.replace(
+        "bearer_tokens = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]",
+        "bearer_tokens = \"plain-secret-token\"",
+    );
+    let err = load_text(&mistyped, &[]).expect_err("refused").to_string();
+    assert!(!err.contains("plain-secret-token"), "{err}");
+    assert!(err.contains("auth.bearer_tokens"), "{err}");
+    let unterminated = GOOD.replace(
+        "bind_password = \"very-secret-bind-password\"",
+        "bind_password = \"very-secret-bind-password",
+    );
+    let err = load_text(&unterminated, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(!err.contains("very-secret-bind-password"), "{err}");
+    assert!(err.contains("line 9"), "{err}");
+    assert_eq!(
+        super::without_values(r#"invalid type: string "a \" b", expected a sequence"#),
+        "invalid type: a string, expected a sequence"
+    );
+}
+
+#[test]
+fn a_log_level_must_name_levels() {
+    for good in [
+        "info",
+        "WARN",
+        "warn,scim2ldap=debug",
+        "scim2ldap::audit=info,off",
+    ] {
+        let text = format!("{GOOD}\n[log]\nlevel = \"{good}\"\n");
+        assert_eq!(load_text(&text, &[]).expect(good).log.level, good);
+    }
+    for bad in ["warning", "notice", "info,scim2ldap=loud"] {
+        let text = format!("{GOOD}\n[log]\nlevel = \"{bad}\"\n");
+        let err = load_text(&text, &[]).expect_err(bad).to_string();
+        assert!(err.contains("log.level"), "{err}");
+    }
+}
