@@ -26,11 +26,23 @@ use tracing_subscriber::Layer;
 /// The layer; `make_writer` gives where each line goes (stderr in the daemon).
 pub struct JsonLayer<W> {
     make_writer: W,
+    syslog_prefix: bool,
 }
 
 impl<W> JsonLayer<W> {
     pub fn new(make_writer: W) -> JsonLayer<W> {
-        JsonLayer { make_writer }
+        JsonLayer {
+            make_writer,
+            syslog_prefix: false,
+        }
+    }
+
+    /// Starts each line with its syslog priority (`<3>` error, `<4>` warn, `<6>` info, `<7>`
+    /// debug and trace), which journald takes off the line and keeps as its `PRIORITY`, so that
+    /// `journalctl -p err` finds the errors.
+    pub fn with_syslog_prefix(mut self) -> JsonLayer<W> {
+        self.syslog_prefix = true;
+        self
     }
 }
 
@@ -295,6 +307,14 @@ where
         let write = |line: &mut String| {
             line.clear();
             let metadata = event.metadata();
+            if self.syslog_prefix {
+                line.push_str(match *metadata.level() {
+                    tracing::Level::ERROR => "<3>",
+                    tracing::Level::WARN => "<4>",
+                    tracing::Level::INFO => "<6>",
+                    _ => "<7>",
+                });
+            }
             line.push_str("{\"timestamp\":\"");
             write_timestamp(line, time::OffsetDateTime::now_utc());
             line.push_str("\",\"level\":\"");

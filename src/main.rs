@@ -79,7 +79,15 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, like any other error: clap's own 2 is `reconcile`'s "differed".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            let _ = err.print();
+            return ExitCode::from(1);
+        }
+        Err(err) => err.exit(),
+    };
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
@@ -340,12 +348,19 @@ fn init_tracing(log: &scim2ldap::config::LogConfig) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    if log.format == scim2ldap::config::LogFormat::Json || stderr_is_journal() {
+    let journal = stderr_is_journal();
+    if log.format == scim2ldap::config::LogFormat::Json || journal {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
+        let layer = scim2ldap::logjson::JsonLayer::new(std::io::stderr);
+        let layer = if journal {
+            layer.with_syslog_prefix()
+        } else {
+            layer
+        };
         tracing_subscriber::registry()
             .with(filter)
-            .with(scim2ldap::logjson::JsonLayer::new(std::io::stderr))
+            .with(layer)
             .init();
     } else {
         tracing_subscriber::fmt()

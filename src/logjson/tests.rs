@@ -191,3 +191,22 @@ proptest! {
         prop_assert_eq!(&lines[0]["span"]["value"], &Value::from(text.as_str()));
     }
 }
+
+#[test]
+fn for_the_journal_each_line_starts_with_its_priority() {
+    let captured = Captured::default();
+    let layer = JsonLayer::new(captured.clone()).with_syslog_prefix();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::error!("e");
+        tracing::warn!("w");
+        tracing::info!("i");
+        tracing::debug!("d");
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let prefixes: Vec<&str> = text.lines().map(|line| &line[..3]).collect();
+    assert_eq!(prefixes, ["<3>", "<4>", "<6>", "<7>"]);
+    for line in text.lines() {
+        serde_json::from_str::<Value>(&line[3..]).unwrap();
+    }
+}

@@ -888,3 +888,26 @@ async fn a_flood_of_readiness_probes_costs_the_directory_one_search_a_second() {
         after - before
     );
 }
+
+/// A command-line mistake exits 1 like any other error (2 is `reconcile`'s "differed"), and
+/// help and version exit 0.
+#[test]
+fn usage_errors_exit_1_not_the_drift_code() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["reconcile", "--bogus"][..],
+        &["reconcile"][..],
+        &["reconcile", "--config", "x", "--dry-run", "--rebuild-cache"][..],
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+    assert_eq!(run(&["--version"]).status.code(), Some(0));
+}
