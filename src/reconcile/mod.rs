@@ -94,6 +94,7 @@ async fn run_inner(
         options,
         report: Report::default(),
         seen: HashSet::new(),
+        newest: service.store().newest_position().await?,
         progress,
     };
     let users = &service.config().users;
@@ -128,6 +129,9 @@ struct Run<'a> {
     report: Report,
     /// Ids of cached resources whose entry was found.
     seen: HashSet<String>,
+    /// The newest cache position when the run began: a resource created after it may have
+    /// been added behind the scan, so it is not looked for (the next run checks it).
+    newest: i64,
     progress: &'a (dyn Fn(u64) + Sync),
 }
 
@@ -347,7 +351,11 @@ impl Run<'_> {
         // resource would shift offsets), and none re-reads them.
         let mut after = 0;
         loop {
-            let (page, last) = self.service.store().chunk(kind, after, page_size).await?;
+            let (page, last) = self
+                .service
+                .store()
+                .chunk(kind, after, self.newest, page_size)
+                .await?;
             let Some(last) = last else {
                 break;
             };

@@ -465,7 +465,7 @@ impl Service {
                 let Some(after) = scan_after else { break };
                 let (chunk, last) = self
                     .store
-                    .chunk(kind, after, SCAN_CHUNK)
+                    .chunk(kind, after, i64::MAX, SCAN_CHUNK)
                     .await
                     .map_err(ServiceError::from)?;
                 if chunk.is_empty() {

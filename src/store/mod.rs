@@ -777,29 +777,43 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` resources of `kind` cached after position `after` (0: from the first), in
-    /// creation order, and the position of the last one: a scan in bounded steps, each a range
-    /// of the table's key (unlike `page`, which skips `offset` rows every time).
+    /// Up to `limit` resources of `kind` cached after position `after` (0: from the first) and
+    /// up to position `until` (`i64::MAX`: no end), in creation order, and the position of the
+    /// last one: a scan in bounded steps, each a range of the table's key (unlike `page`,
+    /// which skips `offset` rows every time).
     pub async fn chunk(
         &self,
         kind: Kind,
         after: i64,
+        until: i64,
         limit: usize,
     ) -> Result<(Vec<StoredResource>, Option<i64>), StoreError> {
         self.read_blocking(move |conn| {
             // `+kind`: a range of the key, not a sort of the whole kind (see `page`).
             let mut stmt = conn.prepare_cached(select_resources!(
-                "WHERE seq > ?2 AND +kind = ?1 ORDER BY seq LIMIT ?3"
+                "WHERE seq > ?2 AND seq <= ?4 AND +kind = ?1 ORDER BY seq LIMIT ?3"
             ))?;
             let mut last = None;
-            let rows = stmt.query_map(params![kind.as_str(), after, limit as i64], |row| {
-                last = Some(row.get::<_, i64>(11)?);
-                row_to_raw(row)
-            })?;
+            let rows =
+                stmt.query_map(params![kind.as_str(), after, limit as i64, until], |row| {
+                    last = Some(row.get::<_, i64>(11)?);
+                    row_to_raw(row)
+                })?;
             let resources = rows
                 .map(|row| row?.decode())
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((resources, last))
+        })
+        .await
+    }
+
+    /// The position of the newest cached resource (0: none): resources created later have a
+    /// greater one (`chunk`'s positions).
+    pub async fn newest_position(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM resources")?
+                .query_row([], |row| row.get(0))?)
         })
         .await
     }

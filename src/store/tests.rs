@@ -246,7 +246,7 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
         .await
         .expect("second user");
     let ids: Vec<String> = store
-        .chunk(Kind::User, 0, 10)
+        .chunk(Kind::User, 0, i64::MAX, 10)
         .await
         .expect("list")
         .0
@@ -593,7 +593,10 @@ async fn a_scan_reads_one_kind_in_creation_order_chunk_by_chunk() {
     let mut after = 0;
     let mut chunks = 0;
     loop {
-        let (chunk, last) = store.chunk(Kind::User, after, 2).await.expect("chunk");
+        let (chunk, last) = store
+            .chunk(Kind::User, after, i64::MAX, 2)
+            .await
+            .expect("chunk");
         if chunk.is_empty() {
             assert_eq!(last, None);
             break;
@@ -605,8 +608,24 @@ async fn a_scan_reads_one_kind_in_creation_order_chunk_by_chunk() {
     }
     assert_eq!(seen, ["u1", "u2", "u3", "u4", "u5"]);
     assert_eq!(chunks, 3);
-    let (groups, _) = store.chunk(Kind::Group, 0, 10).await.expect("groups");
+    let (groups, _) = store
+        .chunk(Kind::Group, 0, i64::MAX, 10)
+        .await
+        .expect("groups");
     assert_eq!(groups.len(), 1);
+    // Bounded by a position, as reconciliation bounds its look for missing entries by the
+    // newest position when it began.
+    let newest = store.newest_position().await.expect("newest");
+    store
+        .commit(upsert(user("u6", "late")))
+        .await
+        .expect("late");
+    let (bounded, _) = store
+        .chunk(Kind::User, 0, newest, 10)
+        .await
+        .expect("bounded");
+    let ids: Vec<String> = bounded.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["u1", "u2", "u3", "u4", "u5"]);
 }
 
 #[tokio::test]
