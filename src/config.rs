@@ -114,6 +114,11 @@ pub struct RawServer {
     /// cache writer and its fsync have threads of their own. Env
     /// `SCIM2LDAP__SERVER__WORKER_THREADS`.
     pub worker_threads: Option<u16>,
+    /// `trusted_proxies`, default `["127.0.0.1", "::1"]`: peers whose last `X-Forwarded-For`
+    /// address (the one they appended) names the client for the failed-authentication
+    /// throttle. `[]` trusts none (a TCP-level proxy passes the client's own header through).
+    /// Env `SCIM2LDAP__SERVER__TRUSTED_PROXIES` (comma-separated).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[auth]` keys.
@@ -215,6 +220,8 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// Request-serving threads; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// Peers trusted to append the client's address to `X-Forwarded-For`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Where the listener's certificate chain and private key are (PEM files).
@@ -376,8 +383,9 @@ pub fn validate(
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
     "auth.bearer_tokens",
+    "server.trusted_proxies",
     "users.object_classes",
     "groups.object_classes",
 ];
@@ -672,7 +680,21 @@ fn validate_server(
         }
         (per_second, burst) => Some(Some(RateLimit { per_second, burst })),
     };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_else(|| vec!["127.0.0.1".to_string(), "::1".to_string()])
+        .iter()
+        .map(|text| {
+            problems.check(
+                "server.trusted_proxies",
+                text.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("`{text}` is not an IP address")),
+            )
+        })
+        .collect::<Option<Vec<_>>>();
     Some(ServerConfig {
+        trusted_proxies: trusted_proxies?,
         listen: listen?,
         base_path: base_path?,
         max_body_bytes: max_body_bytes?,

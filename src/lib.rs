@@ -154,6 +154,7 @@ pub async fn run_with(
         base_path: Arc::from(config.server.base_path.as_str()),
         max_body_bytes: config.server.max_body_bytes,
         auth_throttle: Arc::new(http::AuthThrottle::default()),
+        trusted_proxies: Arc::from(config.server.trusted_proxies.as_slice()),
     };
     let address = listener.local_addr().ok();
     if let Some(address) = address {

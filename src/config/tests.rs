@@ -398,3 +398,35 @@ fn a_log_level_must_name_levels() {
         assert!(err.contains("log.level"), "{err}");
     }
 }
+
+#[test]
+fn trusted_proxies_default_to_loopback_and_may_be_none() {
+    let config = load_text(GOOD, &[]).expect("loads");
+    assert_eq!(
+        config.server.trusted_proxies,
+        [
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    let none = GOOD.replace("[server]\n", "[server]\ntrusted_proxies = []\n");
+    assert!(load_text(&none, &[])
+        .expect("loads")
+        .server
+        .trusted_proxies
+        .is_empty());
+    let from_env = load_text(
+        GOOD,
+        &[("SCIM2LDAP__SERVER__TRUSTED_PROXIES", "10.0.0.5, ::1")],
+    )
+    .expect("loads");
+    assert_eq!(from_env.server.trusted_proxies.len(), 2);
+    check_problems(
+        &GOOD.replace(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"proxy.local\"]\n",
+        ),
+        &[],
+        &["server.trusted_proxies"],
+    );
+}

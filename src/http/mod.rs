@@ -51,6 +51,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// Failed authentications per client, to slow down token guessing.
     pub auth_throttle: Arc<AuthThrottle>,
+    /// Peers whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
 }
 
 /// The address of the client of a connection, put into each request's extensions by `serve`.
@@ -360,7 +362,7 @@ where
     let now = Instant::now();
     let peer_ip = request
         .peer
-        .map(|peer| throttle::client_address(peer.ip(), &request.headers));
+        .map(|peer| throttle::client_address(peer.ip(), &request.headers, &state.trusted_proxies));
     if let Some(retry_after) = peer_ip.and_then(|ip| state.auth_throttle.blocked(ip, now)) {
         // Refused before the token is looked at, so that a right guess looks like a wrong one.
         tracing::warn!(retry_after, "client throttled after failed authentications");

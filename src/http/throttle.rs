@@ -21,11 +21,11 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Most clients tracked at once.
 pub const CAPACITY: usize = 10_000;
 
-/// The client a request counts against: `peer`, or for a loopback peer (a proxy on this host)
+/// The client a request counts against: `peer`, or for a trusted proxy (`server.trusted_proxies`)
 /// the last address in `X-Forwarded-For`, the one the proxy appended (anything before it is
 /// what the client claimed).
-pub fn client_address(peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    if !peer.is_loopback() {
+pub fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
         return peer;
     }
     headers

@@ -97,28 +97,34 @@ fn behind_a_proxy_on_this_host_the_client_is_the_address_the_proxy_appended() {
         map
     };
     let local = ip("127.0.0.1");
+    let trusted = [local, ip("::1")];
     // nginx's $proxy_add_x_forwarded_for: what the client claimed, then the address it saw.
     assert_eq!(
-        client_address(local, &headers(&["10.9.9.9, 203.0.113.7"])),
+        client_address(local, &headers(&["10.9.9.9, 203.0.113.7"]), &trusted),
         ip("203.0.113.7")
     );
     assert_eq!(
-        client_address(local, &headers(&["10.9.9.9", "2001:db8::5"])),
+        client_address(local, &headers(&["10.9.9.9", "2001:db8::5"]), &trusted),
         ip("2001:db8::5")
     );
     assert_eq!(
-        client_address(ip("::1"), &headers(&["198.51.100.2"])),
+        client_address(ip("::1"), &headers(&["198.51.100.2"]), &trusted),
         ip("198.51.100.2")
     );
     // No header, or one that names no address: the peer itself.
-    assert_eq!(client_address(local, &headers(&[])), local);
+    assert_eq!(client_address(local, &headers(&[]), &trusted), local);
     assert_eq!(
-        client_address(local, &headers(&["198.51.100.2, unknown"])),
+        client_address(local, &headers(&["198.51.100.2, unknown"]), &trusted),
         local
     );
-    // A peer that is not on this host is the client, whatever it claims.
+    // A peer that is not a trusted proxy is the client, whatever it claims; with no trusted
+    // proxy (a TCP-level proxy passes the client's header through), not even a local one.
     assert_eq!(
-        client_address(ip("192.0.2.7"), &headers(&["203.0.113.7"])),
+        client_address(local, &headers(&["203.0.113.7"]), &[]),
+        local
+    );
+    assert_eq!(
+        client_address(ip("192.0.2.7"), &headers(&["203.0.113.7"]), &trusted),
         ip("192.0.2.7")
     );
 }
