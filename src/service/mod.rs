@@ -112,9 +112,13 @@ impl From<ServiceError> for ScimError {
             }
             ServiceError::Directory(DirectoryError::SchemaViolation { rc, text }) => {
                 tracing::warn!(rc, error = %text, "directory schema violation");
-                ScimError::invalid_value(
-                    "the directory's schema refused the resulting entry; check the attribute mapping and values (the server log has the directory's reason)",
-                )
+                // The directory's reason names the attribute and, at most, a value's position
+                // (OpenLDAP: "telephoneNumber: value #0 invalid per syntax"); it is what an IdP
+                // admin needs to fix a mapping or a value.
+                let reason: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+                ScimError::invalid_value(format!(
+                    "the directory's schema refused the resulting entry (it said: {reason}); check the attribute mapping and values"
+                ))
             }
             ServiceError::Directory(dir_err) => {
                 tracing::error!(error = %dir_err, "directory operation failed");

@@ -767,6 +767,14 @@ async fn a_refusal_after_a_rename_puts_the_entry_back() {
     body["phoneNumbers"] = json!([{"value": "+1 555 0100 #2", "type": "work"}]);
     let refused = server.put(&format!("/Users/{id}"), body).await.expect(400);
     assert_eq!(refused["scimType"], "invalidValue", "{refused}");
+    // The detail names the attribute the directory refused, for the IdP's admin.
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("telephoneNumber"),
+        "{refused}"
+    );
     // The IdP was told nothing changed: the cache kept the old state, and the entry is put back
     // where it was, as it was, shortly after.
     let user = server.get(&format!("/Users/{id}")).await.expect(200);
