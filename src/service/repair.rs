@@ -472,32 +472,32 @@ impl Service {
             .lock(format!("orphan:{}", crate::mapping::dn_key(&entry.dn)))
             .await;
         let mut plan = Plan::new();
+        // A replace of the lock attribute, unless the entry is locked already. For AD's
+        // flags, `apply_op` sets the bit in the entry's value and keeps the others.
+        let lock = |attr: &str, value: &str, locked: bool| -> Option<DirOp> {
+            (!locked).then(|| DirOp::Modify {
+                dn: entry.dn.clone(),
+                replace: vec![(attr.to_string(), vec![value.to_string()])],
+                add_classes: Vec::new(),
+            })
+        };
         let set = |attr: &str, value: &str| -> Option<DirOp> {
-            if entry
+            let locked = entry
                 .values(attr)
                 .iter()
-                .any(|have| have.eq_ignore_ascii_case(value))
-            {
-                None
-            } else {
-                Some(DirOp::Modify {
-                    dn: entry.dn.clone(),
-                    replace: vec![(attr.to_string(), vec![value.to_string()])],
-                    add_classes: Vec::new(),
-                })
-            }
+                .any(|have| have.eq_ignore_ascii_case(value));
+            lock(attr, value, locked)
         };
         let op = match &self.config.users.deactivate {
             Deactivate::PpolicyLock => set("pwdAccountLockedTime", "000001010000Z"),
             Deactivate::NsAccountLock => set("nsAccountLock", "TRUE"),
             Deactivate::AdUserAccountControl => {
                 let flags = crate::mapping::AD_ACCOUNT_CONTROL;
-                // `apply_op` sets the bit in the entry's flags, keeping the others.
-                (!crate::mapping::ad_disabled(entry.values(flags))).then(|| DirOp::Modify {
-                    dn: entry.dn.clone(),
-                    replace: vec![(flags.to_string(), vec!["514".to_string()])],
-                    add_classes: Vec::new(),
-                })
+                lock(
+                    flags,
+                    "514",
+                    crate::mapping::ad_disabled(entry.values(flags)),
+                )
             }
             Deactivate::Attribute { attr, value } => set(attr, value),
             Deactivate::Move { disabled_base_dn } => {

@@ -28,6 +28,18 @@ use rusqlite::{params, Connection};
 use crate::mapping::dn_key;
 use tokio::sync::oneshot;
 
+/// `UPDATE` that counts a membership change made by another resource's write (`member_gen`,
+/// and `lastModified` now) on the rows `$tail` selects.
+macro_rules! bump_member_gen {
+    ($tail:literal) => {
+        concat!(
+            "UPDATE resources SET member_gen = member_gen + 1, \
+             last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') ",
+            $tail
+        )
+    };
+}
+
 /// `SELECT` of the columns `row_to_raw` reads, in its order (`seq`, column 11, is read by
 /// those that page), from `resources` and `$tail`.
 macro_rules! select_resources {
@@ -65,6 +77,9 @@ pub enum StoreError {
     /// The sync thread is gone (shutdown), or a write was dropped unanswered.
     #[error("cache writer stopped")]
     WriterGone,
+    /// An fsync of the WAL failed earlier: nothing is durable until a restart replays the file.
+    #[error("cache fsync failed earlier ({0}); every write fails until a restart")]
+    FsyncFailed(String),
     /// The database file could not be opened or prepared.
     #[error("cache {path}: {reason}")]
     Open {
@@ -975,10 +990,7 @@ impl Store {
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         if let Some(reason) = self.fsync_failure() {
-            return Err(StoreError::Open {
-                path: PathBuf::from("(WAL)"),
-                reason: format!("an fsync failed ({reason}); every write fails until a restart"),
-            });
+            return Err(StoreError::FsyncFailed(reason));
         }
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -1243,11 +1255,10 @@ fn apply_job(conn: &Connection, job: &Job) -> Result<Option<i64>, StoreError> {
 fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(id) = &commit.delete {
         // Its groups lose a member (or its members a group).
-        conn.prepare_cached(
-            "UPDATE resources SET member_gen = member_gen + 1, last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
-             WHERE id IN (SELECT group_id FROM members WHERE member_id = ?1 \
-             UNION SELECT member_id FROM members WHERE group_id = ?1)",
-        )?
+        conn.prepare_cached(bump_member_gen!(
+            "WHERE id IN (SELECT group_id FROM members WHERE member_id = ?1 \
+             UNION SELECT member_id FROM members WHERE group_id = ?1)"
+        ))?
         .execute(params![id])?;
         conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1")?
             .execute(params![id])?;
@@ -1282,12 +1293,10 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         }
         if resource.kind == Kind::Group {
             // A renamed group changes the `groups[].display` of every member.
-            conn.prepare_cached(
-                "UPDATE resources SET member_gen = member_gen + 1, \
-                 last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
-                 WHERE id IN (SELECT member_id FROM members WHERE group_id = ?1) \
-                 AND EXISTS (SELECT 1 FROM resources WHERE id = ?1 AND name IS NOT ?2)",
-            )?
+            conn.prepare_cached(bump_member_gen!(
+                "WHERE id IN (SELECT member_id FROM members WHERE group_id = ?1) \
+                 AND EXISTS (SELECT 1 FROM resources WHERE id = ?1 AND name IS NOT ?2)"
+            ))?
             .execute(params![resource.id, resource.name])?;
         }
         let result = conn.prepare_cached(
@@ -1355,23 +1364,22 @@ fn finish_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         }
     }
     // After a clear, a member added back is no change, and one not added back is.
-    let kept: std::collections::HashSet<&str> = commit
-        .members_add
-        .iter()
-        .map(|(_, member_id)| member_id.as_str())
-        .collect();
-    for member_id in &cleared {
-        if kept.contains(member_id.as_str()) {
-            changed.remove(member_id.as_str());
-        } else {
-            changed.insert(member_id);
+    if !cleared.is_empty() {
+        let kept: std::collections::HashSet<&str> = commit
+            .members_add
+            .iter()
+            .map(|(_, member_id)| member_id.as_str())
+            .collect();
+        for member_id in &cleared {
+            if kept.contains(member_id.as_str()) {
+                changed.remove(member_id.as_str());
+            } else {
+                changed.insert(member_id);
+            }
         }
     }
     if !changed.is_empty() {
-        let mut bump = conn.prepare_cached(
-            "UPDATE resources SET member_gen = member_gen + 1, \
-             last_modified = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?1",
-        )?;
+        let mut bump = conn.prepare_cached(bump_member_gen!("WHERE id = ?1"))?;
         for member_id in changed {
             bump.execute(params![member_id])?;
         }

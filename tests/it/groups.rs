@@ -394,14 +394,17 @@ async fn adding_a_member_the_directory_already_has_counts_as_done() {
     assert_eq!(group["members"].as_array().unwrap().len(), 2);
 }
 
+/// Users with `posixAccount` (uidNumber 20000 up to `uid_max`, gidNumber 5000) and groups
+/// as `posixGroup` (gidNumber 7000-7999).
+fn posix_accounts_and_groups(text: &mut String, uid_max: u32) {
+    *text = text
+        .replace("[users]\n", &format!("[users]\nposix = true\nuid_number_min = 20000\nuid_number_max = {uid_max}\ngid_number = 5000\n"))
+        .replace("[groups]\n", "[groups]\nobject_class = \"posixGroup\"\ngid_number_min = 7000\ngid_number_max = 7999\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn posix_groups_list_members_by_uid_with_stable_numbers() {
-    let server = TestServer::start_with(|text| {
-        *text = text
-            .replace("[users]\n", "[users]\nposix = true\nuid_number_min = 20000\nuid_number_max = 20001\ngid_number = 5000\n")
-            .replace("[groups]\n", "[groups]\nobject_class = \"posixGroup\"\ngid_number_min = 7000\ngid_number_max = 7999\n");
-    })
-    .await;
+    let server = TestServer::start_with(|text| posix_accounts_and_groups(text, 20001)).await;
     let ann = user(&server, "ann").await;
     let ben = user(&server, "ben").await;
     let ann_entry = server.entry(&server.user_dn("ann")).unwrap();
@@ -948,9 +951,7 @@ async fn renaming_a_groups_only_member_keeps_the_group_valid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn adopted_posix_entries_keep_their_numbers() {
     let mut server = TestServer::start_with(|text| {
-        *text = text
-            .replace("[users]\n", "[users]\nposix = true\nuid_number_min = 20000\nuid_number_max = 20999\ngid_number = 5000\n")
-            .replace("[groups]\n", "[groups]\nobject_class = \"posixGroup\"\ngid_number_min = 7000\ngid_number_max = 7999\n");
+        posix_accounts_and_groups(text, 20999);
         text.push_str("\n[reconcile]\nat_startup = false\n");
     })
     .await;
@@ -972,53 +973,40 @@ async fn adopted_posix_entries_keep_their_numbers() {
     let id = server
         .create("/Users", user_body("legacy", "Leg", "Acy"))
         .await;
-    let uid_number = |server: &TestServer| {
-        values(&server.entry(&legacy_dn).unwrap(), "uidNumber")
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
+    // The number attribute of an entry.
+    let number = |server: &TestServer, dn: &str, attr: &str| -> Vec<String> {
+        values(&server.entry(dn).unwrap(), attr)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     };
-    assert_eq!(uid_number(&server), ["1234"]);
+    assert_eq!(number(&server, &legacy_dn, "uidNumber"), ["1234"]);
     let group = server
         .create(
             "/Groups",
             json!({"displayName": "ops", "members": [{"value": id}]}),
         )
         .await;
-    let gid_number = |server: &TestServer| {
-        values(&server.entry(&ops_dn).unwrap(), "gidNumber")
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(gid_number(&server), ["4321"]);
+    assert_eq!(number(&server, &ops_dn, "gidNumber"), ["4321"]);
     // A rename re-projects every attribute: the numbers stay.
-    server
-        .patch(
-            &format!("/Users/{id}"),
-            ops(json!([{"op": "replace", "path": "userName", "value": "legacy2"}])),
-        )
-        .await
-        .expect(200);
+    for (path, attr, value) in [
+        (format!("/Users/{id}"), "userName", "legacy2"),
+        (format!("/Groups/{group}"), "displayName", "ops2"),
+    ] {
+        let reply = server
+            .patch(
+                &path,
+                ops(json!([{"op": "replace", "path": attr, "value": value}])),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.body);
+    }
     assert_eq!(
-        values(
-            &server.entry(&server.user_dn("legacy2")).unwrap(),
-            "uidNumber"
-        ),
+        number(&server, &server.user_dn("legacy2"), "uidNumber"),
         ["1234"]
     );
-    server
-        .patch(
-            &format!("/Groups/{group}"),
-            ops(json!([{"op": "replace", "path": "displayName", "value": "ops2"}])),
-        )
-        .await
-        .expect(204);
     assert_eq!(
-        values(
-            &server.entry(&server.group_dn("ops2")).unwrap(),
-            "gidNumber"
-        ),
+        number(&server, &server.group_dn("ops2"), "gidNumber"),
         ["4321"]
     );
     let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
