@@ -654,6 +654,8 @@ impl Slapd {
             "memberOf",
             "entryUUID",
             "scimId",
+            "uidNumber",
+            "gidNumber",
         ] {
             let _ = writeln!(out, "olcDbIndex: {attr} eq");
         }

@@ -186,6 +186,52 @@ impl Directory {
         self.read("", &["namingContexts"]).await.map(|_| ())
     }
 
+    /// The naming context (from the root DSE's `namingContexts`) that holds `dn`: the longest
+    /// one `dn` ends with. `dn` itself when the root DSE names none that does (a server that
+    /// hides it from the bind DN).
+    pub async fn naming_context(&self, dn: &str) -> Result<String, DirectoryError> {
+        let root = self.read("", &["namingContexts"]).await?;
+        let key = crate::mapping::dn_key(dn);
+        let holds = |context: &str| {
+            let context = crate::mapping::dn_key(context);
+            key == context
+                || key
+                    .strip_suffix(context.as_str())
+                    .is_some_and(|head| head.trim_end().ends_with(','))
+        };
+        Ok(root
+            .iter()
+            .flat_map(|root| root.values("namingContexts"))
+            .filter(|context| !context.is_empty() && holds(context))
+            .max_by_key(|context| context.len())
+            .cloned()
+            .unwrap_or_else(|| dn.to_string()))
+    }
+
+    /// Whether any entry below `base` holds `attr=value` (one indexed equality search that
+    /// asks for no attributes and stops at the first match).
+    pub async fn holds_value(
+        &self,
+        base: &str,
+        attr: &str,
+        value: &str,
+    ) -> Result<bool, DirectoryError> {
+        let filter = escape::eq_filter(attr, value);
+        self.run("search", |mut ldap| async move {
+            let result = ldap
+                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
+                .search(base, Scope::Subtree, &filter, vec!["1.1"])
+                .await?;
+            // Size limit exceeded (4) also means a match.
+            if result.1.rc == 4 {
+                return Ok(!result.0.is_empty());
+            }
+            let (entries, _) = result.success()?;
+            Ok(!entries.is_empty())
+        })
+        .await
+    }
+
     /// Adds an entry and returns the value of `id_attr` (the directory's own id, such as
     /// `entryUUID`) from the post-read control (RFC 4527), without a second round trip; `None`
     /// when the server does not support the control.

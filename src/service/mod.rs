@@ -187,6 +187,9 @@ pub struct Service {
     /// How long a write's directory work takes: the cache's fsync, which runs beside it, may
     /// take its time up to about half of that.
     directory_write_time: crate::store::MovingAverage,
+    /// The naming contexts holding the users and the groups, where their POSIX numbers must
+    /// be unique; read from the root DSE at the first allocation of each kind.
+    naming_contexts: [tokio::sync::OnceCell<String>; 2],
 }
 
 impl Service {
@@ -215,6 +218,7 @@ impl Service {
             readiness: tokio::sync::Mutex::new(None),
             suspects: suspects::Suspects::default(),
             directory_write_time: crate::store::MovingAverage::new(std::time::Duration::ZERO),
+            naming_contexts: Default::default(),
         })
     }
 
@@ -549,6 +553,11 @@ impl Service {
 
     /// Takes the POSIX number lock of `kind` and the next free number in `range`; `(None, None)`
     /// without a range. Hold the lock until the new resource is committed.
+    ///
+    /// Free means: above every number this cache handed out (deleted resources' included), not
+    /// the users' primary `gidNumber` (for groups), and held by no entry in the directory's
+    /// naming context, such as an account that predates scim2ldap. Two accounts with one
+    /// `uidNumber` would own each other's files.
     async fn allocate_posix_id(
         &self,
         kind: Kind,
@@ -558,18 +567,41 @@ impl Service {
             return Ok((None, None));
         };
         let guard = self.locks.lock(format!("posix:{}", kind.as_str())).await;
-        match self.store.next_posix_id(kind, min, max).await? {
-            Some(next) => Ok((Some(guard), Some(next))),
-            None => {
-                tracing::error!(
-                    kind = kind.as_str(),
-                    min,
-                    max,
-                    "POSIX number range used up; widen it in the config"
-                );
-                Err(ServiceError::Scim(ScimError::internal()))
+        let (attr, base, reserved) = match kind {
+            Kind::User => ("uidNumber", &self.config.users.base_dn, None),
+            Kind::Group => (
+                "gidNumber",
+                &self.config.groups.base_dn,
+                self.config
+                    .users
+                    .posix
+                    .as_ref()
+                    .map(|posix| posix.gid_number),
+            ),
+        };
+        let context = self.naming_contexts[usize::from(kind == Kind::Group)]
+            .get_or_try_init(|| self.directory.naming_context(base))
+            .await?;
+        let mut next = self.store.next_posix_id(kind, min, max).await?;
+        while let Some(number) = next {
+            let taken = reserved == Some(number)
+                || self
+                    .directory
+                    .holds_value(context, attr, &number.to_string())
+                    .await?;
+            if !taken {
+                return Ok((Some(guard), Some(number)));
             }
+            tracing::debug!(attr, number, "POSIX number taken in the directory; skipped");
+            next = (number < max).then_some(number + 1);
         }
+        tracing::error!(
+            kind = kind.as_str(),
+            min,
+            max,
+            "POSIX number range used up; widen it in the config"
+        );
+        Err(ServiceError::Scim(ScimError::internal()))
     }
 
     async fn load(&self, kind: Kind, id: &str) -> Result<StoredResource, ServiceError> {

@@ -952,8 +952,9 @@ impl Store {
         .await
     }
 
-    /// The next free POSIX number of `kind` in `min..=max` (one above the highest in use);
-    /// `None` when the range is used up. The caller serializes allocations of a kind.
+    /// The first POSIX number of `kind` in `min..=max` above every one handed out, in use or
+    /// retired with a deleted resource (a number is never reused: files on disk still carry
+    /// it); `None` when the range is used up. The caller serializes allocations of a kind.
     pub async fn next_posix_id(
         &self,
         kind: Kind,
@@ -962,7 +963,12 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         self.read(move |conn| {
             let highest: Option<i64> = conn
-                .prepare_cached("SELECT max(posix_id) FROM resources WHERE kind = ?1 AND posix_id BETWEEN ?2 AND ?3")?
+                .prepare_cached(
+                    "SELECT max(n) FROM ( \
+                     SELECT max(posix_id) AS n FROM resources WHERE kind = ?1 AND posix_id BETWEEN ?2 AND ?3 \
+                     UNION ALL \
+                     SELECT max(posix_id) FROM posix_retired WHERE kind = ?1 AND posix_id BETWEEN ?2 AND ?3)",
+                )?
                 .query_row(params![kind.as_str(), min, max], |row| row.get(0))?;
             let next = highest.map_or(min, |n| n + 1);
             Ok((next <= max).then_some(next))
@@ -1262,6 +1268,12 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         .execute(params![id])?;
         conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1")?
             .execute(params![id])?;
+        // Its POSIX number is never handed out again: files on disk still carry it.
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO posix_retired (kind, posix_id) \
+             SELECT kind, posix_id FROM resources WHERE id = ?1 AND posix_id IS NOT NULL",
+        )?
+        .execute(params![id])?;
         conn.prepare_cached("DELETE FROM resources WHERE id = ?1")?
             .execute(params![id])?;
     }

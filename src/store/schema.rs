@@ -2,7 +2,8 @@
 
 use rusqlite::Connection;
 
-/// Bumped on every incompatible change of the tables below.
+/// Bumped on every incompatible change of the tables below. A new table that older builds can
+/// ignore (`posix_retired`) is not one: they still open the file.
 const SCHEMA_VERSION: i64 = 3;
 
 const TABLES: &str = "
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (group_id, member_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id);
+CREATE TABLE IF NOT EXISTS posix_retired (
+    kind TEXT NOT NULL,
+    posix_id INTEGER NOT NULL,
+    PRIMARY KEY (kind, posix_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY,
     resource_id TEXT NOT NULL,

@@ -485,6 +485,60 @@ async fn posix_groups_list_members_by_uid_with_stable_numbers() {
     );
 }
 
+/// A POSIX number is handed out once: not one an entry in the directory holds already (an
+/// account or group that predates scim2ldap, anywhere in the naming context), not the users'
+/// primary `gidNumber` for a group, and not a deleted resource's (its files keep the number).
+#[tokio::test(flavor = "multi_thread")]
+async fn posix_numbers_skip_the_directorys_and_are_never_reused() {
+    let server = TestServer::start_with(|text| {
+        posix_accounts_and_groups(text, 20999);
+        *text = text.replace("gid_number = 5000", "gid_number = 7000");
+    })
+    .await;
+    let suffix = server.slapd.suffix().to_string();
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: ou=legacy,{suffix}\nobjectClass: organizationalUnit\nou: legacy\n\n\
+             dn: uid=old,ou=legacy,{suffix}\nobjectClass: account\nobjectClass: posixAccount\n\
+             uid: old\ncn: Old\nuidNumber: 20000\ngidNumber: 100\nhomeDirectory: /home/old\n\n\
+             dn: cn=wheel,ou=legacy,{suffix}\nobjectClass: posixGroup\ncn: wheel\ngidNumber: 7001\n"
+        ))
+        .unwrap();
+    let number = |dn: &str, attr: &str| -> String {
+        values(&server.entry(dn).unwrap(), attr)
+            .first()
+            .map(|value| value.to_string())
+            .unwrap_or_default()
+    };
+    server.create("/Users", user_body("ann", "Ann", "A")).await;
+    assert_eq!(number(&server.user_dn("ann"), "uidNumber"), "20001");
+    let ben = server.create("/Users", user_body("ben", "Ben", "B")).await;
+    assert_eq!(number(&server.user_dn("ben"), "uidNumber"), "20002");
+    server.delete(&format!("/Users/{ben}")).await.expect(204);
+    assert!(server.entry(&server.user_dn("ben")).is_none());
+    server.create("/Users", user_body("cid", "Cid", "C")).await;
+    assert_eq!(number(&server.user_dn("cid"), "uidNumber"), "20003");
+
+    // 7000 is every user's primary group, 7001 the legacy group's.
+    server
+        .create("/Groups", json!({"displayName": "devs"}))
+        .await;
+    assert_eq!(number(&server.group_dn("devs"), "gidNumber"), "7002");
+    for (dn, attr) in [
+        (format!("uid=old,ou=legacy,{suffix}"), "uidNumber"),
+        (format!("cn=wheel,ou=legacy,{suffix}"), "gidNumber"),
+    ] {
+        assert_eq!(
+            server
+                .search(&suffix, &format!("({attr}={})", number(&dn, attr)))
+                .len(),
+            1,
+            "{attr} of {dn} is shared"
+        );
+    }
+}
+
 /// Sends a request from its own task (so that several wait at once); the reply's status and
 /// body. `body` is a list of PATCH operations for PATCH, nothing for DELETE.
 fn spawn_call(
