@@ -51,6 +51,7 @@ impl Service {
                 &display_name,
             )
             .await?;
+        self.check_users(&member_ids).await?;
         let _member_locks = self.lock_users(member_ids.iter()).await;
         let members = self.resolve_members(&member_ids).await?;
         let id = crate::new_uuid().to_string();
@@ -245,6 +246,7 @@ impl Service {
                 (to_add, to_remove)
             }
         };
+        self.check_users(&to_add).await?;
         let _member_locks = self.lock_users(to_add.iter().chain(&to_remove)).await;
         let adds = self.resolve_members(&to_add).await?;
         if new_doc == old.doc && adds.is_empty() && to_remove.is_empty() {
@@ -305,6 +307,7 @@ impl Service {
                 dn: group_dn.clone(),
                 attr: member_attr.clone(),
                 value: self.config.groups.placeholder_member.clone(),
+                keep_valid: None,
             });
         }
         let stored = StoredResource {
@@ -383,12 +386,35 @@ impl Service {
                 value: self.config.groups.placeholder_member.clone(),
             });
         }
+        // Another user's delete may take the group's last other member at the same time (each
+        // saw the other): the placeholder then comes in as this value goes.
         plan.ops.push(DirOp::DeleteValue {
             dn: group.dn.clone(),
             attr: member_attr,
             value: member_value.to_string(),
+            keep_valid: self
+                .config
+                .groups
+                .class
+                .needs_placeholder()
+                .then(|| self.config.groups.placeholder_member.clone()),
         });
         Ok(())
+    }
+
+    /// Refuses ids that name no provisioned user, before their locks are taken: the id of a
+    /// group (this one or another) would otherwise be locked as a user's, and a group waiting
+    /// for its own lock, or two groups naming each other, would wait forever.
+    async fn check_users(&self, ids: &[String]) -> Result<(), ServiceError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let missing = self.store.missing(Kind::User, ids.to_vec()).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        Err(unknown_members(&missing))
     }
 
     /// Looks up users to add; every id must be a provisioned user, or nothing is done.

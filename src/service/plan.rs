@@ -44,11 +44,15 @@ pub(crate) enum DirOp {
         attr: String,
         value: String,
     },
-    /// Delete one value from one attribute.
+    /// Delete one value from one attribute. With `keep_valid`, when the schema refuses the
+    /// delete (the last member of a group that must have one: another write removed the others
+    /// meanwhile), that value comes in as the deleted one goes, in one modify.
     DeleteValue {
         dn: String,
         attr: String,
         value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_valid: Option<String>,
     },
     /// Add several values to one attribute in one modify; if one is there already, falls back
     /// to one modify per value (so that the rest still land).
@@ -684,7 +688,28 @@ async fn apply_op(
         },
         DirOp::Delete { dn } => directory.delete(dn).await?,
         DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
-        DirOp::DeleteValue { dn, attr, value } => directory.delete_value(dn, attr, value).await?,
+        DirOp::DeleteValue {
+            dn,
+            attr,
+            value,
+            keep_valid,
+        } => match (directory.delete_value(dn, attr, value).await, keep_valid) {
+            (Err(DirectoryError::SchemaViolation { .. }), Some(placeholder)) => {
+                let mods = [
+                    Mod::Add(attr.clone(), vec![placeholder.clone()]),
+                    Mod::Delete(attr.clone(), vec![value.clone()]),
+                ];
+                match directory.modify(dn, &mods).await {
+                    // Gone meanwhile after all, or the placeholder came in: done.
+                    Ok(()) | Err(DirectoryError::NoSuchAttribute(_)) => {}
+                    Err(DirectoryError::ValueExists(_)) => {
+                        directory.delete_value(dn, attr, value).await?
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            (result, _) => result?,
+        },
         DirOp::AddValues { dn, attr, values } => {
             change_values(directory, dn, attr, values, true, trace).await?
         }

@@ -389,6 +389,7 @@ impl Service {
                     dn: group.dn.clone(),
                     attr: member_attr.to_string(),
                     value: old_value.clone(),
+                    keep_valid: None,
                 });
             }
         }

@@ -128,6 +128,42 @@ async fn every_member_patch_shape_lands_in_the_directory() {
     assert!(error["detail"].as_str().unwrap().contains("no-such-user"));
     assert!(!in_group(&server, "ann", "Platform Engineers"));
 
+    // A group is not a member: named as its own member, or two groups naming each other at
+    // once, each request gets 400 (it used to wait forever for a lock it held itself) and the
+    // groups stay writable.
+    let other = server
+        .create("/Groups", json!({"displayName": "Other"}))
+        .await;
+    let named =
+        |member: &str| ops(json!([{"op": "add", "path": "members", "value": [{"value": member}]}]));
+    let answers = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let own = server.patch(&format!("/Groups/{gid}"), named(&gid)).await;
+        let put = server
+            .put(
+                &format!("/Groups/{other}"),
+                json!({"displayName": "Other", "members": [{"value": other}]}),
+            )
+            .await;
+        let (to_gid, to_other) = (format!("/Groups/{gid}"), format!("/Groups/{other}"));
+        let (there, back) = tokio::join!(
+            server.patch(&to_gid, named(&other)),
+            server.patch(&to_other, named(&gid)),
+        );
+        [own, put, there, back]
+    })
+    .await
+    .expect("a group named as a member blocks it");
+    for answer in answers {
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_eq!(answer.body["scimType"], "invalidValue");
+    }
+    server
+        .patch(&format!("/Groups/{other}"), named(&ann))
+        .await
+        .expect(204);
+    assert!(in_group(&server, "ann", "Other"));
+    server.delete(&format!("/Groups/{other}")).await.expect(204);
+
     // Remove everyone: the placeholder keeps the entry valid and is never shown.
     server
         .patch(
@@ -539,6 +575,16 @@ async fn posix_numbers_skip_the_directorys_and_are_never_reused() {
     }
 }
 
+/// `DELETE /Users/{id}` from its own task.
+fn spawn_delete(server: &TestServer, id: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+    spawn_call(
+        server,
+        reqwest::Method::DELETE,
+        &format!("/Users/{id}"),
+        None,
+    )
+}
+
 /// Sends a request from its own task (so that several wait at once); the reply's status and
 /// body. `body` is a list of PATCH operations for PATCH, nothing for DELETE.
 fn spawn_call(
@@ -725,6 +771,42 @@ async fn member_changes_waiting_when_the_directory_dies_all_fail_and_change_noth
     assert_eq!(members_of(&server, "Fragile").len(), 6);
 }
 
+/// A group's last two members deleted at the same time: each delete saw the other still in
+/// the group and planned no placeholder, so the second removal would leave the group without a
+/// member, which `groupOfNames` refuses. The placeholder comes in as the last member goes, and
+/// both deletes succeed (the second used to get 400 and leave its user in the directory).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_groups_last_members_deleted_together_leave_the_placeholder() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\non_delete = \"disable\"\n");
+        patient_directory(text);
+    })
+    .await;
+    let (ids, group) = crowd(&server, "pair", 2, "Pair", true).await;
+    let delete = |id: &str| spawn_delete(&server, id);
+    signal_slapd(&server, "STOP");
+    let first = delete(&ids[0]);
+    server.wait_for_intents(1).await;
+    let second = delete(&ids[1]);
+    server.wait_for_intents(2).await;
+    signal_slapd(&server, "CONT");
+    for request in [first, second] {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 204, "{body}");
+    }
+    assert_eq!(members_of(&server, "Pair"), [server.slapd.placeholder_dn()]);
+    let group = server.get(&format!("/Groups/{group}")).await.expect(200);
+    assert!(
+        group
+            .get("members")
+            .is_none_or(|m| m.as_array().unwrap().is_empty()),
+        "{group}"
+    );
+    for id in &ids {
+        assert_eq!(server.get(&format!("/Users/{id}")).await.status, 404);
+    }
+}
+
 /// Users deleted together leave their group in one modify: their removals wait for the one in
 /// the directory and go as one, and each delete still completes. (With `on_delete = "disable"`
 /// the group removal is a delete's first directory operation, so that stopping the directory
@@ -744,14 +826,7 @@ async fn users_deleted_together_leave_their_group_in_one_modify() {
     let (ids, _) = crowd(&server, "leaver", 9, "Leavers", true).await;
     let log_start = server.slapd.log().unwrap().len();
 
-    let delete = |id: &str| {
-        spawn_call(
-            &server,
-            reqwest::Method::DELETE,
-            &format!("/Users/{id}"),
-            None,
-        )
-    };
+    let delete = |id: &str| spawn_delete(&server, id);
     signal_slapd(&server, "STOP");
     let mut requests = vec![delete(&ids[1])];
     server.wait_for_intents(1).await;
