@@ -928,6 +928,9 @@ fn default_user_rules(flavor: Flavor) -> Vec<(String, RawSource)> {
         ),
     ];
     if flavor != Flavor::ActiveDirectory {
+        // Legacy applications find accounts by `uid`; with another RDN attribute it still
+        // holds the user name (with `uid` as the RDN this rule gives way to it).
+        rules.push(("uid".to_string(), one("userName")));
         rules.push((
             "cn".to_string(),
             many(&[
@@ -1006,21 +1009,19 @@ fn build_rules(
     schema: Option<&ResourceSchema>,
     problems: &mut Problems,
 ) -> Vec<AttrRule> {
-    let mut merged: Vec<(String, RawSource)> = defaults;
+    // A default rule for the RDN attribute (`cn` when `rdn_attribute = "cn"`) gives way:
+    // scim2ldap writes that attribute itself.
+    let mut merged: Vec<(String, RawSource, bool)> = defaults
+        .into_iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case(rdn_attribute))
+        .map(|(name, source)| (name, source, false))
+        .collect();
     for (ldap_attr, source) in configured.unwrap_or_default() {
-        merged.retain(|(name, _)| !name.eq_ignore_ascii_case(&ldap_attr));
-        merged.push((ldap_attr, source));
+        merged.retain(|(name, _, _)| !name.eq_ignore_ascii_case(&ldap_attr));
+        merged.push((ldap_attr, source, true));
     }
     let mut rules = Vec::new();
-    for (ldap_attr, raw_source) in merged {
-        if ldap_attr.eq_ignore_ascii_case(rdn_attribute)
-            || ldap_attr.eq_ignore_ascii_case("objectClass")
-        {
-            problems.push(format!(
-                "`{key}.{ldap_attr}`: this attribute is written by scim2ldap itself"
-            ));
-            continue;
-        }
+    for (ldap_attr, raw_source, configured) in merged {
         let texts = match raw_source {
             RawSource::One(text) => vec![text],
             RawSource::Many(texts) => texts,
@@ -1031,6 +1032,15 @@ fn build_rules(
             .collect();
         if texts.is_empty() {
             continue; // "" removes a default mapping.
+        }
+        if configured
+            && (ldap_attr.eq_ignore_ascii_case(rdn_attribute)
+                || ldap_attr.eq_ignore_ascii_case("objectClass"))
+        {
+            problems.push(format!(
+                "`{key}.{ldap_attr}`: this attribute is written by scim2ldap itself"
+            ));
+            continue;
         }
         let mut sources = Vec::new();
         let mut reads = Some(Vec::new());

@@ -192,6 +192,59 @@ fn diff_replaces_only_what_changed_and_never_the_rdn() {
     assert!(diff(&old, &old, "uid").is_empty());
 }
 
+/// Another RDN attribute takes the place of its default rule (`cn` for `rdn_attribute =
+/// "cn"`), and `uid` still holds the user name; configuring a rule for the RDN attribute is
+/// refused, since scim2ldap writes it itself.
+#[test]
+fn another_rdn_attribute_replaces_its_default_rule() {
+    let m = mapping(Flavor::OpenLdap, |raw| {
+        raw.rdn_attribute = Some("cn".into())
+    });
+    let user = json!({"userName": "bjensen", "displayName": "Barbara Jensen"});
+    let projection = m.project("i", &user, &schema(), &HashMap::new());
+    assert_eq!(projection.dn, "cn=bjensen,ou=people,dc=example,dc=com");
+    let attrs: HashMap<String, Vec<String>> = projection.to_add_attrs().into_iter().collect();
+    assert_eq!(attrs["cn"], ["bjensen"]);
+    assert_eq!(attrs["uid"], ["bjensen"]);
+    assert_eq!(attrs["displayName"], ["Barbara Jensen"]);
+    // With the default RDN, `uid` is the RDN's and written once.
+    let m = mapping(Flavor::OpenLdap, |_| {});
+    let projection = m.project("i", &user, &schema(), &HashMap::new());
+    let uids: Vec<_> = projection
+        .to_add_attrs()
+        .into_iter()
+        .filter(|(attr, _)| attr.eq_ignore_ascii_case("uid"))
+        .collect();
+    assert_eq!(uids, [("uid".to_string(), vec!["bjensen".to_string()])]);
+
+    let (schema, _) = crate::scim::discovery::resource_schemas().expect("schemas load");
+    let problems_with = |cn_source: &str| {
+        let raw = RawUserMapping {
+            base_dn: Some("ou=people,dc=example,dc=com".to_string()),
+            rdn_attribute: Some("cn".into()),
+            attributes: Some(
+                [("cn".to_string(), RawSource::One(cn_source.into()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..RawUserMapping::default()
+        };
+        let mut problems = Problems::default();
+        let _ = UserMapping::from_raw(raw, Some(Flavor::OpenLdap), Some(&schema), &mut problems);
+        problems.0
+    };
+    let problems = problems_with("displayName");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p
+                .contains("`users.attributes.cn`: this attribute is written by scim2ldap itself")),
+        "{problems:?}"
+    );
+    // `""` (removing a default) is no conflict.
+    assert!(problems_with("").is_empty());
+}
+
 #[test]
 fn sources_parse_paths_templates_and_references() {
     assert!(matches!(

@@ -368,6 +368,39 @@ async fn a_username_change_renames_the_entry() {
     assert!(server.can_bind(&server.user_dn("new.name"), "Rename-1"));
 }
 
+/// With `rdn_attribute = "cn"` the entry is named by the user name in `cn`, `uid` still holds
+/// it for applications that look accounts up by `uid`, and a user name change renames it.
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_named_by_cn_keep_uid_and_follow_renames() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace("[users]\n", "[users]\nrdn_attribute = \"cn\"\n");
+    })
+    .await;
+    let dn = |name: &str| format!("cn={name},{}", server.slapd.people_dn());
+    let created = server
+        .post(
+            "/Users",
+            with_password(user_body("c.name", "Cee", "Name"), "Named-by-cn-1"),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let entry = server.entry(&dn("c.name")).expect("entry named by cn");
+    assert_eq!(values(&entry, "cn"), ["c.name"]);
+    assert_eq!(values(&entry, "uid"), ["c.name"]);
+    assert!(server.can_bind(&dn("c.name"), "Named-by-cn-1"));
+    let patch = json!({"Operations": [{"op": "replace", "path": "userName", "value": "d.name"}]});
+    server
+        .patch(&format!("/Users/{id}"), patch)
+        .await
+        .expect(200);
+    assert!(server.entry(&dn("c.name")).is_none());
+    let entry = server.entry(&dn("d.name")).expect("renamed");
+    assert_eq!(values(&entry, "cn"), ["d.name"]);
+    assert_eq!(values(&entry, "uid"), ["d.name"]);
+    assert!(server.can_bind(&dn("d.name"), "Named-by-cn-1"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn etags_guard_writes_and_reads() {
     let server = TestServer::start().await;
