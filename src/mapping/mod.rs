@@ -297,6 +297,16 @@ impl Projection {
             .collect()
     }
 
+    /// The attributes the mapping writes that have no value here: an adopted entry must lose
+    /// them (a lock left by a deactivation, a title the IdP no longer sends).
+    pub fn unset_attrs(&self) -> Vec<String> {
+        self.attrs
+            .iter()
+            .filter(|(_, values)| values.is_empty())
+            .map(|(attr, _)| attr.clone())
+            .collect()
+    }
+
     /// The values of `attr`, named ignoring case. Both sides of a diff come from one mapping,
     /// so the exact name almost always finds it without a scan.
     fn values(&self, attr: &str) -> Option<&Vec<String>> {

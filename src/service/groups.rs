@@ -81,6 +81,8 @@ impl Service {
             dn: projection.dn.clone(),
             attrs,
             adopt: self.config.users.on_existing == crate::mapping::OnExisting::Adopt,
+            clear: projection.unset_attrs(),
+            disabled_dn: None,
         });
         let created = now();
         if let Some(object) = group_doc.as_object_mut() {

@@ -17,11 +17,18 @@ use crate::store::{Commit, Kind, StoredResource};
 /// One directory operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum DirOp {
-    /// Add an entry; if the DN exists, adopt it (replace the planned attributes) when `adopt`.
+    /// Add an entry; if the DN exists, adopt it (replace the planned attributes, and delete
+    /// those in `clear`) when `adopt`. With `disabled_dn`, an entry waiting there (a user
+    /// deleted with `on_delete = "disable"` under `deactivate = "move"`) is moved back to `dn`
+    /// first and adopted, so that a re-granted account is the one it was.
     Add {
         dn: String,
         attrs: Vec<(String, Vec<String>)>,
         adopt: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clear: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disabled_dn: Option<String>,
     },
     /// Replace attributes (`(attr, values)`, empty values delete) and add object classes.
     Modify {
@@ -597,6 +604,21 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
     Ok(())
 }
 
+/// Moves the entry at `from`, if there is one, to `to` (where an add then finds and adopts
+/// it); one already at `to`, or none at all, is no error.
+async fn move_back(directory: &Directory, from: &str, to: &str) -> Result<(), DirectoryError> {
+    let parent = crate::mapping::parent_dn(to);
+    let rdn = crate::mapping::rdn(to);
+    match directory.rename(from, rdn, Some(parent)).await {
+        Ok(()) => {
+            tracing::info!("a disabled entry of this name moved back to be adopted");
+            Ok(())
+        }
+        Err(DirectoryError::NoSuchObject(_) | DirectoryError::AlreadyExists(_)) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// Applies one operation of `apply_ops`; an add sets `entry_uuid`.
 async fn apply_op(
     target: &Target<'_>,
@@ -607,7 +629,16 @@ async fn apply_op(
 ) -> Result<(), DirectoryError> {
     let (directory, id_attr) = (target.directory, target.id_attr);
     match op {
-        DirOp::Add { dn, attrs, adopt } => {
+        DirOp::Add {
+            dn,
+            attrs,
+            adopt,
+            clear,
+            disabled_dn,
+        } => {
+            if let Some(disabled_dn) = disabled_dn.as_deref().filter(|_| *adopt || replay) {
+                move_back(directory, disabled_dn, dn).await?;
+            }
             match directory.add_returning(dn, attrs, id_attr).await {
                 Ok(id) => *entry_uuid = id,
                 Err(DirectoryError::AlreadyExists(_)) if *adopt || replay => {
@@ -646,6 +677,11 @@ async fn apply_op(
                             }
                         })
                         .filter(|m| !matches!(m, Mod::Add(_, values) if values.is_empty()))
+                        .chain(
+                            clear
+                                .iter()
+                                .map(|attr| Mod::Replace(attr.clone(), Vec::new())),
+                        )
                         .collect();
                     let classes: Vec<String> = attrs
                         .iter()

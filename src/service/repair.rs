@@ -164,6 +164,8 @@ impl Service {
                     dn: expected.dn.clone(),
                     attrs: add_attrs,
                     adopt: true,
+                    clear: expected.unset_attrs(),
+                    disabled_dn: None,
                 });
                 if kind == Kind::User {
                     self.plan_rejoin_groups(&mut plan, &resource).await?;

@@ -57,10 +57,15 @@ impl Service {
             .users
             .project(ident, &validated.doc, schema, &dns);
         let mut plan = Plan::new();
+        let adopt = self.config.users.on_existing == OnExisting::Adopt;
+        let disabled_dn = Some(self.config.users.dn(&user_name, false))
+            .filter(|dn| adopt && *dn != projection.dn);
         plan.ops.push(DirOp::Add {
             dn: projection.dn.clone(),
             attrs: projection.to_add_attrs(),
-            adopt: self.config.users.on_existing == OnExisting::Adopt,
+            adopt,
+            clear: projection.unset_attrs(),
+            disabled_dn,
         });
         let stored = StoredResource {
             id,

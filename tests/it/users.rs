@@ -636,6 +636,55 @@ async fn delete_can_disable_instead() {
     assert!(!server.can_bind(&dn, "Leaver-Pass-1"));
 }
 
+/// A user deleted with `on_delete = "disable"` and granted again (a OneLogin re-grant, an Entra
+/// re-assignment: GET by filter finds nothing, then POST) gets its old account back, enabled:
+/// the lock goes, a disabled entry moved aside comes back, and attributes the new resource
+/// leaves out do not stay from the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_deleted_as_disabled_comes_back_enabled_when_granted_again() {
+    for deactivate in ["lock", "move"] {
+        let server = TestServer::start_with(|text| {
+            *text = text.replace(
+                "[users]\n",
+                &format!("[users]\non_delete = \"disable\"\ndeactivate = \"{deactivate}\"\n"),
+            )
+        })
+        .await;
+        let dn = server.user_dn("regrant");
+        let mut body = with_password(user_body("regrant", "Re", "Grant"), "Regrant-Pass-1");
+        body["title"] = json!("Old title");
+        let id = server.create("/Users", body).await;
+        let uuid = values(&server.entry(&dn).unwrap(), "entryUUID")[0].to_string();
+        server.delete(&format!("/Users/{id}")).await.expect(204);
+        assert!(!server.can_bind(&dn, "Regrant-Pass-1"), "{deactivate}");
+
+        let again = with_password(user_body("regrant", "Re", "Grant"), "Regrant-Pass-2");
+        let new_id = server.create("/Users", again).await;
+        let entry = server
+            .entry(&dn)
+            .unwrap_or_else(|| panic!("{deactivate}: no entry at {dn}"));
+        assert_eq!(
+            values(&entry, "entryUUID"),
+            [uuid.as_str()],
+            "{deactivate}: not the old account"
+        );
+        assert!(
+            values(&entry, "pwdAccountLockedTime").is_empty(),
+            "{deactivate}"
+        );
+        assert!(values(&entry, "title").is_empty(), "{deactivate}");
+        assert!(server.can_bind(&dn, "Regrant-Pass-2"), "{deactivate}");
+        assert_eq!(
+            server.search(server.slapd.suffix(), "(uid=regrant)").len(),
+            1
+        );
+        let user = server.get(&format!("/Users/{new_id}")).await.expect(200);
+        assert_eq!(user["active"], true);
+        let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+        assert_eq!(code, 0, "{deactivate}: {report}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn manager_is_written_as_the_managers_dn() {
     let server = TestServer::start().await;
