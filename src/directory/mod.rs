@@ -285,8 +285,8 @@ impl Directory {
         self.change_value(dn, attr, value, true).await
     }
 
-    /// Deletes one value from `attr` of `dn`; a value already gone counts as done. Merged as
-    /// `add_value` is.
+    /// Deletes one value from `attr` of `dn`; a value already gone, or an entry gone, counts
+    /// as done. Merged as `add_value` is.
     pub async fn delete_value(
         &self,
         dn: &str,
@@ -365,7 +365,10 @@ impl Directory {
     ) -> Result<(), DirectoryError> {
         match self.modify(dn, &[value_mod(attr, value, add)]).await {
             Err(DirectoryError::ValueExists(_)) if add => Ok(()),
-            Err(DirectoryError::NoSuchAttribute(_)) if !add => Ok(()),
+            // No such value, or no such entry: the value is not there either way.
+            Err(DirectoryError::NoSuchAttribute(_) | DirectoryError::NoSuchObject(_)) if !add => {
+                Ok(())
+            }
             other => other,
         }
     }

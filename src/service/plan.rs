@@ -813,6 +813,8 @@ async fn change_values(
     match directory.modify(dn, &[change]).await {
         Err(DirectoryError::ValueExists(_)) if add => {}
         Err(DirectoryError::NoSuchAttribute(_)) if !add => {}
+        // The entry is gone: none of the values is there.
+        Err(DirectoryError::NoSuchObject(_)) if !add => return Ok(()),
         other => return other,
     }
     for value in values {

@@ -807,6 +807,31 @@ async fn a_groups_last_members_deleted_together_leave_the_placeholder() {
     }
 }
 
+/// A member removal from a group entry that is gone (deleted in the directory behind
+/// scim2ldap's back, or by a group delete that overtook it) counts as done: the value is not
+/// there. The user's delete used to fail on it, and on replay be dropped as refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_leaves_a_group_entry_that_is_gone() {
+    let server = TestServer::start_with(|text| {
+        text.push_str("\n[reconcile]\nat_startup = false\n");
+    })
+    .await;
+    let (ids, _) = crowd(&server, "gone", 2, "Vanished", true).await;
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {}\nchangetype: delete\n",
+            server.group_dn("Vanished")
+        ))
+        .unwrap();
+    server
+        .delete(&format!("/Users/{}", ids[0]))
+        .await
+        .expect(204);
+    assert!(server.entry(&server.user_dn("gone00")).is_none());
+    server.get(&format!("/Users/{}", ids[0])).await.expect(404);
+}
+
 /// Users deleted together leave their group in one modify: their removals wait for the one in
 /// the directory and go as one, and each delete still completes. (With `on_delete = "disable"`
 /// the group removal is a delete's first directory operation, so that stopping the directory
