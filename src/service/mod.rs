@@ -86,9 +86,9 @@ impl From<ServiceError> for ScimError {
             }
             ServiceError::Directory(DirectoryError::NotUnique(text)) => {
                 tracing::info!(error = %text, "value not unique in the directory");
-                ScimError::uniqueness(
-                    "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry",
-                )
+                ScimError::uniqueness(format!(
+                    "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry (it said: {text})"
+                ))
             }
             ServiceError::Directory(DirectoryError::ConstraintViolation(text)) => {
                 tracing::warn!(error = %text, "directory constraint violation");

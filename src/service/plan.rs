@@ -604,6 +604,38 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
     Ok(())
 }
 
+/// Refuses to adopt an entry whose POSIX number another cached resource has: two accounts
+/// would own the same files. Checked before the entry is changed.
+async fn check_number_free(
+    target: &Target<'_>,
+    number_attr: &str,
+    number: i64,
+    dn: &str,
+) -> Result<(), DirectoryError> {
+    let kind = if number_attr == "uidNumber" {
+        Kind::User
+    } else {
+        Kind::Group
+    };
+    let owners = target
+        .store
+        .find(
+            kind,
+            crate::store::IndexedField::PosixId,
+            &number.to_string(),
+        )
+        .await
+        .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
+    match owners.iter().find(|owner| owner.id != target.resource_id) {
+        Some(owner) => Err(DirectoryError::NotUnique(format!(
+            "{dn} has {number_attr} {number}, which {} {} has already: give one of them another number",
+            kind.as_str().to_lowercase(),
+            owner.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Moves the entry at `from`, if there is one, to `to` (where an add then finds and adopts
 /// it); one already at `to`, or none at all, is no error.
 async fn move_back(directory: &Directory, from: &str, to: &str) -> Result<(), DirectoryError> {
@@ -660,6 +692,9 @@ async fn apply_op(
                             .and_then(|entry| entry.first(number_attr))
                             .and_then(|value| value.trim().parse::<i64>().ok())
                             .map(|number| (number_attr, number));
+                        if let Some((number_attr, number)) = kept {
+                            check_number_free(target, number_attr, number, dn).await?;
+                        }
                         trace.adopted_posix_id = kept.map(|(_, number)| number);
                     }
                     let mods: Vec<Mod> = attrs

@@ -173,6 +173,8 @@ pub enum IndexedField {
     Dn,
     /// The directory's own id of the entry.
     EntryUuid,
+    /// The `uidNumber` / `gidNumber` (decimal).
+    PosixId,
 }
 
 /// A write recorded before the directory is touched, so it can be finished after a crash.
@@ -746,9 +748,10 @@ impl Store {
         let value = match field {
             IndexedField::Name => name_key(value),
             IndexedField::Dn => dn_key(value),
-            IndexedField::Id | IndexedField::ExternalId | IndexedField::EntryUuid => {
-                value.to_string()
-            }
+            IndexedField::Id
+            | IndexedField::ExternalId
+            | IndexedField::EntryUuid
+            | IndexedField::PosixId => value.to_string(),
         };
         self.read(move |conn| {
             let sql = match field {
@@ -757,6 +760,9 @@ impl Store {
                 IndexedField::Dn => select_resources!("WHERE kind = ?1 AND dn_key = ?2"),
                 IndexedField::EntryUuid => {
                     select_resources!("WHERE kind = ?1 AND entry_uuid = ?2")
+                }
+                IndexedField::PosixId => {
+                    select_resources!("WHERE kind = ?1 AND posix_id = CAST(?2 AS INTEGER)")
                 }
                 IndexedField::ExternalId => {
                     select_resources!("WHERE kind = ?1 AND external_id = ?2 ORDER BY seq")

@@ -1109,14 +1109,20 @@ async fn adopted_posix_entries_keep_their_numbers() {
         text.push_str("\n[reconcile]\nat_startup = false\n");
     })
     .await;
+    // A POSIX account made by hand: `cn` and `sn` are its name capitalised.
+    let posix_account = |uid: &str, number: u32| {
+        let name = format!("{}{}", uid[..1].to_uppercase(), &uid[1..]);
+        server
+            .slapd
+            .ldapadd(&format!(
+                "dn: {}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\n\
+                 cn: {name}\nsn: {name}\nuidNumber: {number}\ngidNumber: 100\nhomeDirectory: /home/{uid}\n",
+                server.user_dn(uid)
+            ))
+            .unwrap();
+    };
     let legacy_dn = server.user_dn("legacy");
-    server
-        .slapd
-        .ldapadd(&format!(
-            "dn: {legacy_dn}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: legacy\ncn: Legacy\nsn: Legacy\n\
-             uidNumber: 1234\ngidNumber: 100\nhomeDirectory: /home/legacy\n"
-        ))
-        .unwrap();
+    posix_account("legacy", 1234);
     let ops_dn = server.group_dn("ops");
     server
         .slapd
@@ -1165,6 +1171,25 @@ async fn adopted_posix_entries_keep_their_numbers() {
     );
     let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
     assert_eq!(code, 0, "{report}");
+
+    // An entry holding a number a provisioned user has already is not adopted: two accounts
+    // would own the same files. Nothing of it changes.
+    let twin_dn = server.user_dn("twin");
+    posix_account("twin", 1234);
+    let refused = server
+        .post("/Users", user_body("twin", "Tw", "In"))
+        .await
+        .expect(409);
+    assert_eq!(refused["scimType"], "uniqueness");
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("uidNumber 1234") && detail.contains("legacy2"),
+        "{detail}"
+    );
+    let twin = server.entry(&twin_dn).unwrap();
+    assert_eq!(values(&twin, "cn"), ["Twin"]);
+    assert!(values(&twin, "scimId").is_empty());
+    server.wait_for_intents(0).await;
     server.stop_daemon().await;
 }
 
