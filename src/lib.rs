@@ -295,7 +295,7 @@ async fn ping_directory(
             Ok(()) => control.beat_directory(),
             Err(err) => tracing::warn!(error = %err, "directory ping failed"),
         }
-        if service.store().fsync_failure().is_some() {
+        if service.store().write_failure().is_some() {
             control.set_cache_failed();
         }
     }

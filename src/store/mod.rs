@@ -77,9 +77,10 @@ pub enum StoreError {
     /// The sync thread is gone (shutdown), or a write was dropped unanswered.
     #[error("cache writer stopped")]
     WriterGone,
-    /// An fsync of the WAL failed earlier: nothing is durable until a restart replays the file.
-    #[error("cache fsync failed earlier ({0}); every write fails until a restart")]
-    FsyncFailed(String),
+    /// An fsync of the WAL, or a commit, failed earlier: nothing is trusted until a restart
+    /// replays the file.
+    #[error("a cache write failed earlier ({0}); every write fails until a restart")]
+    WriteFailed(String),
     /// The database file could not be opened or prepared.
     #[error("cache {path}: {reason}")]
     Open {
@@ -266,7 +267,8 @@ struct SyncQueue {
     fsync_time: MovingAverage,
     /// Longest an fsync is held back to serve more callers.
     max_delay: Duration,
-    /// Why an fsync failed, once one has: from then on every write fails until a restart.
+    /// Why an fsync or a commit failed, once one has: from then on every write fails until a
+    /// restart.
     failure: std::sync::OnceLock<String>,
 }
 
@@ -602,14 +604,19 @@ impl Store {
         })
     }
 
-    /// Why the cache's fsync failed, once one has (writes fail from then on, until a restart
-    /// replays what the file holds).
-    pub fn fsync_failure(&self) -> Option<String> {
+    /// Why the cache's fsync or a commit failed, once one has (writes fail from then on, until
+    /// a restart replays what the file holds).
+    pub fn write_failure(&self) -> Option<String> {
         self.writer.sync.failure.get().cloned()
     }
 
     /// Records an intent (durable against a process crash) and returns its sequence number.
+    /// Refused once a write has failed: nothing new reaches the directory on a cache that
+    /// may not hold what was written before.
     pub async fn record_intent(&self, resource_id: &str, plan: String) -> Result<i64, StoreError> {
+        if let Some(reason) = self.write_failure() {
+            return Err(StoreError::WriteFailed(reason));
+        }
         let (reply, receive) = oneshot::channel();
         self.send(Job::Intent {
             resource_id: resource_id.to_string(),
@@ -637,13 +644,25 @@ impl Store {
 
     /// Applies `commit` in one transaction; durable against a process crash when it returns
     /// (see the module documentation for power loss).
+    ///
+    /// A commit that fails, but for a name taken, fails every later write too: its write may
+    /// have reached the directory, and writes planned from the cache without it would build
+    /// on a state the directory no longer has. A restart replays its intent.
     pub async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let (reply, receive) = oneshot::channel();
         self.send(Job::Commit {
             commit: Box::new(commit),
             reply,
         })?;
-        receive.await.map_err(|_| StoreError::WriterGone)?
+        let result = receive.await.map_err(|_| StoreError::WriterGone)?;
+        if let Err(err) = &result {
+            if !matches!(err, StoreError::NameTaken { .. })
+                && self.writer.sync.failure.set(err.to_string()).is_ok()
+            {
+                tracing::error!(error = %err, "cache commit failed: every write fails from now on; restart the service (it replays what the cache holds)");
+            }
+        }
+        result
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -1001,8 +1020,8 @@ impl Store {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(reason) = self.fsync_failure() {
-            return Err(StoreError::FsyncFailed(reason));
+        if let Some(reason) = self.write_failure() {
+            return Err(StoreError::WriteFailed(reason));
         }
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -1101,8 +1120,7 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
     let mut wal: Option<std::fs::File> = None;
     // After a failed fsync the kernel may have dropped the pages it could not write and marked
     // them clean, so a later fsync would succeed without them: every later caller fails too,
-    // until a restart replays what the cache file really holds.
-    let mut failed: Option<String> = None;
+    // until a restart replays what the cache file really holds. So after a failed commit.
     while let Some(Gathered {
         waiting,
         checkpoint,
@@ -1110,14 +1128,14 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
     {
         if !waiting.is_empty() {
             let started = std::time::Instant::now();
-            let failure = match &failed {
+            let failure = match queue.failure.get() {
                 Some(reason) => Some(reason.clone()),
                 None => fsync(&mut wal, wal_path).err(),
             };
-            if let (None, Some(reason)) = (&failed, &failure) {
-                tracing::error!(reason = %reason, "cache fsync failed: every write fails from now on; restart the service (it replays what the cache holds)");
-                failed = Some(reason.clone());
-                let _ = queue.failure.set(reason.clone());
+            if let Some(reason) = &failure {
+                if queue.failure.set(reason.clone()).is_ok() {
+                    tracing::error!(reason = %reason, "cache fsync failed: every write fails from now on; restart the service (it replays what the cache holds)");
+                }
             }
             queue.fsync_time.note(started.elapsed());
             crate::metrics::record_cache_fsync(waiting.len());
@@ -1132,7 +1150,10 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
             }
         }
         // Nor is the WAL copied into the database file on the word of a failed disk.
-        if let Some(writer) = writer.upgrade().filter(|_| checkpoint && failed.is_none()) {
+        if let Some(writer) = writer
+            .upgrade()
+            .filter(|_| checkpoint && queue.failure.get().is_none())
+        {
             writer.exclusive(|conn| {
                 if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %err, "cache checkpoint failed");
@@ -1143,14 +1164,23 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
 }
 
 /// Test hook: with `SCIM2LDAP_TEST_FSYNC_FAILS_ONCE=1` in the environment the first fsync of the
-/// cache fails and later ones succeed, as on a disk that returned EIO once. Read once per
-/// process.
+/// cache fails and later ones succeed, as on a disk that returned EIO once.
 fn fsync_fails() -> bool {
     static ONCE: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(
-            std::env::var_os("SCIM2LDAP_TEST_FSYNC_FAILS_ONCE").is_some_and(|v| v == "1"),
-        )
+    fails_once(&ONCE, "SCIM2LDAP_TEST_FSYNC_FAILS_ONCE")
+}
+
+/// Test hook: with `SCIM2LDAP_TEST_COMMIT_FAILS_ONCE=1` the process's first commit fails, as
+/// on a full disk.
+fn commit_fails() -> bool {
+    static ONCE: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+    fails_once(&ONCE, "SCIM2LDAP_TEST_COMMIT_FAILS_ONCE")
+}
+
+/// True the first time a test hook whose variable `var` is `1` is asked; read once per process.
+fn fails_once(flag: &std::sync::OnceLock<std::sync::atomic::AtomicBool>, var: &str) -> bool {
+    flag.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(std::env::var_os(var).is_some_and(|v| v == "1"))
     })
     .swap(false, std::sync::atomic::Ordering::Relaxed)
 }
@@ -1265,6 +1295,11 @@ fn apply_job(conn: &Connection, job: &Job) -> Result<Option<i64>, StoreError> {
 }
 
 fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+    if commit_fails() {
+        return Err(StoreError::WriteFailed(
+            "test hook: commit fails".to_string(),
+        ));
+    }
     if let Some(id) = &commit.delete {
         // Its groups lose a member (or its members a group).
         conn.prepare_cached(bump_member_gen!(

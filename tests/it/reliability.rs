@@ -1158,6 +1158,95 @@ async fn writes_applied_but_answered_503_are_undone_in_the_directory() {
     );
 }
 
+/// Waits until `daemon` answers `/readyz` 503 (one probe result serves a second): a load
+/// balancer stops sending writes, and the watchdog stops being fed, so systemd restarts it.
+async fn wait_until_not_ready(client: &reqwest::Client, daemon: &Daemon) {
+    let ready = format!("http://{}/readyz", daemon.listen);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client.get(&ready).send().await.unwrap().status();
+        if status == 503 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A commit that fails after its write reached the directory (a full disk, say) fails every
+/// later write before it touches the directory: planned from a cache without the failed
+/// write, they would build on a state the directory no longer has. The restart replays it.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failed_cache_commit_every_write_fails_until_a_restart() {
+    let mut server = TestServer::start().await;
+    let id = server.create("/Users", user_body("kept", "Ke", "Pt")).await;
+    server.stop_daemon().await;
+    let mut daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[("SCIM2LDAP_TEST_COMMIT_FAILS_ONCE", "1")],
+        std::process::Stdio::null(),
+    );
+    daemon.wait_ready().await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Value| {
+        client
+            .request(method, format!("{}{path}", daemon.base))
+            .bearer_auth(&server.token)
+            .json(&body)
+            .send()
+    };
+    let title =
+        |value: &str| json!({"Operations": [{"op": "replace", "path": "title", "value": value}]});
+    let failed = call(
+        reqwest::Method::PATCH,
+        &format!("/Users/{id}"),
+        title("Applied"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.status(), 500);
+    let kept_dn = server.user_dn("kept");
+    assert_eq!(
+        values(&server.entry(&kept_dn).unwrap(), "title"),
+        ["Applied"]
+    );
+    // Later writes are refused before the directory: neither the new user nor the title.
+    let later = call(
+        reqwest::Method::POST,
+        "/Users",
+        user_body("later", "La", "Ter"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.status(), 500);
+    let overwrite = call(
+        reqwest::Method::PATCH,
+        &format!("/Users/{id}"),
+        title("Later"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(overwrite.status(), 500);
+    assert!(server.entry(&server.user_dn("later")).is_none());
+    assert_eq!(
+        values(&server.entry(&kept_dn).unwrap(), "title"),
+        ["Applied"]
+    );
+    wait_until_not_ready(&client, &daemon).await;
+    daemon.kill();
+    // The restart replays the failed commit's intent: cache and directory agree.
+    server.launch().await;
+    server.wait_for_intents(0).await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["title"], "Applied");
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_failed_cache_fsync_every_write_fails_until_a_restart() {
     let mut server = TestServer::start().await;
@@ -1187,21 +1276,7 @@ async fn after_a_failed_cache_fsync_every_write_fails_until_a_restart() {
             reply.status()
         );
     }
-    // Not ready any more (one probe result serves a second): a load balancer stops sending
-    // writes, and the watchdog stops being fed, so systemd restarts the service.
-    let ready = format!("http://{}/readyz", daemon.listen);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = client.get(&ready).send().await.unwrap().status();
-        if status == 503 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz still {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_not_ready(&client, &daemon).await;
     daemon.kill();
     // A restart replays what the cache holds; the cache and the directory agree again.
     server.launch().await;
