@@ -171,6 +171,9 @@ pub struct SlapdOptions {
     /// Whether to load the `refint` overlay, which rewrites member values after a rename or
     /// delete; off, tests show that the daemon keeps groups right on its own.
     pub refint: bool,
+    /// Whether to load the `unique` overlay on `uid` and `mail`; off, tests reach the checks
+    /// the daemon makes itself before a directory would refuse a duplicate.
+    pub unique: bool,
 }
 
 impl Default for SlapdOptions {
@@ -183,6 +186,7 @@ impl Default for SlapdOptions {
             extra_schema_ldif: Vec::new(),
             log_operations: false,
             refint: true,
+            unique: true,
         }
     }
 }
@@ -674,20 +678,21 @@ impl Slapd {
              olcMemberOfGroupOC: groupOfNames\nolcMemberOfMemberAD: member\n\
              olcMemberOfMemberOfAD: memberOf\nolcMemberOfRefInt: TRUE\n"
                 .to_owned(),
-            // An empty base in the URI means the database suffix.
-            "objectClass: olcUniqueConfig\nolcOverlay: {N}unique\n\
-             olcUniqueURI: ldap:///?uid?sub\nolcUniqueURI: ldap:///?mail?sub\n"
-                .to_owned(),
         ];
         if opts.refint {
             // One attribute per value: several in one value only warn today and will be refused.
-            overlays.insert(
-                2,
-                format!(
-                    "objectClass: olcRefintConfig\nolcOverlay: {{N}}refint\n\
-                     olcRefintAttribute: member\nolcRefintAttribute: uniqueMember\n\
-                     olcRefintNothing: cn=placeholder,{suffix}\n"
-                ),
+            overlays.push(format!(
+                "objectClass: olcRefintConfig\nolcOverlay: {{N}}refint\n\
+                 olcRefintAttribute: member\nolcRefintAttribute: uniqueMember\n\
+                 olcRefintNothing: cn=placeholder,{suffix}\n"
+            ));
+        }
+        if opts.unique {
+            // An empty base in the URI means the database suffix.
+            overlays.push(
+                "objectClass: olcUniqueConfig\nolcOverlay: {N}unique\n\
+                 olcUniqueURI: ldap:///?uid?sub\nolcUniqueURI: ldap:///?mail?sub\n"
+                    .to_owned(),
             );
         }
         if opts.syncprov {

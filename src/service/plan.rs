@@ -604,6 +604,36 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
     Ok(())
 }
 
+/// Whether the entry at `new_dn` is the resource's own, renamed by an earlier try: it exists,
+/// no other resource has it, and its directory id is the one cached for the resource (when
+/// one is). Another entry there is never taken for it (refused as not unique).
+async fn renamed_already(target: &Target<'_>, new_dn: &str) -> Result<bool, DirectoryError> {
+    let Some(entry) = target.directory.read(new_dn, &[target.id_attr]).await? else {
+        return Ok(false);
+    };
+    check_adoptable(target, new_dn).await?;
+    let cache_err = |err: crate::store::StoreError| DirectoryError::Client(format!("cache: {err}"));
+    let mut cached = None;
+    for kind in [Kind::User, Kind::Group] {
+        if let Some(own) = target
+            .store
+            .get(kind, target.resource_id)
+            .await
+            .map_err(cache_err)?
+        {
+            cached = own.entry_uuid;
+        }
+    }
+    match (cached, entry.first(target.id_attr)) {
+        (Some(cached), Some(found)) if !cached.eq_ignore_ascii_case(found) => {
+            Err(DirectoryError::NotUnique(format!(
+                "{new_dn} is another entry than the one this resource had: its name is taken"
+            )))
+        }
+        _ => Ok(true),
+    }
+}
+
 /// Refuses to adopt an entry whose POSIX number another cached resource has: two accounts
 /// would own the same files. Checked before the entry is changed.
 async fn check_number_free(
@@ -753,8 +783,12 @@ async fn apply_op(
             new_dn,
         } => match directory.rename(dn, new_rdn, new_parent.as_deref()).await {
             Ok(()) => {}
-            Err(DirectoryError::NoSuchObject(_))
-                if directory.read(new_dn, &["1.1"]).await?.is_some() => {}
+            // Moved by an earlier try of this plan (a replay), if the entry there is this one.
+            Err(DirectoryError::NoSuchObject(text)) => {
+                if !renamed_already(target, new_dn).await? {
+                    return Err(DirectoryError::NoSuchObject(text));
+                }
+            }
             Err(err) => return Err(err),
         },
         DirOp::Delete { dn } => directory.delete(dn).await?,

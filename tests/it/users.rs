@@ -368,6 +368,49 @@ async fn a_username_change_renames_the_entry() {
     assert!(server.can_bind(&server.user_dn("new.name"), "Rename-1"));
 }
 
+/// A rename whose entry is gone (deleted behind scim2ldap's back, or by an earlier try) is
+/// done only if the entry at the new name is this user's: a foreign entry there is not taken
+/// over (it used to get the user's attributes and SCIM id).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rename_never_takes_over_a_foreign_entry_at_the_new_name() {
+    // Without the uniqueness overlay, which would refuse the rename before slapd finds the
+    // entry gone.
+    let slapd = scim2ldap::demo::slapd::Slapd::start(scim2ldap::demo::slapd::SlapdOptions {
+        unique: false,
+        ..Default::default()
+    })
+    .expect("slapd starts");
+    let server = TestServer::start_on(slapd, |text| {
+        text.push_str("\n[reconcile]\nat_startup = false\n");
+    })
+    .await;
+    let id = server
+        .create("/Users", user_body("ren.old", "Re", "Old"))
+        .await;
+    let foreign_dn = server.user_dn("ren.new");
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {}\nchangetype: delete\n\ndn: {foreign_dn}\nchangetype: add\n\
+             objectClass: inetOrgPerson\nuid: ren.new\ncn: Foreign\nsn: Foreign\n",
+            server.user_dn("ren.old")
+        ))
+        .unwrap();
+    let patch = json!({"Operations": [{"op": "replace", "path": "userName", "value": "ren.new"}]});
+    let refused = server.patch(&format!("/Users/{id}"), patch).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("another entry than the one this resource had"),
+        "{detail}"
+    );
+    let foreign = server.entry(&foreign_dn).unwrap();
+    assert_eq!(values(&foreign, "cn"), ["Foreign"]);
+    assert!(values(&foreign, "scimId").is_empty());
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["userName"], "ren.old");
+}
+
 /// With `rdn_attribute = "cn"` the entry is named by the user name in `cn`, `uid` still holds
 /// it for applications that look accounts up by `uid`, and a user name change renames it.
 #[tokio::test(flavor = "multi_thread")]

@@ -299,6 +299,7 @@ fn options_select_syncprov_fsync_and_extra_schema() {
         extra_schema_ldif: vec![extra],
         log_operations: true,
         refint: true,
+        unique: false,
     })
     .unwrap();
     fs::remove_dir_all(&extra_dir).unwrap();
@@ -328,13 +329,14 @@ fn options_select_syncprov_fsync_and_extra_schema() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
-        "olcOverlay: {4}syncprov",
+        "olcOverlay: {3}syncprov",
         "olcDbNoSync: FALSE",
         "cn: {5}extra",
         "olcOverlay: {0}ppolicy",
     ] {
         assert!(text.contains(want), "{want} missing in:\n{text}");
     }
+    assert!(!text.contains("unique"), "unique overlay loaded:\n{text}");
     // With `log_operations`, the search above is in slapd's log.
     let log = s.log().unwrap();
     assert!(log.contains("SRCH base=\"cn=config\""), "{log}");
