@@ -23,7 +23,7 @@ impl Service {
     /// their names and DNs: a rename, suspension or delete of one of them then either finished
     /// before (its new DN is read) or waits for the group write (and sees its membership).
     /// User writes never wait for a group's lock, so the two cannot deadlock.
-    async fn lock_users<'s>(
+    pub(super) async fn lock_users<'s>(
         &'s self,
         ids: impl Iterator<Item = &String>,
     ) -> Vec<super::locks::KeyGuard<'s>> {

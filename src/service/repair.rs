@@ -15,6 +15,17 @@ use crate::directory::Entry;
 use crate::mapping::{drift, parent_dn, rdn, Deactivate, OnDisableGroups, Projection};
 use crate::store::{Kind, StoredResource};
 
+/// A repair's directory operations and what they were planned from.
+struct RepairPlan {
+    plan: Plan,
+    /// The entry the cache says.
+    expected: Projection,
+    /// The entry is gone and is added again.
+    recreate: bool,
+    /// Users whose membership values differ (see `Service::users_behind`).
+    users_behind: Vec<String>,
+}
+
 /// What checking one suspect resource did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SuspectRepair {
@@ -87,8 +98,25 @@ impl Service {
         &self,
         group: &StoredResource,
     ) -> Result<Vec<String>, ServiceError> {
+        let mut values: Vec<String> = self
+            .expected_members(group)
+            .await?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        if values.is_empty() && self.config.groups.class.needs_placeholder() {
+            values.push(self.config.groups.placeholder_member.clone());
+        }
+        Ok(values)
+    }
+
+    /// The members whose values group `group` should hold: `(user id, value)`.
+    async fn expected_members(
+        &self,
+        group: &StoredResource,
+    ) -> Result<Vec<(String, String)>, ServiceError> {
         let remove_disabled = self.config.users.on_disable_groups == OnDisableGroups::Remove;
-        let mut values = Vec::new();
+        let mut members = Vec::new();
         for member_id in self.store.members(&group.id).await? {
             if let Some(user) = self.store.get(Kind::User, &member_id).await? {
                 let active = user
@@ -97,14 +125,44 @@ impl Service {
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
                 if active || !remove_disabled {
-                    values.push(self.member_value_of(&user.name, &user.dn));
+                    let value = self.member_value_of(&user.name, &user.dn);
+                    members.push((member_id, value));
                 }
             }
         }
-        if values.is_empty() && self.config.groups.class.needs_placeholder() {
-            values.push(self.config.groups.placeholder_member.clone());
+        Ok(members)
+    }
+
+    /// The users whose membership values in a group entry differ from the cache's: `missing`
+    /// values' users, and the users `extra` values name. A write of theirs (a rename, a delete,
+    /// a suspension) may stand between the directory and its commit; a repair waits for it
+    /// under their locks and looks again, instead of undoing it.
+    async fn users_behind(
+        &self,
+        group: &StoredResource,
+        missing: &[String],
+        extra: &[String],
+    ) -> Result<Vec<String>, ServiceError> {
+        let key = |value: &str| crate::mapping::dn_key(value);
+        let missing: HashSet<String> = missing.iter().map(|value| key(value)).collect();
+        let mut ids: Vec<String> = self
+            .expected_members(group)
+            .await?
+            .into_iter()
+            .filter(|(_, value)| missing.contains(&key(value)))
+            .map(|(id, _)| id)
+            .collect();
+        let field = if self.config.groups.class == crate::mapping::GroupClass::PosixGroup {
+            crate::store::IndexedField::Name
+        } else {
+            crate::store::IndexedField::Dn
+        };
+        for value in extra {
+            for user in self.store.find(Kind::User, field, value).await? {
+                ids.push(user.id);
+            }
         }
-        Ok(values)
+        Ok(ids)
     }
 
     fn attrs_to_read(&self, kind: Kind) -> Vec<String> {
@@ -140,8 +198,51 @@ impl Service {
         found_dn: Option<&str>,
         password_hashes: &[SecretString],
     ) -> Result<bool, ServiceError> {
+        let mut repair = self.plan_repair(&resource, found_dn).await?;
+        let _member_locks;
+        if !repair.users_behind.is_empty() {
+            // Group before users, as a group write takes them.
+            _member_locks = self.lock_users(repair.users_behind.iter()).await;
+            repair = self.plan_repair(&resource, found_dn).await?;
+        }
+        let RepairPlan {
+            mut plan,
+            expected,
+            recreate,
+            ..
+        } = repair;
         let kind = resource.kind;
-        let expected = self.expected_entry(&resource).await?;
+        if plan.ops.is_empty() {
+            return Ok(false);
+        }
+        plan.upsert = Some(PlannedResource::from(&StoredResource {
+            dn: expected.dn.clone(),
+            ..resource
+        }));
+        if recreate && kind == Kind::User && !password_hashes.is_empty() {
+            let relock = self.config.users.lock_cleared_by_password_change(&expected);
+            let password = (
+                expected.dn.clone(),
+                NewPassword::Hashes(password_hashes.to_vec()),
+            );
+            self.execute_with_password(plan, Some(password), relock)
+                .await?;
+        } else {
+            self.execute(plan).await?;
+        }
+        Ok(true)
+    }
+
+    /// The directory operations that put `resource`'s entry back as the cache says, from a
+    /// fresh read of both.
+    async fn plan_repair(
+        &self,
+        resource: &StoredResource,
+        found_dn: Option<&str>,
+    ) -> Result<RepairPlan, ServiceError> {
+        let kind = resource.kind;
+        let mut users_behind = Vec::new();
+        let expected = self.expected_entry(resource).await?;
         let attrs = self.attrs_to_read(kind);
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let mut entry = match found_dn {
@@ -158,7 +259,7 @@ impl Service {
             None => {
                 let mut add_attrs = expected.to_add_attrs();
                 if kind == Kind::Group {
-                    add_attrs.push((member_attr, self.expected_member_values(&resource).await?));
+                    add_attrs.push((member_attr, self.expected_member_values(resource).await?));
                 }
                 plan.ops.push(DirOp::Add {
                     dn: expected.dn.clone(),
@@ -168,7 +269,7 @@ impl Service {
                     disabled_dn: None,
                 });
                 if kind == Kind::User {
-                    self.plan_rejoin_groups(&mut plan, &resource).await?;
+                    self.plan_rejoin_groups(&mut plan, resource).await?;
                 }
             }
             Some(entry) => {
@@ -191,7 +292,7 @@ impl Service {
                     }
                 }
                 if kind == Kind::Group {
-                    let wanted = self.expected_member_values(&resource).await?;
+                    let wanted = self.expected_member_values(resource).await?;
                     let have = entry.values(&member_attr);
                     let key = |value: &String| crate::mapping::dn_key(value);
                     let missing: Vec<String> = wanted
@@ -204,6 +305,7 @@ impl Service {
                         .filter(|h| !wanted.iter().any(|w| key(w) == key(h)))
                         .cloned()
                         .collect();
+                    users_behind = self.users_behind(resource, &missing, &extra).await?;
                     if !missing.is_empty() {
                         plan.ops.push(DirOp::AddValues {
                             dn: expected.dn.clone(),
@@ -228,25 +330,12 @@ impl Service {
                 }
             }
         }
-        if plan.ops.is_empty() {
-            return Ok(false);
-        }
-        plan.upsert = Some(PlannedResource::from(&StoredResource {
-            dn: expected.dn.clone(),
-            ..resource
-        }));
-        if recreate && kind == Kind::User && !password_hashes.is_empty() {
-            let relock = self.config.users.lock_cleared_by_password_change(&expected);
-            let password = (
-                expected.dn.clone(),
-                NewPassword::Hashes(password_hashes.to_vec()),
-            );
-            self.execute_with_password(plan, Some(password), relock)
-                .await?;
-        } else {
-            self.execute(plan).await?;
-        }
-        Ok(true)
+        Ok(RepairPlan {
+            plan,
+            expected,
+            recreate,
+            users_behind,
+        })
     }
 
     /// Checks every suspect resource (users first, then groups, then the groups of users whose

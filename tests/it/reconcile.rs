@@ -426,6 +426,25 @@ async fn ad_flavor_owns_only_the_disable_bit_of_user_account_control() {
     );
 }
 
+/// Replaces the in-process daemon with one in its own process whose request writes wait 3 s
+/// between the directory and their commit, logging to a file: the daemon, the file's folder
+/// (kept while the test runs) and the file.
+async fn holding_commits(
+    server: &mut TestServer,
+) -> (crate::daemon::Daemon, tempfile::TempDir, std::path::PathBuf) {
+    server.stop_daemon().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("daemon.log");
+    let mut daemon = crate::daemon::Daemon::spawn(
+        &server.config_path,
+        crate::daemon::free_addr(),
+        &[("SCIM2LDAP_TEST_COMMIT_DELAY_MS", "3000")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    daemon.wait_ready().await;
+    (daemon, log_dir, log)
+}
+
 /// A user whose create is between its directory write and its commit is not an orphan:
 /// reconciliation (every second here, orphans disabled) waits for the write, and the new
 /// account stays enabled.
@@ -437,16 +456,7 @@ async fn a_create_in_flight_is_not_disabled_as_an_orphan() {
         )
     })
     .await;
-    server.stop_daemon().await;
-    let log_dir = tempfile::tempdir().unwrap();
-    let log = log_dir.path().join("daemon.log");
-    let mut daemon = crate::daemon::Daemon::spawn(
-        &server.config_path,
-        crate::daemon::free_addr(),
-        &[("SCIM2LDAP_TEST_COMMIT_DELAY_MS", "3000")],
-        std::fs::File::create(&log).unwrap().into(),
-    );
-    daemon.wait_ready().await;
+    let (daemon, _log_dir, log) = holding_commits(&mut server).await;
     let post = reqwest::Client::new()
         .post(format!("{}/Users", daemon.base))
         .bearer_auth(&server.token)
@@ -482,6 +492,63 @@ async fn a_create_in_flight_is_not_disabled_as_an_orphan() {
     assert!(runs.len() >= 2, "{log_text}");
     assert!(
         runs.iter().all(|line| line.contains("orphans=0")),
+        "{log_text}"
+    );
+    daemon.kill();
+}
+
+/// A user delete between its directory write and its commit has taken the user out of its
+/// group's entry while the cache still lists it there: reconciliation (every second here)
+/// sees the group drift, waits for the user's write instead of putting the member back, and
+/// then finds nothing to repair. (It used to add the deleted user's DN back to the group.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_change_in_flight_is_not_undone_by_a_group_repair() {
+    let mut server = TestServer::start_with(|text| {
+        text.push_str("\n[reconcile]\nat_startup = false\ninterval = \"1s\"\n")
+    })
+    .await;
+    let mut ids = Vec::new();
+    for name in ["stayer", "leaver"] {
+        ids.push(server.create("/Users", user_body(name, "Gr", "Oup")).await);
+    }
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    server
+        .create(
+            "/Groups",
+            json!({"displayName": "Team", "members": members}),
+        )
+        .await;
+    let (daemon, _log_dir, log) = holding_commits(&mut server).await;
+    let reply = reqwest::Client::new()
+        .delete(format!("{}/Users/{}", daemon.base, ids[1]))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 204);
+    let group = server.entry(&server.group_dn("Team")).unwrap();
+    assert_eq!(values(&group, "member"), [server.user_dn("stayer")]);
+    // The run that met the drift during the hold ends after the delete's commit; its line
+    // may come a moment after the reply.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log_text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("reconcile run") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        log_text.contains("holding the write before its commit"),
+        "the hook held the delete: {log_text}"
+    );
+    let runs: Vec<&str> = log_text
+        .lines()
+        .filter(|line| line.contains("reconcile run"))
+        .collect();
+    assert!(!runs.is_empty(), "a run during the hold: {log_text}");
+    assert!(
+        runs.iter().all(|line| line.contains("repaired=0")),
         "{log_text}"
     );
     daemon.kill();
