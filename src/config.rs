@@ -424,9 +424,11 @@ pub fn read_raw(
             key.replace('.', "__").to_ascii_uppercase()
         );
         if let Some(text) = env.get(&var) {
+            // An empty value is the empty list (`SCIM2LDAP__SERVER__TRUSTED_PROXIES=`).
             let items: Vec<String> = text
                 .split(',')
                 .map(|item| item.trim().to_string())
+                .filter(|item| !item.is_empty())
                 .collect();
             builder = builder
                 .set_override(key, items)

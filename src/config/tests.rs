@@ -421,6 +421,10 @@ fn trusted_proxies_default_to_loopback_and_may_be_none() {
     )
     .expect("loads");
     assert_eq!(from_env.server.trusted_proxies.len(), 2);
+    // An empty value is the empty list, as `[]` in the file.
+    let none_from_env = load_text(GOOD, &[("SCIM2LDAP__SERVER__TRUSTED_PROXIES", "")])
+        .expect("an empty list loads");
+    assert!(none_from_env.server.trusted_proxies.is_empty());
     check_problems(
         &GOOD.replace(
             "[server]\n",
