@@ -39,6 +39,16 @@ pub enum DirectoryError {
     /// OpenLDAP's unique overlay).
     #[error("value not unique: {0}")]
     NotUnique(String),
+    /// scim2ldap itself found the name or number this write needs taken by another entry or
+    /// resource, before changing anything. `detail` is written for the client (no DN of another
+    /// entry, no server text); `cause` goes to the log.
+    #[error("taken: {cause}")]
+    Taken {
+        /// What the client is told.
+        detail: String,
+        /// The whole cause, for the log.
+        cause: String,
+    },
     /// Another constraint refused the change (result 19: a password policy, a second value of
     /// a single-valued attribute, size limits).
     #[error("constraint violation: {0}")]

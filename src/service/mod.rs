@@ -69,6 +69,29 @@ impl From<ScimError> for ServiceError {
 }
 
 /// The one place that decides what a client sees for a failure.
+/// The attribute and object class names in a directory's schema refusal, each as `` `name` ``:
+/// the word before a leading `:` and the words in single quotes, when they are LDAP names.
+/// Up to three; never the directory's text itself.
+fn schema_names(text: &str) -> Vec<String> {
+    let is_name = |word: &str| {
+        word.len() <= 64
+            && word.starts_with(|c: char| c.is_ascii_alphabetic())
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';')
+    };
+    let leading = text.split_once(':').map(|(head, _)| head.trim());
+    let quoted = text.split('\'').skip(1).step_by(2);
+    let mut names: Vec<String> = Vec::new();
+    for word in leading.into_iter().chain(quoted) {
+        let name = format!("`{word}`");
+        if is_name(word) && !names.contains(&name) && names.len() < 3 {
+            names.push(name);
+        }
+    }
+    names
+}
+
 impl From<ServiceError> for ScimError {
     fn from(err: ServiceError) -> ScimError {
         match err {
@@ -86,9 +109,13 @@ impl From<ServiceError> for ScimError {
             }
             ServiceError::Directory(DirectoryError::NotUnique(text)) => {
                 tracing::info!(error = %text, "value not unique in the directory");
-                ScimError::uniqueness(format!(
-                    "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry (it said: {text})"
-                ))
+                ScimError::uniqueness(
+                    "the directory refused the change: a unique attribute value (such as uid or mail) is already used by another entry (the server log has the directory's reason)",
+                )
+            }
+            ServiceError::Directory(DirectoryError::Taken { detail, cause }) => {
+                tracing::info!(error = %cause, "name or number taken");
+                ScimError::uniqueness(detail)
             }
             ServiceError::Directory(DirectoryError::ConstraintViolation(text)) => {
                 tracing::warn!(error = %text, "directory constraint violation");
@@ -112,12 +139,18 @@ impl From<ServiceError> for ScimError {
             }
             ServiceError::Directory(DirectoryError::SchemaViolation { rc, text }) => {
                 tracing::warn!(rc, error = %text, "directory schema violation");
-                // The directory's reason names the attribute and, at most, a value's position
-                // (OpenLDAP: "telephoneNumber: value #0 invalid per syntax"); it is what an IdP
-                // admin needs to fix a mapping or a value.
-                let reason: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+                // An IdP admin needs the attribute to fix a mapping or a value; the directory's
+                // own words stay in the log, and the detail names only the schema names found in
+                // them (OpenLDAP: "telephoneNumber: value #0 invalid per syntax", "object class
+                // 'groupOfNames' requires attribute 'member'").
+                let names = schema_names(&text);
+                let named = if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}", names.join(", "))
+                };
                 ScimError::invalid_value(format!(
-                    "the directory's schema refused the resulting entry (it said: {reason}); check the attribute mapping and values"
+                    "the directory's schema refused the resulting entry{named}; check the attribute mapping and values (the server log has the directory's reason)"
                 ))
             }
             ServiceError::Directory(dir_err) => {
@@ -788,6 +821,36 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// A schema refusal names the attributes and classes the directory named, in scim2ldap's
+    /// words: none of the directory's own text, nor anything that is not an LDAP name.
+    #[test]
+    fn a_schema_refusal_names_the_schema_names_but_not_the_directorys_words() {
+        let detail = |text: &str| {
+            let err = ScimError::from(ServiceError::Directory(DirectoryError::SchemaViolation {
+                rc: 21,
+                text: text.to_string(),
+            }));
+            assert_eq!(
+                (err.status, err.scim_type),
+                (400, Some(ScimType::InvalidValue))
+            );
+            err.detail
+        };
+        let syntax = detail("telephoneNumber: value #0 invalid per syntax");
+        assert!(syntax.contains("at `telephoneNumber`;"), "{syntax}");
+        assert!(!syntax.contains("invalid per syntax"), "{syntax}");
+        let class = detail("object class 'groupOfNames' requires attribute 'member'");
+        assert!(class.contains("at `groupOfNames`, `member`;"), "{class}");
+        assert!(!class.contains("requires"), "{class}");
+        let vague = detail("no structural object class provided");
+        assert!(!vague.contains(" at "), "{vague}");
+        let hostile = detail("uid=x,ou=people,dc=example,dc=com: 'a b' 'c\nd'");
+        assert!(
+            !hostile.contains("uid=x") && !hostile.contains("a b"),
+            "{hostile}"
+        );
     }
 
     #[test]

@@ -594,11 +594,17 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
             .await
             .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
         if let Some(owner) = owners.iter().find(|owner| owner.id != target.resource_id) {
-            return Err(DirectoryError::NotUnique(format!(
-                "{dn} is the entry of {} {}: the directory takes the two names for one",
-                kind.as_str(),
-                owner.id
-            )));
+            return Err(DirectoryError::Taken {
+                detail: format!(
+                    "the directory takes this name for another provisioned {}'s (it compares the two as equal)",
+                    kind.as_str().to_lowercase()
+                ),
+                cause: format!(
+                    "{dn} is the entry of {} {}: the directory takes the two names for one",
+                    kind.as_str(),
+                    owner.id
+                ),
+            });
         }
     }
     Ok(())
@@ -626,9 +632,12 @@ async fn renamed_already(target: &Target<'_>, new_dn: &str) -> Result<bool, Dire
     }
     match (cached, entry.first(target.id_attr)) {
         (Some(cached), Some(found)) if !cached.eq_ignore_ascii_case(found) => {
-            Err(DirectoryError::NotUnique(format!(
-                "{new_dn} is another entry than the one this resource had: its name is taken"
-            )))
+            Err(DirectoryError::Taken {
+                detail:
+                    "the new name is taken in the directory by another entry than this resource's"
+                        .to_string(),
+                cause: format!("{new_dn} is another entry than the one this resource had"),
+            })
         }
         _ => Ok(true),
     }
@@ -657,11 +666,17 @@ async fn check_number_free(
         .await
         .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
     match owners.iter().find(|owner| owner.id != target.resource_id) {
-        Some(owner) => Err(DirectoryError::NotUnique(format!(
-            "{dn} has {number_attr} {number}, which {} {} has already: give one of them another number",
-            kind.as_str().to_lowercase(),
-            owner.name
-        ))),
+        Some(owner) => Err(DirectoryError::Taken {
+            detail: format!(
+                "the existing entry of this name has {number_attr} {number}, which another provisioned {} has already: give one of them another number in the directory",
+                kind.as_str().to_lowercase()
+            ),
+            cause: format!(
+                "{dn} has {number_attr} {number}, which {} {} has already",
+                kind.as_str(),
+                owner.id
+            ),
+        }),
         None => Ok(()),
     }
 }

@@ -401,7 +401,7 @@ async fn a_rename_never_takes_over_a_foreign_entry_at_the_new_name() {
     assert_eq!(refused.status, 409, "{}", refused.body);
     let detail = refused.body["detail"].as_str().unwrap();
     assert!(
-        detail.contains("another entry than the one this resource had"),
+        detail.contains("taken in the directory by another entry than this resource's"),
         "{detail}"
     );
     let foreign = server.entry(&foreign_dn).unwrap();
