@@ -145,8 +145,12 @@ pub async fn serve<F>(
         + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // HTTP/1 only, which every IdP speaks: telling HTTP/1 from HTTP/2 first waits for a
+    // client's first bytes with no time limit, and HTTP/2 has no header timeout, so silent
+    // connections would keep their slots for good.
     let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .http1_only();
     // Without a timer hyper drops its header timeout silently.
     builder
         .http1()
@@ -193,10 +197,8 @@ pub async fn serve<F>(
             None => {
                 tokio::spawn(async move {
                     let _slot = permit;
-                    let connection = builder.serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(stream),
-                        service,
-                    );
+                    let connection =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     if let Err(err) = watcher.watch(connection.into_owned()).await {
                         tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
                     }
@@ -226,10 +228,8 @@ pub async fn serve<F>(
                             return;
                         }
                     };
-                    let connection = builder.serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(stream),
-                        service,
-                    );
+                    let connection =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     if let Err(err) = watcher.watch(connection.into_owned()).await {
                         tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
                     }

@@ -744,6 +744,22 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     )
     .await;
     assert!(read.is_ok(), "the connection is still open after 20 s");
+    // Nor does a connection that sends nothing at all keep its slot (waiting for a first byte
+    // to tell HTTP/1 from HTTP/2 had no time limit), nor an HTTP/2 preface.
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        silent.write_all(opening).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            silent.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            read.is_ok(),
+            "a connection sending {opening:?} is still open after 20 s"
+        );
+    }
     // A client that sends its request in time is served.
     let mut prompt = tokio::net::TcpStream::connect(address).await.unwrap();
     assert!(ask(&mut prompt).await.starts_with("HTTP/1.1 200"));
