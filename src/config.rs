@@ -871,7 +871,12 @@ const MIN_TOKEN_LEN: usize = 16;
 /// Parses one configured token: `sha256:<64 hex>` or a plaintext token of at least 16 characters.
 fn parse_token(token: &SecretString) -> Result<[u8; 32], String> {
     let token = token.expose_secret();
-    if let Some(hex_digest) = token.strip_prefix("sha256:") {
+    // Any case of the prefix (`SHA256:`, `Sha256:`) is a hash, never a plaintext token whose
+    // value anyone who reads the hash line would know.
+    let prefixed = token
+        .get(..7)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("sha256:"));
+    if let Some(hex_digest) = prefixed.map(|prefix| &token[prefix.len()..]) {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_digest.trim(), &mut hash)
             .map_err(|_| "a `sha256:` token must be followed by 64 hex digits".to_string())?;

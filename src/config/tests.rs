@@ -207,6 +207,24 @@ fn durations_and_base_paths_are_normalised() {
     assert!(normalize_base_path("scim").is_err());
 }
 
+/// A hash line in any case of its prefix is a hash: read as a plaintext token, the line
+/// itself, which is not kept secret, would be a valid token.
+#[test]
+fn a_token_hash_prefix_in_any_case_is_a_hash() {
+    let hex = "ab".repeat(32);
+    let expected = [0xab_u8; 32];
+    for prefix in ["sha256:", "SHA256:", "Sha256:"] {
+        let line = SecretString::from(format!("{prefix}{hex}"));
+        assert_eq!(parse_token(&line), Ok(expected), "{prefix}");
+    }
+    assert!(parse_token(&SecretString::from("SHA256:not-hex-at-all-here")).is_err());
+    let plain = SecretString::from("a-plaintext-token-of-length");
+    assert_eq!(
+        parse_token(&plain),
+        Ok(sha256(b"a-plaintext-token-of-length"))
+    );
+}
+
 #[test]
 fn tokens_are_named_and_operations_keys_are_validated() {
     let text = GOOD.replace(
