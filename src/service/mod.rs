@@ -210,7 +210,7 @@ pub struct Service {
     /// Member changes waiting for their group.
     member_queue: members::MemberQueue,
     /// Unknown attribute names already logged.
-    ignored_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    ignored_names: std::sync::Mutex<users::IgnoredNames>,
     /// One reconcile run at a time.
     reconcile_lock: tokio::sync::Mutex<()>,
     /// The last readiness check and when it ran (see `ready`).

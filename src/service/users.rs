@@ -411,12 +411,44 @@ impl Service {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for name in ignored {
-            if seen.insert(name.to_ascii_lowercase()) {
-                tracing::info!(attribute = %name, "attribute not in the schema; ignored (map it in the config to keep it)");
+            if let Some((name, last)) = seen.see(name) {
+                tracing::info!(attribute = %name.escape_debug(), "attribute not in the schema; ignored (map it in the config to keep it)");
+                if last {
+                    tracing::warn!(
+                        MAX_IGNORED_NAMES,
+                        "this many unknown attribute names seen; further ones are not logged"
+                    );
+                }
             }
         }
     }
 }
+
+/// Unknown attribute names already logged: the first `MAX_IGNORED_NAMES`, each cut to
+/// `MAX_LOGGED_NAME` characters, so that a client sending made-up names can neither grow the
+/// set nor flood the log without end.
+#[derive(Debug, Default)]
+pub(crate) struct IgnoredNames(std::collections::HashSet<String>);
+
+impl IgnoredNames {
+    /// The name to log (cut) when `name` is new and within the bound, and whether it is the
+    /// last one logged; `None` when it was seen before or the bound is reached.
+    fn see(&mut self, name: &str) -> Option<(String, bool)> {
+        if self.0.len() >= MAX_IGNORED_NAMES {
+            return None;
+        }
+        let name: String = name.chars().take(MAX_LOGGED_NAME).collect();
+        let new = self.0.insert(name.to_ascii_lowercase());
+        let last = self.0.len() == MAX_IGNORED_NAMES;
+        new.then_some((name, last))
+    }
+}
+
+/// Most unknown attribute names logged in a process.
+const MAX_IGNORED_NAMES: usize = 1000;
+
+/// Longest part of an unknown attribute name that is logged.
+const MAX_LOGGED_NAME: usize = 128;
 
 /// Who a cached resource's projection is for.
 pub(crate) fn ident(resource: &StoredResource) -> Ident<'_> {
@@ -491,4 +523,27 @@ pub(crate) fn external_id_of(doc: &Value) -> Option<String> {
 
 fn is_active(doc: &Value) -> bool {
     doc.get("active").and_then(Value::as_bool).unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_attribute_names_are_logged_once_each_up_to_a_bound() {
+        let mut names = IgnoredNames::default();
+        assert_eq!(names.see("nickname"), Some(("nickname".to_string(), false)));
+        assert_eq!(names.see("NickName"), None);
+        let long = "x".repeat(1000);
+        assert_eq!(names.see(&long), Some(("x".repeat(MAX_LOGGED_NAME), false)));
+        for n in names.0.len()..MAX_IGNORED_NAMES - 1 {
+            assert!(matches!(
+                names.see(&format!("made-up-{n}")),
+                Some((_, false))
+            ));
+        }
+        assert!(matches!(names.see("the-last"), Some((_, true))));
+        assert_eq!(names.see("one-more"), None);
+        assert_eq!(names.0.len(), MAX_IGNORED_NAMES);
+    }
 }
