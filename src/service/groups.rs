@@ -2,6 +2,8 @@
 //! decided from the request and the membership table, never from the whole member list, so a
 //! change costs the same in a group of ten and of fifty thousand.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
@@ -204,41 +206,56 @@ impl Service {
         let _name_lock = self.claim_name(Kind::Group, &old, &new_name).await?;
         // Work out which ids really change, from the membership table alone.
         let (to_add, to_remove) = match &delta.replace {
+            // Sets, not lists: a PUT of 10,000 members against a group of 50,000 compares
+            // each id once.
             Some(wanted) => {
                 let current = self.store.members(&old.id).await?;
+                let current_set: HashSet<&String> = current.iter().collect();
+                let wanted_set: HashSet<&String> = wanted.iter().collect();
                 let to_add: Vec<String> = wanted
                     .iter()
-                    .filter(|id| !current.contains(id))
+                    .filter(|id| !current_set.contains(id))
                     .cloned()
                     .collect();
                 let to_remove: Vec<String> = current
                     .iter()
-                    .filter(|id| !wanted.contains(id))
+                    .filter(|id| !wanted_set.contains(id))
                     .cloned()
                     .collect();
                 (to_add, to_remove)
             }
             None if delta.remove_all => {
                 let current = self.store.members(&old.id).await?;
-                let present = self.store.members_among(&old.id, delta.add.clone()).await?;
+                let present: HashSet<String> = self
+                    .store
+                    .members_among(&old.id, delta.add.clone())
+                    .await?
+                    .into_iter()
+                    .collect();
                 let to_add: Vec<String> = delta
                     .add
                     .iter()
-                    .filter(|id| !present.contains(id))
+                    .filter(|id| !present.contains(*id))
                     .cloned()
                     .collect();
+                let kept: HashSet<&String> = delta.add.iter().collect();
                 let to_remove: Vec<String> = current
                     .into_iter()
-                    .filter(|id| !delta.add.contains(id))
+                    .filter(|id| !kept.contains(id))
                     .collect();
                 (to_add, to_remove)
             }
             None => {
-                let present_added = self.store.members_among(&old.id, delta.add.clone()).await?;
+                let present_added: HashSet<String> = self
+                    .store
+                    .members_among(&old.id, delta.add.clone())
+                    .await?
+                    .into_iter()
+                    .collect();
                 let to_add: Vec<String> = delta
                     .add
                     .iter()
-                    .filter(|id| !present_added.contains(id))
+                    .filter(|id| !present_added.contains(*id))
                     .cloned()
                     .collect();
                 let to_remove = self
