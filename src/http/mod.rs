@@ -293,8 +293,11 @@ where
     // The one span of a request: every line logged while it runs carries these fields (the
     // JSON format shows only the innermost span, so the service adds none of its own). Fields
     // are set here, not recorded later: the JSON format re-parses a span's fields on each record.
+    // Cut: the path is the client's, read before its token is (an id is 36 characters).
     let resource_id = match &route {
-        Route::Resource(_, id) => Some(id.as_str()),
+        Route::Resource(_, id) => {
+            Some(&id[..id.char_indices().nth(64).map_or(id.len(), |(at, _)| at)])
+        }
         _ => None,
     };
     let span = tracing::info_span!(
@@ -365,12 +368,15 @@ where
         .map(|peer| throttle::client_address(peer.ip(), &request.headers, &state.trusted_proxies));
     if let Some(retry_after) = peer_ip.and_then(|ip| state.auth_throttle.blocked(ip, now)) {
         // Refused before the token is looked at, so that a right guess looks like a wrong one.
-        tracing::warn!(retry_after, "client throttled after failed authentications");
+        // The block itself was logged when it began; the access line records each refusal.
+        tracing::debug!(retry_after, "client throttled after failed authentications");
         return reply::Reply::error(ScimError::too_many_requests(retry_after));
     }
     let Some(token_name) = state.control.authenticator().check(&request.headers) else {
         if let Some(ip) = peer_ip {
-            state.auth_throttle.record_failure(ip, now);
+            if state.auth_throttle.record_failure(ip, now) {
+                tracing::warn!(client = %ip, "client blocked after failed authentications; its requests get 429 until the window ends");
+            }
         }
         return reply::Reply::error(ScimError::unauthorized());
     };

@@ -89,8 +89,9 @@ impl AuthThrottle {
         Some(remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0))
     }
 
-    /// Counts a failed authentication of `peer` at `now`.
-    pub fn record_failure(&self, peer: IpAddr, now: Instant) {
+    /// Counts a failed authentication of `peer` at `now`; true when it is the one that blocks
+    /// the client (so that the block is logged once, not on every refused request).
+    pub fn record_failure(&self, peer: IpAddr, now: Instant) -> bool {
         let key = ClientKey::of(peer);
         let mut clients = self.lock();
         if let Some(failures) = clients.get_mut(&key) {
@@ -102,7 +103,7 @@ impl AuthThrottle {
             } else {
                 failures.n_failures = failures.n_failures.saturating_add(1);
             }
-            return;
+            return failures.n_failures == self.max_failures;
         }
         if clients.len() >= self.capacity {
             let window = self.window;
@@ -126,6 +127,7 @@ impl AuthThrottle {
                 n_failures: 1,
             },
         );
+        self.max_failures == 1
     }
 
     /// Forgets the failures of `peer` after it authenticated.

@@ -255,3 +255,53 @@ async fn behind_a_local_proxy_one_clients_bad_tokens_do_not_lock_out_the_others(
         .unwrap();
     assert_eq!(identity_provider.status(), 200);
 }
+
+/// A client without a valid token cannot make the log grow faster than one access line per
+/// request: the path's id is cut in it, and its block after too many failures is logged once,
+/// not on every refused request.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_a_token_log_one_short_line_each() {
+    let mut server = TestServer::start().await;
+    server.stop_daemon().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let mut daemon = Daemon::spawn(
+        &server.config_path,
+        free_addr(),
+        &[],
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    daemon.wait_ready().await;
+    let long_id = "x".repeat(20_000);
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..14 {
+        let reply = client
+            .get(format!("{}/Users/{long_id}", daemon.base))
+            .bearer_auth("not-the-token-at-all")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(reply.status().as_u16());
+    }
+    assert_eq!(statuses[..10], [401; 10]);
+    assert_eq!(statuses[10..], [429; 4]);
+    daemon.kill();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines().all(|line| line.len() < 1_000),
+        "a long line:\n{log}"
+    );
+    assert_eq!(
+        log.matches("client blocked after failed authentications")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("client throttled"), "{log}");
+    assert_eq!(
+        log.lines().filter(|line| line.contains("status=4")).count(),
+        14,
+        "one access line per request:\n{log}"
+    );
+}

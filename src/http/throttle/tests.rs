@@ -14,7 +14,11 @@ fn a_client_is_throttled_after_too_many_failures_until_the_window_ends() {
     let peer = ip("192.0.2.7");
     for n in 0..3 {
         assert_eq!(throttle.blocked(peer, start), None, "after {n} failures");
-        throttle.record_failure(peer, start + Duration::from_secs(n));
+        // The third failure is the one that blocks.
+        assert_eq!(
+            throttle.record_failure(peer, start + Duration::from_secs(n)),
+            n == 2
+        );
     }
     assert_eq!(
         throttle.blocked(peer, start + Duration::from_secs(2)),
