@@ -18,6 +18,9 @@ use crate::store::{Kind, StoredResource};
 pub(super) struct Member {
     id: String,
     value: String,
+    /// Its value belongs in group entries: not a suspended user under
+    /// `users.on_disable_groups = "remove"` (a member in the cache only, until reactivated).
+    in_entry: bool,
 }
 
 impl Service {
@@ -66,24 +69,30 @@ impl Service {
             schema,
         );
         let mut attrs = projection.to_add_attrs();
-        let member_values: Vec<String> =
-            if members.is_empty() && self.config.groups.class.needs_placeholder() {
-                vec![self.config.groups.placeholder_member.clone()]
-            } else {
-                members.iter().map(|member| member.value.clone()).collect()
-            };
+        let mut clear = projection.unset_attrs();
+        let member_attr = self.config.groups.class.member_attribute().to_string();
+        let member_values: Vec<String> = members
+            .iter()
+            .filter(|member| member.in_entry)
+            .map(|member| member.value.clone())
+            .collect();
         if !member_values.is_empty() {
+            attrs.push((member_attr, member_values));
+        } else if self.config.groups.class.needs_placeholder() {
             attrs.push((
-                self.config.groups.class.member_attribute().to_string(),
-                member_values,
+                member_attr,
+                vec![self.config.groups.placeholder_member.clone()],
             ));
+        } else {
+            // An adopted entry keeps no member the IdP did not name.
+            clear.push(member_attr);
         }
         let mut plan = Plan::new();
         plan.ops.push(DirOp::Add {
             dn: projection.dn.clone(),
             attrs,
             adopt: self.config.users.on_existing == crate::mapping::OnExisting::Adopt,
-            clear: projection.unset_attrs(),
+            clear,
             disabled_dn: None,
         });
         let created = now();
@@ -290,15 +299,22 @@ impl Service {
         let group_dn = new_projection.dn.clone();
         let member_attr = self.config.groups.class.member_attribute().to_string();
         let needs_placeholder = self.config.groups.class.needs_placeholder();
-        let removes = self.member_values(&to_remove).await?;
-        // The group ends up empty when every current member goes and none arrives.
-        let ends_empty = adds.is_empty()
-            && !to_remove.is_empty()
+        // Only values that are in the entry, or go into it, count for the directory.
+        let removes: Vec<Member> = self
+            .member_values(&to_remove)
+            .await?
+            .into_iter()
+            .filter(|member| member.in_entry)
+            .collect();
+        let entry_adds: Vec<&Member> = adds.iter().filter(|member| member.in_entry).collect();
+        // The entry ends up empty when every member in it goes and none arrives.
+        let ends_empty = entry_adds.is_empty()
+            && !removes.is_empty()
             && !self
                 .has_members_in_entry(&old.id, to_remove.clone())
                 .await?;
         let starts_empty =
-            !adds.is_empty() && !self.has_members_in_entry(&old.id, Vec::new()).await?;
+            !entry_adds.is_empty() && !self.has_members_in_entry(&old.id, Vec::new()).await?;
         if needs_placeholder && ends_empty {
             plan.ops.push(DirOp::AddValue {
                 dn: group_dn.clone(),
@@ -307,18 +323,25 @@ impl Service {
             });
         }
         // One modify per request, not per member: each directory write costs a disk sync.
-        if !adds.is_empty() {
+        if !entry_adds.is_empty() {
             plan.ops.push(DirOp::AddValues {
                 dn: group_dn.clone(),
                 attr: member_attr.clone(),
-                values: adds.iter().map(|member| member.value.clone()).collect(),
+                values: entry_adds
+                    .iter()
+                    .map(|member| member.value.clone())
+                    .collect(),
             });
         }
         if !removes.is_empty() {
+            // A user's delete or suspension may take the entry's last other member at the same
+            // time (each saw the other): the placeholder then comes in as these values go.
             plan.ops.push(DirOp::DeleteValues {
                 dn: group_dn.clone(),
                 attr: member_attr.clone(),
                 values: removes.iter().map(|member| member.value.clone()).collect(),
+                keep_valid: (needs_placeholder && !ends_empty)
+                    .then(|| self.config.groups.placeholder_member.clone()),
             });
         }
         if needs_placeholder && starts_empty {
@@ -371,7 +394,7 @@ impl Service {
 
     /// Whether group `group_id`'s entry holds a member other than `excluded`: with
     /// `on_disable_groups = "remove"`, suspended members are not in it.
-    async fn has_members_in_entry(
+    pub(super) async fn has_members_in_entry(
         &self,
         group_id: &str,
         excluded: Vec<String>,
@@ -436,6 +459,16 @@ impl Service {
         Err(unknown_members(&missing))
     }
 
+    /// Cached user `user` as a group member.
+    fn member_of(&self, user: &StoredResource) -> Member {
+        Member {
+            id: user.id.clone(),
+            value: self.member_value_of(&user.name, &user.dn),
+            in_entry: super::users::is_active(&user.doc)
+                || self.config.users.on_disable_groups != crate::mapping::OnDisableGroups::Remove,
+        }
+    }
+
     /// Looks up users to add; every id must be a provisioned user, or nothing is done.
     pub(super) async fn resolve_members(
         &self,
@@ -445,10 +478,7 @@ impl Service {
         let mut unknown = Vec::new();
         for id in ids {
             match self.store.get(Kind::User, id).await? {
-                Some(user) => members.push(Member {
-                    id: user.id.clone(),
-                    value: self.member_value_of(&user.name, &user.dn),
-                }),
+                Some(user) => members.push(self.member_of(&user)),
                 None => unknown.push(id.as_str()),
             }
         }
@@ -463,10 +493,7 @@ impl Service {
         let mut members = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(user) = self.store.get(Kind::User, id).await? {
-                members.push(Member {
-                    id: user.id.clone(),
-                    value: self.member_value_of(&user.name, &user.dn),
-                });
+                members.push(self.member_of(&user));
             }
         }
         Ok(members)

@@ -68,11 +68,14 @@ pub(crate) enum DirOp {
         attr: String,
         values: Vec<String>,
     },
-    /// Delete several values in one modify, with the same fallback for one already gone.
+    /// Delete several values in one modify, with the same fallback for one already gone, and
+    /// `keep_valid` as for `DeleteValue`.
     DeleteValues {
         dn: String,
         attr: String,
         values: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_valid: Option<String>,
     },
 }
 
@@ -681,6 +684,28 @@ async fn check_number_free(
     }
 }
 
+/// Deletes `value`, the entry's last value of `attr` (its schema refused the plain delete), by
+/// adding `placeholder` in the same modify.
+async fn delete_keeping_valid(
+    directory: &Directory,
+    dn: &str,
+    attr: &str,
+    value: &str,
+    placeholder: &str,
+) -> Result<(), DirectoryError> {
+    let mods = [
+        Mod::Add(attr.to_string(), vec![placeholder.to_string()]),
+        Mod::Delete(attr.to_string(), vec![value.to_string()]),
+    ];
+    match directory.modify(dn, &mods).await {
+        // Gone meanwhile after all: done.
+        Ok(()) | Err(DirectoryError::NoSuchAttribute(_)) => Ok(()),
+        // The placeholder came in meanwhile: a plain delete leaves the entry valid.
+        Err(DirectoryError::ValueExists(_)) => directory.delete_value(dn, attr, value).await,
+        Err(err) => Err(err),
+    }
+}
+
 /// Moves the entry at `from`, if there is one, to `to` (where an add then finds and adopts
 /// it); one already at `to`, or none at all, is no error.
 async fn move_back(directory: &Directory, from: &str, to: &str) -> Result<(), DirectoryError> {
@@ -813,29 +838,36 @@ async fn apply_op(
             attr,
             value,
             keep_valid,
-        } => match (directory.delete_value(dn, attr, value).await, keep_valid) {
-            (Err(DirectoryError::SchemaViolation { .. }), Some(placeholder)) => {
-                let mods = [
-                    Mod::Add(attr.clone(), vec![placeholder.clone()]),
-                    Mod::Delete(attr.clone(), vec![value.clone()]),
-                ];
-                match directory.modify(dn, &mods).await {
-                    // Gone meanwhile after all, or the placeholder came in: done.
-                    Ok(()) | Err(DirectoryError::NoSuchAttribute(_)) => {}
-                    Err(DirectoryError::ValueExists(_)) => {
-                        directory.delete_value(dn, attr, value).await?
-                    }
-                    Err(err) => return Err(err),
-                }
+        } => match directory.delete_value(dn, attr, value).await {
+            Err(DirectoryError::SchemaViolation { .. }) if keep_valid.is_some() => {
+                let placeholder = keep_valid.as_deref().unwrap_or_default();
+                delete_keeping_valid(directory, dn, attr, value, placeholder).await?
             }
-            (result, _) => result?,
+            result => result?,
         },
         DirOp::AddValues { dn, attr, values } => {
             change_values(directory, dn, attr, values, true, trace).await?
         }
-        DirOp::DeleteValues { dn, attr, values } => {
-            change_values(directory, dn, attr, values, false, trace).await?
-        }
+        DirOp::DeleteValues {
+            dn,
+            attr,
+            values,
+            keep_valid,
+        } => match change_values(directory, dn, attr, values, false, trace).await {
+            Err(DirectoryError::SchemaViolation { .. }) if keep_valid.is_some() => {
+                // One by one (the last one is what the schema refused): the others are gone.
+                let placeholder = keep_valid.as_deref().unwrap_or_default();
+                for value in values {
+                    match directory.delete_value(dn, attr, value).await {
+                        Err(DirectoryError::SchemaViolation { .. }) => {
+                            delete_keeping_valid(directory, dn, attr, value, placeholder).await?
+                        }
+                        result => result?,
+                    }
+                }
+            }
+            result => result?,
+        },
     }
     Ok(())
 }

@@ -318,6 +318,7 @@ impl Service {
                             dn: expected.dn.clone(),
                             attr: member_attr.clone(),
                             values: extra,
+                            keep_valid: None,
                         });
                     }
                 }

@@ -367,35 +367,53 @@ impl Service {
             return Ok(());
         }
         let member_attr = self.config.groups.class.member_attribute();
+        let needs_placeholder = self.config.groups.class.needs_placeholder();
         for (group_id, _) in self.store.groups_of(&old.id).await? {
             let Some(group) = self.store.get(Kind::Group, &group_id).await? else {
                 continue;
             };
-            if self.config.groups.class.needs_placeholder() && !is_in_directory {
-                // The group may hold no other member in the directory; the placeholder keeps
-                // it valid and goes when a member is next added.
+            let add = |plan: &mut Plan, value: &str| {
                 plan.ops.push(DirOp::AddValue {
                     dn: group.dn.clone(),
                     attr: member_attr.to_string(),
-                    value: self.config.groups.placeholder_member.clone(),
-                });
-            }
-            // The new value first: deleting the old one first would leave a group whose only
-            // member this is without any, which its schema refuses.
-            if is_in_directory && !(same_value && was_in_directory) {
-                plan.ops.push(DirOp::AddValue {
-                    dn: group.dn.clone(),
-                    attr: member_attr.to_string(),
-                    value: new_value.clone(),
-                });
-            }
-            if was_in_directory && !(same_value && is_in_directory) {
-                plan.ops.push(DirOp::DeleteValue {
-                    dn: group.dn.clone(),
-                    attr: member_attr.to_string(),
-                    value: old_value.clone(),
-                    keep_valid: None,
-                });
+                    value: value.to_string(),
+                })
+            };
+            match (was_in_directory, is_in_directory) {
+                // Suspended before and after (a rename): its value is in no entry.
+                (false, false) => {}
+                // Suspended: out of the entry, the placeholder in if it was the last member.
+                (true, false) => {
+                    self.plan_member_removal(plan, &group, &old.id, &old_value)
+                        .await?
+                }
+                // Reactivated: back in; the placeholder out if it stood alone.
+                (false, true) => {
+                    let placeholder_alone = needs_placeholder
+                        && !self
+                            .has_members_in_entry(&group.id, vec![old.id.clone()])
+                            .await?;
+                    add(plan, &new_value);
+                    if placeholder_alone {
+                        plan.ops.push(DirOp::DeleteValue {
+                            dn: group.dn.clone(),
+                            attr: member_attr.to_string(),
+                            value: self.config.groups.placeholder_member.clone(),
+                            keep_valid: None,
+                        });
+                    }
+                }
+                // Renamed: the new value first, since deleting the old one first would leave
+                // a group whose only member this is without any, which its schema refuses.
+                (true, true) => {
+                    add(plan, &new_value);
+                    plan.ops.push(DirOp::DeleteValue {
+                        dn: group.dn.clone(),
+                        attr: member_attr.to_string(),
+                        value: old_value.clone(),
+                        keep_valid: None,
+                    });
+                }
             }
         }
         Ok(())
@@ -521,7 +539,7 @@ pub(crate) fn external_id_of(doc: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn is_active(doc: &Value) -> bool {
+pub(super) fn is_active(doc: &Value) -> bool {
     doc.get("active").and_then(Value::as_bool).unwrap_or(true)
 }
 

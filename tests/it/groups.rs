@@ -373,6 +373,133 @@ async fn ops_group_removing_suspended() -> (TestServer, String, String, String) 
     (server, ann, ben, gid)
 }
 
+/// With suspended users out of group entries: a suspended user added to a group is a member
+/// in the cache only (its value waits for reactivation), a group whose only members are
+/// suspended holds the placeholder alone, and the placeholder never stands beside a real
+/// member: it comes in only with the last member in the entry and goes when one is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn suspended_members_stay_out_of_entries_and_the_placeholder_stands_alone() {
+    let (server, ann, ben, ops_id) = ops_group_removing_suspended().await;
+    let active = |value: bool| ops(json!([{"op": "replace", "path": "active", "value": value}]));
+    let placeholder = [server.slapd.placeholder_dn()];
+    let cid = user(&server, "cid").await;
+    server
+        .patch(&format!("/Users/{cid}"), active(false))
+        .await
+        .expect(200);
+    // Added while suspended: in the cache, not in the entry.
+    server
+        .patch(
+            &format!("/Groups/{ops_id}"),
+            ops(json!([{"op": "add", "path": "members", "value": [{"value": cid}]}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Ops"),
+        [server.user_dn("ann"), server.user_dn("ben")]
+    );
+    let solo = server
+        .create(
+            "/Groups",
+            json!({"displayName": "Solo", "members": [{"value": cid}]}),
+        )
+        .await;
+    assert_eq!(members_of(&server, "Solo"), placeholder);
+    let listed = server.get(&format!("/Groups/{solo}")).await.expect(200);
+    assert_eq!(listed["members"].as_array().map(Vec::len), Some(1));
+    // Suspending one of two members leaves the other alone; suspending the last brings the
+    // placeholder; reactivating one takes it away again.
+    server
+        .patch(&format!("/Users/{ben}"), active(false))
+        .await
+        .expect(200);
+    assert_eq!(members_of(&server, "Ops"), [server.user_dn("ann")]);
+    server
+        .patch(&format!("/Users/{ann}"), active(false))
+        .await
+        .expect(200);
+    assert_eq!(members_of(&server, "Ops"), placeholder);
+    // A rename while suspended touches no entry.
+    server
+        .patch(
+            &format!("/Users/{ann}"),
+            ops(json!([{"op": "replace", "path": "userName", "value": "anna"}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(members_of(&server, "Ops"), placeholder);
+    server
+        .patch(&format!("/Users/{ann}"), active(true))
+        .await
+        .expect(200);
+    assert_eq!(members_of(&server, "Ops"), [server.user_dn("anna")]);
+    for id in [&ben, &cid] {
+        server
+            .patch(&format!("/Users/{id}"), active(true))
+            .await
+            .expect(200);
+    }
+    assert_eq!(
+        members_of(&server, "Ops"),
+        [
+            server.user_dn("anna"),
+            server.user_dn("ben"),
+            server.user_dn("cid")
+        ]
+    );
+    assert_eq!(members_of(&server, "Solo"), [server.user_dn("cid")]);
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+}
+
+/// A group member removed while another member's delete is between its directory write and
+/// its commit: each saw the other still a member, so the entry would be left without one,
+/// which `groupOfNames` refuses. The placeholder comes in as the last value goes, and the
+/// removal succeeds (it used to get 400).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_removed_beside_a_delete_in_flight_keeps_the_group_valid() {
+    let mut server = TestServer::start().await;
+    let (ids, gid) = crowd(&server, "duo", 2, "Duo", true).await;
+    server.stop_daemon().await;
+    let mut daemon = crate::daemon::Daemon::spawn(
+        &server.config_path,
+        crate::daemon::free_addr(),
+        &[("SCIM2LDAP_TEST_COMMIT_DELAY_MS", "2000")],
+        std::process::Stdio::null(),
+    );
+    daemon.wait_ready().await;
+    let client = reqwest::Client::new();
+    let delete = client
+        .delete(format!("{}/Users/{}", daemon.base, ids[1]))
+        .bearer_auth(&server.token)
+        .send();
+    let delete = tokio::spawn(delete);
+    // The delete's removal from the entry is in the directory, its commit held.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while members_of(&server, "Duo").len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never reached the group"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let removal = client
+        .patch(format!("{}/Groups/{gid}", daemon.base))
+        .bearer_auth(&server.token)
+        .json(&ops(
+            json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}]),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = removal.status().as_u16();
+    assert_eq!(status, 204, "{}", removal.text().await.unwrap_or_default());
+    assert_eq!(delete.await.unwrap().unwrap().status().as_u16(), 204);
+    assert_eq!(members_of(&server, "Duo"), [server.slapd.placeholder_dn()]);
+    daemon.kill();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn suspension_can_remove_memberships_and_reactivation_restores_them() {
     let (server, ann, _, _) = ops_group_removing_suspended().await;
@@ -1169,6 +1296,20 @@ async fn adopted_posix_entries_keep_their_numbers() {
         number(&server, &server.group_dn("ops2"), "gidNumber"),
         ["4321"]
     );
+    // An adopted group the IdP pushes empty keeps none of the entry's members.
+    let crew_dn = server.group_dn("crew");
+    server
+        .slapd
+        .ldapadd(&format!(
+            "dn: {crew_dn}\nobjectClass: posixGroup\ncn: crew\ngidNumber: 4400\nmemberUid: stranger\n"
+        ))
+        .unwrap();
+    server
+        .create("/Groups", json!({"displayName": "crew"}))
+        .await;
+    let crew = server.entry(&crew_dn).unwrap();
+    assert!(values(&crew, "memberUid").is_empty(), "{crew:?}");
+    assert_eq!(values(&crew, "gidNumber"), ["4400"]);
     let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
     assert_eq!(code, 0, "{report}");
 
@@ -1204,15 +1345,8 @@ async fn suspended_members_do_not_keep_a_group_entry_valid() {
         .patch(&format!("/Users/{ben}"), off)
         .await
         .expect(200);
-    let group_dn = server.group_dn("Ops");
-    // As reconciliation does once an active member is in the entry: the placeholder goes.
-    server
-        .slapd
-        .ldapmodify(&format!(
-            "dn: {group_dn}\nchangetype: modify\ndelete: member\nmember: {}\n",
-            server.slapd.placeholder_dn()
-        ))
-        .unwrap();
+    // Ann is still in the entry: no placeholder beside her (it used to come in with every
+    // suspension and stay).
     assert_eq!(members_of(&server, "Ops"), [server.user_dn("ann")]);
     server
         .patch(
