@@ -319,8 +319,10 @@ impl Projection {
     }
 }
 
-/// A DN folded for comparison: lowercase, with RFC 4514 escapes (`\2c`, `\,`) decoded, so
-/// that the server's spelling of a DN matches the one scim2ldap computed.
+/// A DN folded for comparison: lowercase, with RFC 4514 escapes (`\2c`, `\,`) in one
+/// spelling, so that the server's spelling of a DN matches the one scim2ldap computed. A
+/// character that structures a DN (`,+"\<>;=`, NUL) stays escaped, as `\,`: `uid=a\2cou\3db`
+/// is one RDN and must not fold to the DN `uid=a,ou=b`.
 pub fn dn_key(dn: &str) -> String {
     let mut out = Vec::with_capacity(dn.len());
     let bytes = dn.as_bytes();
@@ -330,16 +332,20 @@ pub fn dn_key(dn: &str) -> String {
             let hex = bytes
                 .get(idx + 1..idx + 3)
                 .and_then(|pair| std::str::from_utf8(pair).ok());
-            match hex.and_then(|pair| u8::from_str_radix(pair, 16).ok()) {
+            let byte = match hex.and_then(|pair| u8::from_str_radix(pair, 16).ok()) {
                 Some(byte) => {
-                    out.push(byte);
                     idx += 3;
+                    byte
                 }
                 None => {
-                    out.push(bytes[idx + 1]);
                     idx += 2;
+                    bytes[idx - 1]
                 }
+            };
+            if b",+\"\\<>;=\0".contains(&byte) {
+                out.push(b'\\');
             }
+            out.push(byte);
         } else {
             out.push(bytes[idx]);
             idx += 1;

@@ -245,6 +245,27 @@ fn another_rdn_attribute_replaces_its_default_rule() {
     assert!(problems_with("").is_empty());
 }
 
+/// DN keys fold case and the spelling of escapes, but a structural character stays escaped:
+/// one RDN holding `a,ou=b` is not the DN `uid=a,ou=b`.
+#[test]
+fn dn_keys_fold_escapes_without_changing_structure() {
+    assert_eq!(
+        dn_key("cn=Sales\\2C EMEA,ou=Groups"),
+        "cn=sales\\, emea,ou=groups"
+    );
+    assert_eq!(
+        dn_key("cn=Sales\\, EMEA,ou=Groups"),
+        "cn=sales\\, emea,ou=groups"
+    );
+    assert_ne!(dn_key("uid=a\\2cou\\3db,dc=x"), dn_key("uid=a,ou=b,dc=x"));
+    assert_eq!(
+        dn_key("uid=a\\2cou\\3db,dc=x"),
+        dn_key("uid=a\\,ou\\=b,dc=x")
+    );
+    // Other escapes decode: UTF-8 bytes, a space.
+    assert_eq!(dn_key("cn=Ren\\C3\\A9\\20X"), "cn=rené x");
+}
+
 #[test]
 fn sources_parse_paths_templates_and_references() {
     assert!(matches!(

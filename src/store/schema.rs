@@ -2,9 +2,9 @@
 
 use rusqlite::Connection;
 
-/// Bumped on every incompatible change of the tables below. A new table that older builds can
-/// ignore (`posix_retired`) is not one: they still open the file.
-const SCHEMA_VERSION: i64 = 3;
+/// Bumped on every incompatible change of the tables below or of what their columns hold. A new
+/// table that older builds can ignore (`posix_retired`) is not one: they still open the file.
+const SCHEMA_VERSION: i64 = 4;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -92,6 +92,18 @@ pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
     }
     tx.execute_batch(TABLES)?;
+    if (1..=3).contains(&version) {
+        // Version 4 keeps structural characters escaped in `dn_key` (`cn=Sales\, EMEA`):
+        // the keys of DNs with escapes are computed again.
+        let rows: Vec<(i64, String)> = tx
+            .prepare("SELECT seq, dn FROM resources WHERE instr(dn, '\\') > 0")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut update = tx.prepare("UPDATE resources SET dn_key = ?2 WHERE seq = ?1")?;
+        for (seq, dn) in rows {
+            update.execute(rusqlite::params![seq, crate::mapping::dn_key(&dn)])?;
+        }
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

@@ -213,6 +213,11 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
                  VALUES ('a', 'User', 'Alice', 'alice', NULL, 'uid=Alice,ou=people',
                  'uid=alice,ou=people', NULL, NULL, 3, '2024-01-01T00:00:00Z',
                  '2024-01-02T00:00:00Z', '{\"userName\":\"Alice\"}');
+             INSERT INTO resources (id, kind, name, name_key, external_id, dn, dn_key, entry_uuid,
+                 posix_id, version, created, last_modified, doc)
+                 VALUES ('g', 'Group', 'Sales, EMEA', 'sales, emea', NULL,
+                 'cn=Sales\\, EMEA,ou=groups', 'cn=sales, emea,ou=groups', NULL, NULL, 1,
+                 '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', '{\"displayName\":\"Sales, EMEA\"}');
              PRAGMA user_version = 1;",
         )
         .expect("version 1 cache");
@@ -283,7 +288,14 @@ async fn a_version_1_cache_keeps_its_pending_intents_when_upgraded() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+    // The escaped comma's key is computed again: found by its DN in either spelling.
+    let key: String = conn
+        .query_row("SELECT dn_key FROM resources WHERE id = 'g'", [], |row| {
+            row.get(0)
+        })
+        .expect("group key");
+    assert_eq!(key, "cn=sales\\, emea,ou=groups");
     let member_gen: i64 = conn
         .query_row(
             "SELECT member_gen FROM resources WHERE id = 'a'",
