@@ -127,6 +127,12 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let _cache_lock = lock_cache(&config.cache.path)?;
+    if config.server.tls.is_none() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            address = %config.server.listen,
+            "server.listen is not a loopback address and no TLS is configured: bearer tokens and user passwords cross the network in clear; set server.tls_cert_file and server.tls_key_file, or listen on loopback behind a TLS proxy"
+        );
+    }
     if let Some(host) = config.ldap.plaintext_remote_host() {
         tracing::warn!(
             host,
@@ -317,10 +323,8 @@ pub fn lock_cache(cache_path: &std::path::Path) -> Result<std::fs::File, RunErro
     let mut lock_path = cache_path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = std::path::PathBuf::from(lock_path);
-    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|err| RunError::Startup(format!("create {}: {err}", parent.display())))?;
-    }
+    store::create_private(&lock_path)
+        .map_err(|err| RunError::Startup(format!("create {}: {err}", lock_path.display())))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -559,9 +559,7 @@ impl Store {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|err| open_err(err.to_string()))?;
-        }
+        create_private(path).map_err(|err| open_err(err.to_string()))?;
         let mut writer_conn = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
         schema::prepare(&mut writer_conn).map_err(|err| open_err(err.to_string()))?;
         // Room for the point lookups' statements beside the writes' (see `read`).
@@ -1160,6 +1158,29 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
                 }
             });
         }
+    }
+}
+
+/// Creates file `path` readable by its owner alone (0600), and the folders above it that are
+/// missing (0700), whatever the umask: the cache holds every user's data. SQLite gives its
+/// `-wal` and `-shm` files the database file's mode. An existing file is left as it is.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
     }
 }
 

@@ -751,3 +751,28 @@ async fn membership_changes_count_on_the_other_side() {
         .expect("rename");
     assert_eq!(gens().await, [2, -1, 2, 1]);
 }
+
+/// The cache holds every user's data: its folder and files are its owner's alone, whatever
+/// the umask (the unit sets 0077; a hand-started daemon often runs with 022).
+#[tokio::test]
+async fn the_cache_folder_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state").join("cache.db");
+    let store = Store::open(&path).expect("opens");
+    store
+        .commit(upsert(user("a", "alice")))
+        .await
+        .expect("write");
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    let wal = path.with_extension("db-wal");
+    assert_eq!(mode(&wal), 0o600);
+}

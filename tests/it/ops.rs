@@ -911,3 +911,31 @@ fn usage_errors_exit_1_not_the_drift_code() {
     assert_eq!(run(&["--help"]).status.code(), Some(0));
     assert_eq!(run(&["--version"]).status.code(), Some(0));
 }
+
+/// Listening beyond loopback without TLS is logged as a warning at start (tokens and user
+/// passwords would cross the network in clear); on loopback, behind a TLS proxy, it is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn listening_beyond_loopback_without_tls_is_warned_about() {
+    let mut server = TestServer::start().await;
+    server.stop_daemon().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    for (listen, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let address = crate::daemon::free_addr();
+        let log_path = log_dir.path().join(format!("{listen}.log"));
+        let bind = format!("{listen}:{}", address.port());
+        let mut daemon = crate::daemon::Daemon::spawn(
+            &server.config_path,
+            address,
+            &[("SCIM2LDAP__SERVER__LISTEN", bind.as_str())],
+            std::fs::File::create(&log_path).unwrap().into(),
+        );
+        daemon.wait_ready().await;
+        daemon.kill();
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert_eq!(
+            log.contains("no TLS is configured"),
+            warned,
+            "{listen}:\n{log}"
+        );
+    }
+}
