@@ -1321,6 +1321,11 @@ pub fn drift(
         } else if attr.eq_ignore_ascii_case(AD_ACCOUNT_CONTROL) {
             // Only the disable bit is ours; the directory keeps the other flags.
             !have.is_empty() && ad_disabled(wanted) == ad_disabled(&have)
+        } else if attr.eq_ignore_ascii_case(PPOLICY_LOCK_ATTR) {
+            // Only the permanent lock is ours: a timestamp is ppolicy locking an account after
+            // failed binds (`pwdLockout`), which must stay until it ends by itself.
+            let permanent = |values: &[String]| values.iter().any(|v| v == PPOLICY_LOCK_VALUE);
+            permanent(wanted) == permanent(&have)
         } else {
             same_set(wanted, &have)
         };

@@ -60,7 +60,9 @@ impl UserMapping {
                 .any(|have| have.eq_ignore_ascii_case(value))
         };
         let active = match &self.deactivate {
-            Deactivate::PpolicyLock => get("pwdAccountLockedTime").is_empty(),
+            // Only scim2ldap's permanent value: a timestamp is ppolicy's own lockout after
+            // failed binds, which ends by itself.
+            Deactivate::PpolicyLock => !locked(super::PPOLICY_LOCK_ATTR, super::PPOLICY_LOCK_VALUE),
             Deactivate::NsAccountLock => !locked("nsAccountLock", "TRUE"),
             Deactivate::AdUserAccountControl => {
                 !super::ad_disabled(&get(super::AD_ACCOUNT_CONTROL))

@@ -469,3 +469,42 @@ fn ad_account_control_sets_only_the_disable_bit() {
     assert!(!ad_disabled(&["junk".into()]));
     assert!(!ad_disabled(&[]));
 }
+
+/// A ppolicy lockout after failed binds (a timestamp in `pwdAccountLockedTime`) is the
+/// directory's own: no drift for an active user, and a rebuilt user holding one is active.
+/// Only scim2ldap's permanent value means suspended.
+#[test]
+fn a_ppolicy_lockout_is_not_a_suspension() {
+    let m = mapping(Flavor::OpenLdap, |_| {});
+    let schema = schema();
+    let user = json!({"userName": "bjensen", "active": true});
+    let expected = m.project("id-1", &user, &schema, &HashMap::new());
+    let entry = |lock: &[&str]| -> BTreeMap<String, Vec<String>> {
+        let mut attrs: BTreeMap<String, Vec<String>> = expected.attrs.clone();
+        attrs.insert(
+            "pwdAccountLockedTime".to_string(),
+            lock.iter().map(|v| v.to_string()).collect(),
+        );
+        attrs
+    };
+    let lock_drift = |lock: &[&str], wanted: &Projection| {
+        drift(&entry(lock), wanted, "uid").contains(&PPOLICY_LOCK_ATTR.to_string())
+    };
+    assert!(!lock_drift(&["20261130010101Z"], &expected));
+    assert!(lock_drift(&[PPOLICY_LOCK_VALUE], &expected));
+    let suspended = m.project(
+        "id-1",
+        &json!({"userName": "bjensen", "active": false}),
+        &schema,
+        &HashMap::new(),
+    );
+    assert!(!lock_drift(&[PPOLICY_LOCK_VALUE], &suspended));
+    assert!(lock_drift(&["20261130010101Z"], &suspended));
+    assert!(lock_drift(&[], &suspended));
+
+    let dn = "uid=bjensen,ou=people,dc=example,dc=com";
+    for (lock, active) in [("20261130010101Z", true), (PPOLICY_LOCK_VALUE, false)] {
+        let unprojected = m.unproject(dn, &entry(&[lock]), &schema);
+        assert_eq!(unprojected.doc["active"], json!(active), "{lock}");
+    }
+}
