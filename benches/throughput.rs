@@ -1074,8 +1074,15 @@ async fn main() {
     .await;
     let small_id = small["id"].as_str().unwrap().to_string();
     // Members come from the users outside the big group, two per round (SCIM, then raw), so
-    // that none is in a group already; a small BENCH_USERS gets fewer rounds.
-    let rounds = 300.min(n_users.saturating_sub(n_group + 10) / 2).max(1);
+    // that none is in a group already, and then the crowd's; a small BENCH_USERS gets fewer
+    // rounds and a smaller crowd, never none (the smoke run runs every phase).
+    let outside = n_users.saturating_sub(n_group + 10);
+    let crowd_n = crowd_size.min(outside / 3).max(1);
+    let rounds = 300.min(outside.saturating_sub(crowd_n) / 2).max(1);
+    assert!(
+        n_group + 10 + 2 * rounds + crowd_n <= n_users,
+        "BENCH_USERS {n_users} leaves no users for the crowd phases; raise it"
+    );
     let mut group_results = Vec::new();
     let mut crowd_results: Vec<(Phase, Phase)> = Vec::new();
     let big_label = format!("{n_group}-member group");
@@ -1162,10 +1169,6 @@ async fn main() {
         // time (the daemon merges those waiting for the group), against the same one-member
         // modifies straight through ldap3 on as many connections.
         let crowd_start = n_group + 10 + 2 * rounds;
-        let crowd_n = crowd_size.min(n_users.saturating_sub(crowd_start));
-        if crowd_n == 0 {
-            continue;
-        }
         let crowd: Arc<Vec<(String, String)>> = Arc::new(
             (crowd_start..crowd_start + crowd_n)
                 .map(|k| {

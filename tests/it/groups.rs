@@ -557,6 +557,77 @@ async fn adding_a_member_the_directory_already_has_counts_as_done() {
     assert_eq!(group["members"].as_array().unwrap().len(), 2);
 }
 
+/// `groups.object_class = "groupOfUniqueNames"`: members are `uniqueMember` values, kept
+/// through adds, removes, a user rename and a user delete, with the placeholder when empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_of_unique_names_keep_unique_member_values() {
+    let server = TestServer::start_with(|text| {
+        *text = text.replace(
+            "[groups]\n",
+            "[groups]\nobject_class = \"groupOfUniqueNames\"\n",
+        );
+    })
+    .await;
+    let unique_members = |server: &TestServer| -> Vec<String> {
+        let entry = server.entry(&server.group_dn("Uniq")).expect("group entry");
+        assert!(values(&entry, "objectClass")
+            .iter()
+            .any(|class| class.eq_ignore_ascii_case("groupOfUniqueNames")));
+        assert!(values(&entry, "member").is_empty());
+        let mut members: Vec<String> = values(&entry, "uniqueMember")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        members.sort();
+        members
+    };
+    let ann = user(&server, "ann").await;
+    let ben = user(&server, "ben").await;
+    let gid = server
+        .create(
+            "/Groups",
+            json!({"displayName": "Uniq", "members": [{"value": ann}]}),
+        )
+        .await;
+    assert_eq!(unique_members(&server), [server.user_dn("ann")]);
+    server
+        .patch(&format!("/Groups/{gid}"), ops(add(&ben)))
+        .await
+        .expect(204);
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": format!("members[value eq \"{ann}\"]")}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(unique_members(&server), [server.user_dn("ben")]);
+    server
+        .patch(
+            &format!("/Users/{ben}"),
+            ops(json!([{"op": "replace", "path": "userName", "value": "benedict"}])),
+        )
+        .await
+        .expect(200);
+    assert_eq!(unique_members(&server), [server.user_dn("benedict")]);
+    server.delete(&format!("/Users/{ben}")).await.expect(204);
+    assert_eq!(unique_members(&server), [server.slapd.placeholder_dn()]);
+    let group = server.get(&format!("/Groups/{gid}")).await.expect(200);
+    assert!(
+        group
+            .get("members")
+            .is_none_or(|m| m.as_array().unwrap().is_empty()),
+        "{group}"
+    );
+    server
+        .patch(&format!("/Groups/{gid}"), ops(add(&ann)))
+        .await
+        .expect(204);
+    assert_eq!(unique_members(&server), [server.user_dn("ann")]);
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+}
+
 /// Users with `posixAccount` (uidNumber 20000 up to `uid_max`, gidNumber 5000) and groups
 /// as `posixGroup` (gidNumber 7000-7999).
 fn posix_accounts_and_groups(text: &mut String, uid_max: u32) {

@@ -154,9 +154,14 @@ async fn drift_and_orphans_are_reported_then_repaired() {
     assert_eq!(code, 2, "{paged}");
     assert_eq!(findings(&paged), expected);
 
-    // A repairing run refuses to run beside the daemon.
+    // A repairing run refuses to run beside the daemon, and repairs nothing.
     let (code, _) = reconcile_cli(&server, &[], &[]);
     assert_eq!(code, 1);
+    assert_eq!(
+        values(&server.entry(&alice_dn).unwrap(), "mail"),
+        ["evil@example.com"]
+    );
+    assert!(server.entry(&carol_dn).is_none());
     server.stop_daemon().await;
 
     // Under `report`, the same findings and nothing changes.
@@ -223,6 +228,92 @@ async fn drift_and_orphans_are_reported_then_repaired() {
         .await
         .expect(200);
     assert_eq!(carol_now["userName"], "carol");
+}
+
+/// An account ppolicy locked after failed binds (a timestamp in `pwdAccountLockedTime`, under
+/// the `pwdLockout` policy the README asks for) stays locked: reconciliation takes only its own
+/// permanent lock for a suspension, so it neither reports nor removes this one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ppolicy_lockout_is_left_to_the_directory() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    server
+        .create(
+            "/Users",
+            with_password(user_body("erin", "Erin", "E"), "Erin-Pass-1"),
+        )
+        .await;
+    let erin_dn = server.user_dn("erin");
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {erin_dn}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 20261130010101Z\n"
+        ))
+        .unwrap();
+    server.stop_daemon().await;
+    let (code, report) = reconcile_cli(&server, &[], &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        values(&server.entry(&erin_dn).unwrap(), "pwdAccountLockedTime"),
+        ["20261130010101Z"]
+    );
+}
+
+/// An entry renamed behind the daemon's back (a modrdn by hand) is found by its SCIM id and
+/// renamed back; its group membership and its password go with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_renamed_by_hand_is_renamed_back() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let dave = server
+        .create(
+            "/Users",
+            with_password(user_body("dave", "Dave", "D"), "Dave-Pass-1"),
+        )
+        .await;
+    server
+        .create(
+            "/Groups",
+            json!({"displayName": "crew", "members": [{"value": dave}]}),
+        )
+        .await;
+    let (dave_dn, moved_dn) = (server.user_dn("dave"), server.user_dn("dave.moved"));
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {dave_dn}\nchangetype: modrdn\nnewrdn: uid=dave.moved\ndeleteoldrdn: 1\n"
+        ))
+        .unwrap();
+    assert!(server.entry(&dave_dn).is_none());
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 2, "{report}");
+    // The entry moved, and (refint following the rename) the group's member value with it.
+    assert_eq!(
+        findings(&report),
+        [
+            ("members".to_string(), "would repair".to_string()),
+            ("moved".to_string(), "would repair".to_string())
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        report["orphans"], 0,
+        "taken for its own entry, not an orphan: {report}"
+    );
+    server.stop_daemon().await;
+    let (code, report) = reconcile_cli(&server, &[], &[]);
+    assert_eq!(code, 2, "{report}");
+    // Renamed back first, the entry takes its member value back with it (refint again).
+    assert_eq!(report["repaired"], 1, "{report}");
+    assert!(server.entry(&moved_dn).is_none());
+    let entry = server.entry(&dave_dn).expect("renamed back");
+    assert_eq!(values(&entry, "uid"), ["dave"]);
+    assert_eq!(values(&entry, "scimId"), [dave.as_str()]);
+    assert!(server.can_bind(&dave_dn, "Dave-Pass-1"));
+    let group = server.entry(&server.group_dn("crew")).unwrap();
+    assert_eq!(values(&group, "member"), [dave_dn.as_str()]);
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

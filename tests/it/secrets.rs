@@ -67,6 +67,8 @@ async fn a_full_lifecycle_at_trace_level_logs_no_token_or_password() {
     )
     .await;
     assert_eq!(status, 200);
+    assert!(server.can_bind(&dn, passwords[1]), "the PUT's password");
+    assert!(!server.can_bind(&dn, passwords[0]), "the create's password");
     let patch =
         json!({"Operations": [{"op": "replace", "path": "password", "value": passwords[2]}]});
     let (status, _) = send(
@@ -77,6 +79,8 @@ async fn a_full_lifecycle_at_trace_level_logs_no_token_or_password() {
     )
     .await;
     assert_eq!(status, 200);
+    assert!(server.can_bind(&dn, passwords[2]), "the PATCH's password");
+    assert!(!server.can_bind(&dn, passwords[1]), "the PUT's password");
     let patch = json!({"Operations": [{"op": "replace", "value": {"password": passwords[3], "active": false}}]});
     let (status, _) = send(
         Method::PATCH,

@@ -283,6 +283,9 @@ async fn invalid_requests_are_refused_and_write_nothing() {
         .await
         .expect(201);
     assert!(created.get("nickName2").is_none());
+    // A manager id that names no provisioned user writes no `manager`.
+    let extra = server.entry(&server.user_dn("extra")).expect("created");
+    assert!(values(&extra, "manager").is_empty(), "{extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -477,6 +480,10 @@ async fn etags_guard_writes_and_reads() {
         .await;
     assert_eq!(fresh.header("etag").as_deref(), Some("W/\"2\""));
     fresh.expect(200);
+    assert_eq!(
+        values(&server.entry(&server.user_dn("etag")).unwrap(), "title"),
+        ["T"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -590,6 +597,10 @@ async fn an_existing_entry_is_adopted_or_refused() {
         .await
         .expect(409);
     assert_eq!(strict.get("/Users").await.expect(200)["totalResults"], 0);
+    // The existing entry is left as it was.
+    let kept = strict.entry(&dn).expect("kept");
+    assert_eq!(values(&kept, "cn"), ["L"]);
+    assert!(values(&kept, "scimId").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -647,7 +658,10 @@ async fn deactivation_by_attribute_and_by_move() {
         .expect(200);
     assert!(by_move.entry(&enabled_dn).is_none());
     assert!(by_move.entry(&disabled_dn).is_some());
-    assert!(!by_move.can_bind(&enabled_dn, "Move-Pass-1"));
+    // An application that finds accounts under the users' base no longer finds it.
+    assert!(by_move
+        .search(&by_move.slapd.people_dn(), "(uid=moved)")
+        .is_empty());
     by_move.patch(&format!("/Users/{id}"), on).await.expect(200);
     assert!(by_move.entry(&disabled_dn).is_none());
     assert!(by_move.can_bind(&enabled_dn, "Move-Pass-1"));

@@ -43,11 +43,7 @@ fn search_as(s: &Slapd, dn: &str, password: &str, base: &str) -> Result<String, 
 
 #[test]
 fn starts_with_base_entries_and_admin_bind() {
-    let began = Instant::now();
     let s = start();
-    let elapsed = began.elapsed();
-    eprintln!("slapd start took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "start took {elapsed:?}");
 
     assert_eq!(s.url(), format!("ldap://127.0.0.1:{}", s.port()));
     assert_eq!(s.admin_dn(), "cn=admin,dc=example,dc=com");
