@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::directory::{DirectoryError, Entry, SearchScope};
 use crate::mapping::{drift, Deactivate};
 use crate::service::{Service, ServiceError};
-use crate::store::{IndexedField, Kind, StoredResource};
+use crate::store::{IndexedField, Kind, StoreError, StoredResource};
 
 pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
 pub use rebuild::{rebuild_cache, RebuildReport};
@@ -43,6 +43,27 @@ pub enum ReconcileError {
 impl From<crate::store::StoreError> for ReconcileError {
     fn from(err: crate::store::StoreError) -> ReconcileError {
         ReconcileError::Service(ServiceError::Store(err))
+    }
+}
+
+/// The outcome of one entry's repair: `None` when the directory or the cache refused it (a
+/// name taken, the schema), which the log records and the run goes past, so that one bad
+/// entry cannot stop every run at the same place. A directory that is unavailable, or a
+/// failing cache, ends the run.
+fn one_entry<T>(result: Result<T, ServiceError>) -> Result<Option<T>, ReconcileError> {
+    match result {
+        Ok(done) => Ok(Some(done)),
+        Err(ServiceError::Directory(err)) if err.is_transient() => {
+            Err(ReconcileError::Directory(err))
+        }
+        // The cache itself failing is no entry's fault.
+        Err(ServiceError::Store(err)) if !matches!(err, StoreError::NameTaken { .. }) => {
+            Err(ServiceError::Store(err).into())
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "reconcile could not repair an entry; the run goes on");
+            Ok(None)
+        }
     }
 }
 
@@ -307,7 +328,11 @@ impl Run<'_> {
                 &resource.id,
                 entry.map(|entry| entry.dn.as_str()),
             )
-            .await?;
+            .await;
+        let repaired = match one_entry(repaired)? {
+            Some(repaired) => repaired,
+            None => return Ok(Action::Failed),
+        };
         if repaired {
             self.report.repaired += 1;
             Ok(Action::Repaired)
@@ -325,10 +350,10 @@ impl Run<'_> {
         let action = match (self.options.orphans, kind) {
             (OrphanPolicy::Disable, Kind::User) if self.options.dry_run => Action::WouldDisable,
             (OrphanPolicy::Disable, Kind::User) => {
-                if self.service.disable_orphan(&entry).await? {
-                    Action::Disabled
-                } else {
-                    Action::AlreadyInStep
+                match one_entry(self.service.disable_orphan(&entry).await)? {
+                    Some(true) => Action::Disabled,
+                    Some(false) => Action::AlreadyInStep,
+                    None => Action::Failed,
                 }
             }
             _ => Action::Reported,

@@ -53,6 +53,8 @@ pub enum Action {
     WouldDisable,
     /// In step by the time the repair ran.
     AlreadyInStep,
+    /// The repair (or the disabling) was refused; the log has why, and the run went on.
+    Failed,
 }
 
 impl Action {
@@ -64,6 +66,7 @@ impl Action {
             Action::Disabled => "disabled",
             Action::WouldDisable => "would disable",
             Action::AlreadyInStep => "already in step",
+            Action::Failed => "failed",
         }
     }
 }

@@ -294,15 +294,18 @@ impl Service {
                 if kind == Kind::Group {
                     let wanted = self.expected_member_values(resource).await?;
                     let have = entry.values(&member_attr);
+                    // Each value folded once, compared through sets: a group of 50,000.
                     let key = |value: &String| crate::mapping::dn_key(value);
+                    let have_keys: HashSet<String> = have.iter().map(key).collect();
+                    let wanted_keys: HashSet<String> = wanted.iter().map(key).collect();
                     let missing: Vec<String> = wanted
                         .iter()
-                        .filter(|w| !have.iter().any(|h| key(h) == key(w)))
+                        .filter(|w| !have_keys.contains(&key(w)))
                         .cloned()
                         .collect();
                     let extra: Vec<String> = have
                         .iter()
-                        .filter(|h| !wanted.iter().any(|w| key(w) == key(h)))
+                        .filter(|h| !wanted_keys.contains(&key(h)))
                         .cloned()
                         .collect();
                     users_behind = self.users_behind(resource, &missing, &extra).await?;

@@ -230,6 +230,53 @@ async fn drift_and_orphans_are_reported_then_repaired() {
     assert_eq!(carol_now["userName"], "carol");
 }
 
+/// A repair the directory refuses (here: the mail it would put back is another entry's now,
+/// which the unique overlay refuses) is reported as failed, and the run goes on to the other
+/// entries instead of stopping there, as it would at every later run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_repair_does_not_stop_the_run() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    let fay = server.create("/Users", user_body("fay", "Fay", "F")).await;
+    let gus = server.create("/Users", user_body("gus", "Gus", "G")).await;
+    server
+        .create(
+            "/Groups",
+            json!({"displayName": "team", "members": [{"value": fay}, {"value": gus}]}),
+        )
+        .await;
+    let (fay_dn, group_dn) = (server.user_dn("fay"), server.group_dn("team"));
+    let stray_dn = server.user_dn("stray");
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {fay_dn}\nchangetype: modify\nreplace: mail\nmail: elsewhere@example.com\n\n\
+             dn: {stray_dn}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: stray\ncn: S\nsn: S\nmail: fay@example.com\n\n\
+             dn: {group_dn}\nchangetype: modify\ndelete: member\nmember: {fay_dn}\n"
+        ))
+        .unwrap();
+    server.stop_daemon().await;
+    let (code, report) = reconcile_cli(&server, &[], &[]);
+    assert_eq!(code, 2, "{report}");
+    let found = findings(&report);
+    assert!(
+        found.contains(&("attributes".to_string(), "failed".to_string())),
+        "{report}"
+    );
+    assert!(
+        found.contains(&("members".to_string(), "repaired".to_string())),
+        "{report}"
+    );
+    let group = server.entry(&group_dn).unwrap();
+    let mut members = values(&group, "member");
+    members.sort();
+    assert_eq!(members, [fay_dn.as_str(), server.user_dn("gus").as_str()]);
+    assert_eq!(
+        values(&server.entry(&fay_dn).unwrap(), "mail"),
+        ["elsewhere@example.com"]
+    );
+}
+
 /// An account ppolicy locked after failed binds (a timestamp in `pwdAccountLockedTime`, under
 /// the `pwdLockout` policy the README asks for) stays locked: reconciliation takes only its own
 /// permanent lock for a suspension, so it neither reports nor removes this one.
