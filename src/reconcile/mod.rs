@@ -346,6 +346,14 @@ impl Run<'_> {
         if self.options.orphans == OrphanPolicy::Ignore {
             return Ok(());
         }
+        // With `users.on_delete = "disable"`, a deleted user's entry stays, disabled and out of
+        // the cache, by design: not an orphan to report at every run.
+        if kind == Kind::User
+            && self.service.config().users.on_delete == crate::mapping::OnDelete::Disable
+            && self.service.is_disabled_entry(&entry)
+        {
+            return Ok(());
+        }
         self.report.orphans += 1;
         let action = match (self.options.orphans, kind) {
             (OrphanPolicy::Disable, Kind::User) if self.options.dry_run => Action::WouldDisable,

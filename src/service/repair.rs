@@ -566,52 +566,55 @@ impl Service {
             .locks
             .lock(format!("orphan:{}", crate::mapping::dn_key(&entry.dn)))
             .await;
+        if self.is_disabled_entry(entry) {
+            return Ok(false);
+        }
         let mut plan = Plan::new();
-        // A replace of the lock attribute, unless the entry is locked already. For AD's
-        // flags, `apply_op` sets the bit in the entry's value and keeps the others.
-        let lock = |attr: &str, value: &str, locked: bool| -> Option<DirOp> {
-            (!locked).then(|| DirOp::Modify {
-                dn: entry.dn.clone(),
-                replace: vec![(attr.to_string(), vec![value.to_string()])],
-                add_classes: Vec::new(),
-            })
-        };
-        let set = |attr: &str, value: &str| -> Option<DirOp> {
-            let locked = entry
-                .values(attr)
-                .iter()
-                .any(|have| have.eq_ignore_ascii_case(value));
-            lock(attr, value, locked)
+        // A replace of the lock attribute; for AD's flags, `apply_op` sets the bit in the
+        // entry's value and keeps the others.
+        let modify = |attr: &str, value: &str| DirOp::Modify {
+            dn: entry.dn.clone(),
+            replace: vec![(attr.to_string(), vec![value.to_string()])],
+            add_classes: Vec::new(),
         };
         let op = match &self.config.users.deactivate {
-            Deactivate::PpolicyLock => set("pwdAccountLockedTime", "000001010000Z"),
-            Deactivate::NsAccountLock => set("nsAccountLock", "TRUE"),
-            Deactivate::AdUserAccountControl => {
-                let flags = crate::mapping::AD_ACCOUNT_CONTROL;
-                lock(
-                    flags,
-                    "514",
-                    crate::mapping::ad_disabled(entry.values(flags)),
-                )
-            }
-            Deactivate::Attribute { attr, value } => set(attr, value),
-            Deactivate::Move { disabled_base_dn } => {
-                let in_disabled = crate::mapping::dn_key(parent_dn(&entry.dn))
-                    == crate::mapping::dn_key(disabled_base_dn);
-                (!in_disabled).then(|| DirOp::Rename {
-                    dn: entry.dn.clone(),
-                    new_rdn: rdn(&entry.dn).to_string(),
-                    new_parent: Some(disabled_base_dn.clone()),
-                    new_dn: format!("{},{disabled_base_dn}", rdn(&entry.dn)),
-                })
-            }
-        };
-        let Some(op) = op else {
-            return Ok(false);
+            Deactivate::PpolicyLock => modify("pwdAccountLockedTime", "000001010000Z"),
+            Deactivate::NsAccountLock => modify("nsAccountLock", "TRUE"),
+            Deactivate::AdUserAccountControl => modify(crate::mapping::AD_ACCOUNT_CONTROL, "514"),
+            Deactivate::Attribute { attr, value } => modify(attr, value),
+            Deactivate::Move { disabled_base_dn } => DirOp::Rename {
+                dn: entry.dn.clone(),
+                new_rdn: rdn(&entry.dn).to_string(),
+                new_parent: Some(disabled_base_dn.clone()),
+                new_dn: format!("{},{disabled_base_dn}", rdn(&entry.dn)),
+            },
         };
         plan.ops.push(op);
         self.execute(plan).await?;
         tracing::info!(dn = %entry.dn, "orphan account disabled");
         Ok(true)
+    }
+
+    /// Whether user entry `entry` is disabled the way `users.deactivate` disables accounts
+    /// (for a lock, scim2ldap's own permanent value).
+    pub fn is_disabled_entry(&self, entry: &Entry) -> bool {
+        let has = |attr: &str, value: &str| {
+            entry
+                .values(attr)
+                .iter()
+                .any(|have| have.eq_ignore_ascii_case(value))
+        };
+        match &self.config.users.deactivate {
+            Deactivate::PpolicyLock => has("pwdAccountLockedTime", "000001010000Z"),
+            Deactivate::NsAccountLock => has("nsAccountLock", "TRUE"),
+            Deactivate::AdUserAccountControl => {
+                crate::mapping::ad_disabled(entry.values(crate::mapping::AD_ACCOUNT_CONTROL))
+            }
+            Deactivate::Attribute { attr, value } => has(attr, value),
+            Deactivate::Move { disabled_base_dn } => {
+                crate::mapping::dn_key(parent_dn(&entry.dn))
+                    == crate::mapping::dn_key(disabled_base_dn)
+            }
+        }
     }
 }

@@ -249,10 +249,15 @@ impl Service {
                 if let Some(object) = disabled_doc.as_object_mut() {
                     object.insert("active".to_string(), Value::Bool(false));
                 }
-                let new_projection =
+                let mut new_projection =
                     self.config
                         .users
                         .project(ident(&old), &disabled_doc, schema, &dns);
+                // No longer a SCIM resource: the entry gives up its SCIM id (a rebuilt cache
+                // does not bring it back, and a later create of the name adopts it afresh).
+                if let Some(id_attr) = &self.config.users.id_attribute {
+                    new_projection.attrs.insert(id_attr.clone(), Vec::new());
+                }
                 push_rename(&mut plan, &old.dn, &new_projection.dn);
                 push_modify(
                     &mut plan,

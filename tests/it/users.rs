@@ -686,11 +686,13 @@ async fn delete_can_disable_instead() {
     server.delete(&format!("/Users/{id}")).await.expect(204);
     server.get(&format!("/Users/{id}")).await.expect(404);
     let dn = server.user_dn("leaver");
-    assert_eq!(
-        values(&server.entry(&dn).expect("kept"), "pwdAccountLockedTime"),
-        ["000001010000Z"]
-    );
+    let kept = server.entry(&dn).expect("kept");
+    assert_eq!(values(&kept, "pwdAccountLockedTime"), ["000001010000Z"]);
+    // No longer a SCIM resource: no SCIM id, and not an orphan to report at every run.
+    assert!(values(&kept, "scimId").is_empty(), "{kept:?}");
     assert!(!server.can_bind(&dn, "Leaver-Pass-1"));
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
 }
 
 /// A user deleted with `on_delete = "disable"` and granted again (a OneLogin re-grant, an Entra
