@@ -309,8 +309,22 @@ async fn ping_directory(
 
 /// Opens the directory pool, the cache and the service for `config` (no connection yet).
 pub fn open_service(config: Arc<config::Config>) -> Result<Arc<service::Service>, RunError> {
+    open_service_with(config, store::Store::open)
+}
+
+/// `open_service` on the existing cache, changing nothing in it (a dry run).
+pub fn open_service_existing(
+    config: Arc<config::Config>,
+) -> Result<Arc<service::Service>, RunError> {
+    open_service_with(config, store::Store::open_existing)
+}
+
+fn open_service_with(
+    config: Arc<config::Config>,
+    open: fn(&std::path::Path) -> Result<store::Store, store::StoreError>,
+) -> Result<Arc<service::Service>, RunError> {
     let directory = Arc::new(directory::Directory::new(&config.ldap)?);
-    let store = store::Store::open(&config.cache.path)?;
+    let store = open(&config.cache.path)?;
     Ok(Arc::new(
         service::Service::new(config, directory, store).map_err(RunError::Startup)?,
     ))

@@ -273,7 +273,11 @@ fn reconcile(
                 "the daemon reconciles at start-up and every reconcile.interval; use --dry-run while it runs",
             )?)
         };
-        let service = scim2ldap::open_service(config.clone())?;
+        let service = if dry_run {
+            scim2ldap::open_service_existing(config.clone())?
+        } else {
+            scim2ldap::open_service(config.clone())?
+        };
         if !dry_run {
             scim2ldap::service::replay_intents(&service)
                 .await

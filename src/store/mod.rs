@@ -555,13 +555,35 @@ impl Store {
     ///
     /// Fails when the file cannot be opened, is not a scim2ldap cache, or is from a newer version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, true)
+    }
+
+    /// Opens the existing cache at `path` for a reader that must change nothing (a dry run):
+    /// no file is created, and a cache of another schema version is refused, not upgraded.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, prepare: bool) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_path_buf(),
             reason,
         };
-        create_private(path).map_err(|err| open_err(err.to_string()))?;
-        let mut writer_conn = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
-        schema::prepare(&mut writer_conn).map_err(|err| open_err(err.to_string()))?;
+        let writer_conn = if prepare {
+            create_private(path).map_err(|err| open_err(err.to_string()))?;
+            let mut conn = Connection::open(path).map_err(|err| open_err(err.to_string()))?;
+            schema::prepare(&mut conn).map_err(|err| open_err(err.to_string()))?;
+            conn
+        } else {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|err| open_err(format!("{err} (a dry run reads an existing cache)")))?;
+            schema::check(&conn).map_err(|err| open_err(err.to_string()))?;
+            conn
+        };
         // Room for the point lookups' statements beside the writes' (see `read`).
         writer_conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on the sync thread, off the request threads that write.

@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS intents (
 );
 ";
 
+/// Checks, changing nothing, that an existing cache has this build's schema version.
+pub(super) fn check(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "cache schema version {version}, this scim2ldap's is {SCHEMA_VERSION}: a dry run does not change it (the daemon or a repairing run upgrades an older cache)"
+        )));
+    }
+    Ok(())
+}
+
 /// Sets WAL mode and creates the tables, or checks that an existing file has our version.
 pub(super) fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;

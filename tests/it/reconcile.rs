@@ -277,6 +277,42 @@ async fn a_refused_repair_does_not_stop_the_run() {
     );
 }
 
+/// A dry run changes nothing, the cache included: it does not create a missing cache (which
+/// would make every entry an orphan), nor upgrade an older one under a running daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_creates_and_upgrades_no_cache() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    server.create("/Users", user_body("hal", "Hal", "H")).await;
+    server.stop_daemon().await;
+    let cache = scim2ldap::config::load(&server.config_path, Some(Default::default()))
+        .unwrap()
+        .cache
+        .path;
+    let missing = cache.with_file_name("elsewhere").join("cache.db");
+    let env = [("SCIM2LDAP__CACHE__PATH", missing.to_str().unwrap())];
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &env);
+    assert_eq!(code, 1, "{report}");
+    assert!(!missing.exists() && !missing.parent().unwrap().exists());
+    // An older cache is left at its version.
+    let set_version = |version: i64| {
+        let conn = rusqlite::Connection::open(&cache).unwrap();
+        conn.pragma_update(None, "user_version", version).unwrap();
+    };
+    set_version(3);
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 1, "{report}");
+    let conn = rusqlite::Connection::open(&cache).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    drop(conn);
+    set_version(4);
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+}
+
 /// An account ppolicy locked after failed binds (a timestamp in `pwdAccountLockedTime`, under
 /// the `pwdLockout` policy the README asks for) stays locked: reconciliation takes only its own
 /// permanent lock for a suspension, so it neither reports nor removes this one.
