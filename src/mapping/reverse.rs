@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{AttrRule, Deactivate, Source, UserMapping};
+use super::{AttrRule, Deactivate, GroupMapping, Source, UserMapping};
 use crate::scim::filter::{CompareOp, Filter};
 use crate::scim::path::{resolve, PatchPath};
 use crate::scim::schema::ResourceSchema;
@@ -31,29 +31,12 @@ impl UserMapping {
         entry: &BTreeMap<String, Vec<String>>,
         schema: &ResourceSchema,
     ) -> Unprojected {
-        let get = |attr: &str| -> Vec<String> {
-            entry
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(attr))
-                .map(|(_, values)| values.clone())
-                .unwrap_or_default()
-        };
+        let get = |attr: &str| values_of(entry, attr);
         let mut doc = Map::new();
         if let Some(user_name) = get(&self.rdn_attribute).into_iter().next() {
             doc.insert("userName".to_string(), Value::String(user_name));
         }
-        let mut manager_dn = None;
-        for rule in &self.rules {
-            let values = get(&rule.ldap_attr);
-            if values.is_empty() {
-                continue;
-            }
-            match reversible(rule) {
-                Some(Reverse::Path(path)) => set_path(&mut doc, path, &values, schema),
-                Some(Reverse::Dn(path)) => manager_dn = Some((path.clone(), values[0].clone())),
-                None => {}
-            }
-        }
+        let manager_dn = unproject_rules(&self.rules, entry, schema, &mut doc);
         let locked = |attr: &str, value: &str| {
             get(attr)
                 .iter()
@@ -78,6 +61,55 @@ impl UserMapping {
             manager_dn,
         }
     }
+}
+
+impl GroupMapping {
+    /// The group document (`displayName` and what the reversible rules map) that `entry`
+    /// stands for; members are the caller's.
+    pub fn unproject(
+        &self,
+        entry: &BTreeMap<String, Vec<String>>,
+        schema: &ResourceSchema,
+    ) -> Value {
+        let mut doc = Map::new();
+        if let Some(name) = values_of(entry, &self.rdn_attribute).into_iter().next() {
+            doc.insert("displayName".to_string(), Value::String(name));
+        }
+        unproject_rules(&self.rules, entry, schema, &mut doc);
+        Value::Object(doc)
+    }
+}
+
+/// The values of `attr` in `entry`, named ignoring case.
+fn values_of(entry: &BTreeMap<String, Vec<String>>, attr: &str) -> Vec<String> {
+    entry
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(attr))
+        .map(|(_, values)| values.clone())
+        .unwrap_or_default()
+}
+
+/// Writes the values of every reversible rule into `doc`; the DN a `dn:` rule holds, with its
+/// path, for the caller to resolve.
+fn unproject_rules(
+    rules: &[AttrRule],
+    entry: &BTreeMap<String, Vec<String>>,
+    schema: &ResourceSchema,
+    doc: &mut Map<String, Value>,
+) -> Option<(PatchPath, String)> {
+    let mut reference = None;
+    for rule in rules {
+        let values = values_of(entry, &rule.ldap_attr);
+        if values.is_empty() {
+            continue;
+        }
+        match reversible(rule) {
+            Some(Reverse::Path(path)) => set_path(doc, path, &values, schema),
+            Some(Reverse::Dn(path)) => reference = Some((path.clone(), values[0].clone())),
+            None => {}
+        }
+    }
+    reference
 }
 
 enum Reverse<'a> {

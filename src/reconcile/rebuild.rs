@@ -2,7 +2,7 @@
 //! carries a SCIM id (`users.id_attribute`, `groups.id_attribute`) becomes a cached resource
 //! again with that id, so the IdP's ids keep working. Resources already cached are left alone.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::ReconcileError;
 use crate::directory::SearchScope;
@@ -100,7 +100,7 @@ pub async fn rebuild_cache(
                         id,
                         kind: Kind::User,
                         name,
-                        external_id: None,
+                        external_id: external_id_in(&unprojected.doc),
                         dn: entry.dn.clone(),
                         entry_uuid: entry.first(&entry_id_attr).map(str::to_string),
                         posix_id: entry.first("uidNumber").and_then(|n| n.parse().ok()),
@@ -145,13 +145,9 @@ pub async fn rebuild_cache(
 
     // Groups and their members.
     let member_attr = config.groups.class.member_attribute().to_string();
-    let attrs = vec![
-        config.groups.rdn_attribute.clone(),
-        group_id_attr.clone(),
-        member_attr.clone(),
-        entry_id_attr.clone(),
-        "gidNumber".to_string(),
-    ];
+    // Every attribute the group mapping writes (its rules' too), and the directory's id.
+    let (_, mut attrs) = config.groups.ldap_names();
+    attrs.push(entry_id_attr.clone());
     let mut stream = service
         .directory()
         .stream(
@@ -193,13 +189,16 @@ pub async fn rebuild_cache(
             }
         }
         report.memberships += members_add.len() as u64;
+        let doc = config
+            .groups
+            .unproject(&entry.attrs, service.discovery().group_schema());
         store
             .commit(Commit {
                 upsert: Some(StoredResource {
                     id,
                     kind: Kind::Group,
                     name: name.clone(),
-                    external_id: None,
+                    external_id: external_id_in(&doc),
                     dn: entry.dn.clone(),
                     entry_uuid: entry.first(&entry_id_attr).map(str::to_string),
                     posix_id: entry.first("gidNumber").and_then(|n| n.parse().ok()),
@@ -207,7 +206,7 @@ pub async fn rebuild_cache(
                     member_gen: 0,
                     created: now.clone(),
                     last_modified: now.clone(),
-                    doc: json!({"displayName": name}),
+                    doc,
                 }),
                 members_add,
                 ..Commit::default()
@@ -223,4 +222,12 @@ pub async fn rebuild_cache(
         "cache rebuilt from the directory"
     );
     Ok(report)
+}
+
+/// The `externalId` of a rebuilt document, when a rule maps it (indexed beside the document,
+/// as a write does).
+fn external_id_in(doc: &Value) -> Option<String> {
+    doc.get("externalId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }

@@ -427,15 +427,17 @@ async fn the_daemon_repairs_drift_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
-    let mut server =
-        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
-    let boss = server
-        .post(
-            "/Users",
-            with_password(user_body("boss", "Big", "Boss"), "Boss-Pass-1"),
+    // `externalId` mapped for users and groups: a rebuilt resource has it back, and finds by it.
+    let mut server = TestServer::start_with(|text| {
+        text.push_str(
+            "\n[reconcile]\nat_startup = false\n[users.attributes]\ncarLicense = \"externalId\"\n\
+             [groups.attributes]\nbusinessCategory = \"externalId\"\n",
         )
-        .await
-        .expect(201);
+    })
+    .await;
+    let mut boss_body = with_password(user_body("boss", "Big", "Boss"), "Boss-Pass-1");
+    boss_body["externalId"] = json!("okta-boss");
+    let boss = server.post("/Users", boss_body).await.expect(201);
     let mut worker_body = user_body("worker", "Hard", "Worker");
     worker_body["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"] =
         json!({"manager": {"value": boss["id"]}, "department": "Ops"});
@@ -446,7 +448,7 @@ async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
         .await
         .expect(200);
     let group = server
-        .post("/Groups", json!({"displayName": "crew", "members": [{"value": boss["id"]}, {"value": worker["id"]}]}))
+        .post("/Groups", json!({"displayName": "crew", "externalId": "okta-crew", "members": [{"value": boss["id"]}, {"value": worker["id"]}]}))
         .await
         .expect(201);
     server.stop_daemon().await;
@@ -493,6 +495,12 @@ async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
         .await
         .expect(200);
     assert_eq!(crew["members"].as_array().unwrap().len(), 2);
+    assert_eq!(crew["externalId"], "okta-crew");
+    let by_external = server
+        .get("/Users?filter=externalId%20eq%20%22okta-boss%22")
+        .await
+        .expect(200);
+    assert_eq!(by_external["totalResults"], 1, "{by_external}");
     // The IdP carries on with its ids: reactivate the boss.
     let on = json!({"Operations": [{"op": "replace", "path": "active", "value": true}]});
     server
@@ -500,9 +508,16 @@ async fn a_lost_cache_is_rebuilt_from_the_directory_and_ids_keep_working() {
         .await
         .expect(200);
     assert!(server.can_bind(&server.user_dn("boss"), "Boss-Pass-1"));
-    // And the rebuilt cache agrees with the directory.
+    // And the rebuilt cache agrees with the directory, the groups' mapped attributes included.
     let (code, report) = reconcile_cli(&server, &["--dry-run"], &[]);
     assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        values(
+            &server.entry(&server.group_dn("crew")).unwrap(),
+            "businessCategory"
+        ),
+        ["okta-crew"]
+    );
 }
 
 /// The part of Active Directory's schema the AD flavor writes: `userAccountControl` and the
