@@ -394,7 +394,8 @@ async fn start_daemon(slapd: &Slapd, dir: &Path, cache_dir: &Path) -> Daemon {
         .unwrap();
     let root = format!("http://{listen}");
     let client = reqwest::Client::new();
-    for _ in 0..200 {
+    // Up to 30 s (the smoke run starts the debug build on a machine busy with tests).
+    for _ in 0..1200 {
         if client
             .get(format!("{root}/readyz"))
             .send()

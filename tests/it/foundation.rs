@@ -268,7 +268,8 @@ async fn health_follows_the_directory_and_the_pool_survives_a_restart() {
         let (client, root) = (client.clone(), server.root.clone());
         async move {
             let mut status = 0;
-            for _ in 0..50 {
+            // Up to 30 s: the pool's reconnect backoff (up to 5 s) on a loaded machine.
+            for _ in 0..300 {
                 status = ready(client.clone(), root.clone()).await;
                 if status == wanted {
                     break;

@@ -578,7 +578,8 @@ impl Process {
 
     /// Waits until a log line contains `needle`; returns it.
     async fn wait_for(&self, needle: &str) -> String {
-        for _ in 0..200 {
+        // Up to 30 s, as for a daemon's start: a debug build on a loaded machine is slow.
+        for _ in 0..600 {
             if let Some(line) = self.lines().into_iter().find(|line| line.contains(needle)) {
                 return line;
             }

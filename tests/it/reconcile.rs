@@ -671,9 +671,16 @@ async fn a_create_in_flight_is_not_disabled_as_an_orphan() {
         "not locked"
     );
     assert!(server.can_bind(&dn, "Newbie-Pass-1"));
-    // Runs went on during the hold (each waited for the create) and found no orphan.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    // Runs went on during the hold (each waited for the create) and found no orphan: wait
+    // (up to 20 s) until two have logged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log_text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.matches("reconcile run").count() >= 2 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let runs: Vec<&str> = log_text
         .lines()
         .filter(|line| line.contains("reconcile run"))
