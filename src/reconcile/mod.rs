@@ -119,15 +119,17 @@ async fn run_inner(
         progress,
     };
     let users = &service.config().users;
-    let mut user_bases = vec![users.base_dn.clone()];
+    // The disabled OU may not exist yet; a users or groups base that does not exist is an
+    // error (a typo, a replica still loading), not a directory whose every entry is gone.
+    let mut user_bases = vec![(users.base_dn.clone(), false)];
     if let Deactivate::Move { disabled_base_dn } = &users.deactivate {
-        user_bases.push(disabled_base_dn.clone());
+        user_bases.push((disabled_base_dn.clone(), true));
     }
-    for base in user_bases {
-        run.scan(Kind::User, &base).await?;
+    for (base, optional) in user_bases {
+        run.scan(Kind::User, &base, optional).await?;
     }
     let groups_base = service.config().groups.base_dn.clone();
-    run.scan(Kind::Group, &groups_base).await?;
+    run.scan(Kind::Group, &groups_base, false).await?;
     run.find_missing(Kind::User).await?;
     run.find_missing(Kind::Group).await?;
     let mut report = run.report;
@@ -175,7 +177,7 @@ impl Run<'_> {
     }
 
     /// Scans the entries directly below `base`.
-    async fn scan(&mut self, kind: Kind, base: &str) -> Result<(), ReconcileError> {
+    async fn scan(&mut self, kind: Kind, base: &str, optional: bool) -> Result<(), ReconcileError> {
         let directory = self.service.directory();
         let mut stream = match directory
             .stream(
@@ -189,10 +191,17 @@ impl Run<'_> {
         {
             Ok(stream) => stream,
             // A disabled OU that does not exist yet holds nothing.
-            Err(DirectoryError::NoSuchObject(_)) => return Ok(()),
+            Err(DirectoryError::NoSuchObject(_)) if optional => return Ok(()),
             Err(err) => return Err(err.into()),
         };
-        while let Some(entry) = stream.next().await? {
+        loop {
+            let entry = match stream.next().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                // The search's first page says whether the base exists.
+                Err(DirectoryError::NoSuchObject(_)) if optional => return Ok(()),
+                Err(err) => return Err(err.into()),
+            };
             self.report.scanned += 1;
             if self.report.scanned.is_multiple_of(1000) {
                 (self.progress)(self.report.scanned);

@@ -52,7 +52,9 @@ pub async fn rebuild_cache(
     let (_, mut user_attrs) = config.users.ldap_names();
     user_attrs.push(entry_id_attr.clone());
     let mut managers = Vec::new();
-    for base in bases {
+    for (n, base) in bases.into_iter().enumerate() {
+        // The disabled OU (the second base) may not exist yet; the users base must.
+        let optional = n > 0;
         let mut stream = match service
             .directory()
             .stream(
@@ -65,10 +67,16 @@ pub async fn rebuild_cache(
             .await
         {
             Ok(stream) => stream,
-            Err(crate::directory::DirectoryError::NoSuchObject(_)) => continue,
+            Err(crate::directory::DirectoryError::NoSuchObject(_)) if optional => continue,
             Err(err) => return Err(err.into()),
         };
-        while let Some(entry) = stream.next().await? {
+        loop {
+            let entry = match stream.next().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(crate::directory::DirectoryError::NoSuchObject(_)) if optional => break,
+                Err(err) => return Err(err.into()),
+            };
             scanned += 1;
             progress(scanned);
             let Some(id) = entry.first(&user_id_attr).map(str::to_string) else {

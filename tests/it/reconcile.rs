@@ -313,6 +313,30 @@ async fn a_dry_run_creates_and_upgrades_no_cache() {
     assert_eq!(code, 0, "{report}");
 }
 
+/// A users base that does not exist (a typo in the config, a replica still loading) is an
+/// error that ends the run, not a directory whose every user is gone (which a repairing run
+/// would then try to re-create, one refusal at a time).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_base_ends_the_run_with_an_error() {
+    let mut server =
+        TestServer::start_with(|text| text.push_str("\n[reconcile]\nat_startup = false\n")).await;
+    server.create("/Users", user_body("ida", "Ida", "I")).await;
+    server.stop_daemon().await;
+    let base = format!("ou=peopel,{}", server.slapd.suffix());
+    let env = [("SCIM2LDAP__USERS__BASE_DN", base.as_str())];
+    let (code, report) = reconcile_cli(&server, &[], &env);
+    assert_eq!(code, 1, "{report}");
+    assert!(server.entry(&server.user_dn("ida")).is_some());
+    // A disabled base (`deactivate = "move"`) that does not exist yet holds nothing.
+    let disabled = format!("ou=gone,{}", server.slapd.suffix());
+    let env = [
+        ("SCIM2LDAP__USERS__DEACTIVATE", "move"),
+        ("SCIM2LDAP__USERS__DISABLED_BASE_DN", disabled.as_str()),
+    ];
+    let (code, report) = reconcile_cli(&server, &["--dry-run"], &env);
+    assert_eq!(code, 0, "{report}");
+}
+
 /// An account ppolicy locked after failed binds (a timestamp in `pwdAccountLockedTime`, under
 /// the `pwdLockout` policy the README asks for) stays locked: reconciliation takes only its own
 /// permanent lock for a suspension, so it neither reports nor removes this one.
