@@ -446,13 +446,17 @@ pub async fn periodic(
         page_size: config.page_size,
     };
     let mut first = config.at_startup;
+    // After a failed run (the directory down, say), the next comes sooner than the interval:
+    // a minute, doubling up to the interval while runs keep failing.
+    let mut retry: Option<std::time::Duration> = None;
     loop {
         if !first {
             let Some(interval) = config.interval else {
                 return;
             };
+            let wait = wait_before_run(retry, interval);
             tokio::select! {
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -463,11 +467,57 @@ pub async fn periodic(
         };
         tokio::select! {
             result = run(&service, options, &|_| {}) => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "reconcile run failed; the next one retries");
+                retry = next_retry(retry, result.is_ok());
+                if let (Err(err), Some(next)) = (result, retry) {
+                    tracing::warn!(error = %err, retry_in_s = next.as_secs(), "reconcile run failed; another one runs sooner than the interval");
                 }
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// The first wait after a failed periodic run.
+const RETRY_AFTER_FAILED_RUN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The retry wait after a run: none after a success, a minute after a first failure, twice
+/// the last one after another.
+fn next_retry(retry: Option<std::time::Duration>, succeeded: bool) -> Option<std::time::Duration> {
+    if succeeded {
+        return None;
+    }
+    Some(retry.map_or(RETRY_AFTER_FAILED_RUN, |retry| retry.saturating_mul(2)))
+}
+
+/// How long the periodic task waits before its next run: the interval, or the retry wait
+/// when that is shorter.
+fn wait_before_run(
+    retry: Option<std::time::Duration>,
+    interval: std::time::Duration,
+) -> std::time::Duration {
+    retry.map_or(interval, |retry| retry.min(interval))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{next_retry, wait_before_run};
+
+    #[test]
+    fn failed_runs_are_retried_sooner_than_the_interval_backing_off() {
+        let hour = Duration::from_secs(3600);
+        let mut retry = None;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            retry = next_retry(retry, false);
+            waits.push(wait_before_run(retry, hour).as_secs());
+        }
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(next_retry(retry, true), None);
+        assert_eq!(wait_before_run(None, hour), hour);
+        // Doubling for ever does not overflow.
+        let long = (0..200).fold(None, |retry, _| next_retry(retry, false));
+        assert_eq!(wait_before_run(long, hour), hour);
     }
 }
