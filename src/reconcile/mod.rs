@@ -250,9 +250,13 @@ impl Run<'_> {
         let Some(resource) = self.owner(kind, &entry).await? else {
             // A create (or rename) of this name may be between its directory write and its
             // commit, its entry not yet in the cache: wait for it, then look again. The entry
-            // as read may predate the end of that write, so it is left to the next run.
+            // as read may predate the end of that write, so it is left to the next run. The
+            // name stays held while an orphan is disabled, so that no create adopts the entry
+            // in between.
+            let service = self.service;
+            let mut _name = None;
             if let Some(name) = entry.first(self.rdn_attribute(kind)) {
-                let _name = self.service.hold_name(kind, name).await;
+                _name = Some(service.hold_name(kind, name).await);
                 if let Some(resource) = self.owner(kind, &entry).await? {
                     self.seen.insert(resource.id);
                     return Ok(());
