@@ -251,6 +251,15 @@ impl GroupClass {
         }
     }
 
+    /// A member value as the directory compares it: a DN folded (`dn_key`), a `memberUid`
+    /// as it is (its matching rule is exact).
+    pub fn member_key(self, value: &str) -> String {
+        match self {
+            GroupClass::PosixGroup => value.to_string(),
+            _ => dn_key(value),
+        }
+    }
+
     /// True when the schema requires at least one member.
     pub fn needs_placeholder(self) -> bool {
         !matches!(self, GroupClass::PosixGroup)

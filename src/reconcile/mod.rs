@@ -276,10 +276,12 @@ impl Run<'_> {
             let mut have: Vec<String> = entry
                 .values(member_attr)
                 .iter()
-                .map(|v| crate::mapping::dn_key(v))
+                .map(|v| self.service.config().groups.class.member_key(v))
                 .collect();
-            let mut wanted_keys: Vec<String> =
-                wanted.iter().map(|v| crate::mapping::dn_key(v)).collect();
+            let mut wanted_keys: Vec<String> = wanted
+                .iter()
+                .map(|v| self.service.config().groups.class.member_key(v))
+                .collect();
             have.sort();
             wanted_keys.sort();
             if have != wanted_keys {

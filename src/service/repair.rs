@@ -143,7 +143,7 @@ impl Service {
         missing: &[String],
         extra: &[String],
     ) -> Result<Vec<String>, ServiceError> {
-        let key = |value: &str| crate::mapping::dn_key(value);
+        let key = |value: &str| self.config.groups.class.member_key(value);
         let missing: HashSet<String> = missing.iter().map(|value| key(value)).collect();
         let mut ids: Vec<String> = self
             .expected_members(group)
@@ -295,7 +295,7 @@ impl Service {
                     let wanted = self.expected_member_values(resource).await?;
                     let have = entry.values(&member_attr);
                     // Each value folded once, compared through sets: a group of 50,000.
-                    let key = |value: &String| crate::mapping::dn_key(value);
+                    let key = |value: &String| self.config.groups.class.member_key(value);
                     let have_keys: HashSet<String> = have.iter().map(key).collect();
                     let wanted_keys: HashSet<String> = wanted.iter().map(key).collect();
                     let missing: Vec<String> = wanted

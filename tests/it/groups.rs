@@ -717,6 +717,20 @@ async fn posix_groups_list_members_by_uid_with_stable_numbers() {
         ),
         ["7000"]
     );
+    // `memberUid` matches exactly: a value changed only in case by hand names nobody for a
+    // legacy application, and reconciliation sees the drift.
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{report}");
+    server
+        .slapd
+        .ldapmodify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: memberUid\nmemberUid: BENNY\n",
+            server.group_dn("devs")
+        ))
+        .unwrap();
+    let (code, report) = crate::reconcile::reconcile_cli(&server, &["--dry-run"], &[]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["findings"][0]["kind"], "members", "{report}");
 }
 
 /// A POSIX number is handed out once: not one an entry in the directory holds already (an
