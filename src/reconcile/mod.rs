@@ -305,7 +305,11 @@ impl Run<'_> {
             FindingKind::Attributes
         };
         let action = self.repair(&resource, Some(&entry)).await?;
-        self.report.drifted += 1;
+        // In step by the time the repair ran (a write of the IdP's meanwhile): listed, not
+        // counted as drift.
+        if action != Action::AlreadyInStep {
+            self.report.drifted += 1;
+        }
         self.report.push(Finding {
             kind: kind_of_finding,
             resource_type: kind.as_str(),
@@ -413,7 +417,9 @@ impl Run<'_> {
                     continue;
                 }
                 let action = self.repair(&resource, None).await?;
-                self.report.drifted += 1;
+                if action != Action::AlreadyInStep {
+                    self.report.drifted += 1;
+                }
                 self.report.push(Finding {
                     kind: FindingKind::Missing,
                     resource_type: kind.as_str(),
