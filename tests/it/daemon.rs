@@ -42,6 +42,13 @@ impl Daemon {
         }
     }
 
+    /// `spawn` on a free address, without extra environment or stderr, once ready.
+    pub async fn ready(config: &Path) -> Daemon {
+        let mut daemon = Daemon::spawn(config, free_addr(), &[], Stdio::null());
+        daemon.wait_ready().await;
+        daemon
+    }
+
     /// Waits until `/readyz` answers 200: polls an external process, with a deadline.
     pub async fn wait_ready(&mut self) {
         let client = reqwest::Client::new();
@@ -62,6 +69,19 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("daemon not ready within 30 s");
+    }
+
+    /// The metrics text, read with `token`.
+    pub async fn metrics(&self, token: &str) -> String {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.listen))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// SIGKILL, and reap.

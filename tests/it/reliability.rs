@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::daemon::{free_addr, Daemon};
-use crate::support::{user_body, values, Attrs, TestServer};
+use crate::support::{patient_directory, signal_slapd, user_body, values, Attrs, TestServer};
 
 /// Every request of these tests must end within this; a hang fails the test.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1352,4 +1352,67 @@ async fn during_start_up_probes_and_requests_are_answered_not_held() {
         .unwrap();
     assert_eq!(probe("/readyz").await.0, 200);
     assert_eq!(server.get(&path).await.expect(200)["userName"], "alice");
+}
+
+/// SIGTERM lets a write in flight finish: the daemon stops taking connections, waits for the
+/// write (here held in a stopped directory) for up to `server.shutdown_timeout`, answers it,
+/// and exits cleanly with the change in the directory and nothing left pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_write_in_flight_finish() {
+    let mut server = TestServer::start_with(patient_directory).await;
+    let id = server
+        .create("/Users", user_body("drain", "Dr", "Ain"))
+        .await;
+    server.stop_daemon().await;
+    let mut daemon = Daemon::ready(&server.config_path).await;
+    signal_slapd(&server, "STOP");
+    let patch = reqwest::Client::new()
+        .patch(format!("{}/Users/{id}", daemon.base))
+        .bearer_auth(&server.token)
+        .json(&json!({"Operations": [{"op": "replace", "path": "title", "value": "Drained"}]}))
+        .send();
+    let patch = tokio::spawn(patch);
+    // The write is in the daemon (its intent recorded) when the signal comes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = daemon.metrics(&server.token).await;
+        if crate::support::sample(&text, "scim2ldap_intents_pending") >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "exited with a write in flight"
+    );
+    signal_slapd(&server, "CONT");
+    let reply = patch.await.unwrap().unwrap();
+    assert_eq!(reply.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after the drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited}");
+    assert_eq!(
+        values(&server.entry(&server.user_dn("drain")).unwrap(), "title"),
+        ["Drained"]
+    );
+    server.launch().await;
+    server.wait_for_intents(0).await;
+    let user = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(user["title"], "Drained");
 }
