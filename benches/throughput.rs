@@ -431,6 +431,19 @@ async fn ldap_pool(slapd: &Slapd, n: usize) -> Vec<ldap3::Ldap> {
     pool
 }
 
+/// Fails the benchmark unless `expected` entries under `base` match `filter`: a phase's
+/// figures count only when its work is in the directory, not only answered.
+async fn expect_entries(ldap: &ldap3::Ldap, base: &str, filter: &str, expected: usize, what: &str) {
+    let mut ldap = ldap.clone();
+    let (entries, _) = ldap
+        .search(base, ldap3::Scope::Subtree, filter, vec!["1.1"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert_eq!(entries.len(), expected, "{what}: {filter} under {base}");
+}
+
 /// Adds the entry the raw phases work on: an inetOrgPerson like the ones the daemon writes.
 async fn add_person(ldap: &mut ldap3::Ldap, dn: &str, name: &str, id: &str) {
     let mail = format!("{name}@example.com");
@@ -748,10 +761,26 @@ async fn main() {
                     }
                 }
             };
+            // Each SCIM phase's work is checked in the directory after the phase (one search,
+            // outside the timings).
+            let mine = format!("(uid=scim-{c}-{round}-*)");
+            let check = |filter: String, expected: usize, what: &'static str| {
+                let (ldap, people) = (pool[0].clone(), people.clone());
+                async move { expect_entries(&ldap, &people, &filter, expected, what).await }
+            };
             let scim_add = run_scim_phase(n, c, &daemon, scim_phase("add")).await;
+            check(format!("(&{mine}(scimId=*))"), n, "created").await;
             let scim_modify = run_scim_phase(n, c, &daemon, scim_phase("modify")).await;
+            check(format!("(&{mine}(title=Senior Engineer))"), n, "updated").await;
             let scim_lock = run_scim_phase(n, c, &daemon, scim_phase("lock")).await;
+            check(
+                format!("(&{mine}(pwdAccountLockedTime=000001010000Z))"),
+                n,
+                "deactivated",
+            )
+            .await;
             let scim_delete = run_scim_phase(n, c, &daemon, scim_phase("delete")).await;
+            check(mine.clone(), 0, "deleted").await;
             let mut this_round = Vec::new();
             for (op, raw, scim) in [
                 ("create (POST / add)", raw_add, scim_add),
@@ -1206,9 +1235,20 @@ async fn main() {
                 }
             }
         };
-        let scim_add = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(false)).await;
-        let scim_remove = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(true)).await;
         let pool = Arc::new(ldap_pool(&slapd, CROWD_LEVEL).await);
+        // The crowd's members are in the group's entry after the adds, and gone after the
+        // removes (one search each, outside the timings).
+        let members: String = crowd
+            .iter()
+            .map(|(_, dn)| format!("(member={dn})"))
+            .collect();
+        let groups_base = slapd.groups_dn();
+        let scim_add = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(false)).await;
+        let all_in = format!("(&(cn={cn}){members})");
+        expect_entries(&pool[0], &groups_base, &all_in, 1, "crowd added").await;
+        let scim_remove = run_phase(crowd_n, CROWD_LEVEL, Some(pid), scim_members(true)).await;
+        let any_in = format!("(&(cn={cn})(|{members}))");
+        expect_entries(&pool[0], &groups_base, &any_in, 0, "crowd removed").await;
         let raw_members = |remove: bool| {
             let pool = pool.clone();
             let crowd = crowd.clone();
