@@ -305,12 +305,7 @@ impl Run<'_> {
             FindingKind::Attributes
         };
         let action = self.repair(&resource, Some(&entry)).await?;
-        // In step by the time the repair ran (a write of the IdP's meanwhile): listed, not
-        // counted as drift.
-        if action != Action::AlreadyInStep {
-            self.report.drifted += 1;
-        }
-        self.report.push(Finding {
+        self.drift_found(Finding {
             kind: kind_of_finding,
             resource_type: kind.as_str(),
             id: Some(resource.id.clone()),
@@ -319,6 +314,15 @@ impl Run<'_> {
             action,
         });
         Ok(())
+    }
+
+    /// Records a drift finding. One already in step by the time its repair ran (an IdP write
+    /// meanwhile settled it) is listed, not counted as drift.
+    fn drift_found(&mut self, finding: Finding) {
+        if finding.action != Action::AlreadyInStep {
+            self.report.drifted += 1;
+        }
+        self.report.push(finding);
     }
 
     fn rdn_attribute(&self, kind: Kind) -> &str {
@@ -417,10 +421,7 @@ impl Run<'_> {
                     continue;
                 }
                 let action = self.repair(&resource, None).await?;
-                if action != Action::AlreadyInStep {
-                    self.report.drifted += 1;
-                }
-                self.report.push(Finding {
+                self.drift_found(Finding {
                     kind: FindingKind::Missing,
                     resource_type: kind.as_str(),
                     id: Some(resource.id.clone()),

@@ -213,60 +213,24 @@ impl Service {
         let schema = self.discovery.group_schema();
         let new_name = display_name_of(&new_doc)?;
         let _name_lock = self.claim_name(Kind::Group, &old, &new_name).await?;
-        // Work out which ids really change, from the membership table alone.
-        let (to_add, to_remove) = match &delta.replace {
-            // Sets, not lists: a PUT of 10,000 members against a group of 50,000 compares
-            // each id once.
+        // Work out which ids really change, from the membership table alone. A replace (or a
+        // remove of all then an add) names the whole list wanted; otherwise only the ids named
+        // are looked up, whatever the group's size.
+        let whole_list = match &delta.replace {
+            Some(wanted) => Some(wanted),
+            None if delta.remove_all => Some(&delta.add),
+            None => None,
+        };
+        let (to_add, to_remove) = match whole_list {
             Some(wanted) => {
                 let current = self.store.members(&old.id).await?;
-                let current_set: HashSet<&String> = current.iter().collect();
-                let wanted_set: HashSet<&String> = wanted.iter().collect();
-                let to_add: Vec<String> = wanted
-                    .iter()
-                    .filter(|id| !current_set.contains(id))
-                    .cloned()
-                    .collect();
-                let to_remove: Vec<String> = current
-                    .iter()
-                    .filter(|id| !wanted_set.contains(id))
-                    .cloned()
-                    .collect();
-                (to_add, to_remove)
-            }
-            None if delta.remove_all => {
-                let current = self.store.members(&old.id).await?;
-                let present: HashSet<String> = self
-                    .store
-                    .members_among(&old.id, delta.add.clone())
-                    .await?
-                    .into_iter()
-                    .collect();
-                let to_add: Vec<String> = delta
-                    .add
-                    .iter()
-                    .filter(|id| !present.contains(*id))
-                    .cloned()
-                    .collect();
-                let kept: HashSet<&String> = delta.add.iter().collect();
-                let to_remove: Vec<String> = current
-                    .into_iter()
-                    .filter(|id| !kept.contains(id))
-                    .collect();
+                let to_add = not_among(wanted, &current);
+                let to_remove = not_among(&current, wanted);
                 (to_add, to_remove)
             }
             None => {
-                let present_added: HashSet<String> = self
-                    .store
-                    .members_among(&old.id, delta.add.clone())
-                    .await?
-                    .into_iter()
-                    .collect();
-                let to_add: Vec<String> = delta
-                    .add
-                    .iter()
-                    .filter(|id| !present_added.contains(*id))
-                    .cloned()
-                    .collect();
+                let present = self.store.members_among(&old.id, delta.add.clone()).await?;
+                let to_add = not_among(&delta.add, &present);
                 let to_remove = self
                     .store
                     .members_among(&old.id, delta.remove.clone())
@@ -394,7 +358,7 @@ impl Service {
 
     /// Whether group `group_id`'s entry holds a member other than `excluded`: with
     /// `on_disable_groups = "remove"`, suspended members are not in it.
-    pub(super) async fn has_members_in_entry(
+    async fn has_members_in_entry(
         &self,
         group_id: &str,
         excluded: Vec<String>,
@@ -407,6 +371,19 @@ impl Service {
             .await?)
     }
 
+    /// Whether `group`'s entry, where the schema requires a member, has none but `member_id`
+    /// (it then holds the placeholder once that member is out).
+    async fn stands_alone(
+        &self,
+        group: &StoredResource,
+        member_id: &str,
+    ) -> Result<bool, ServiceError> {
+        Ok(self.config.groups.class.needs_placeholder()
+            && !self
+                .has_members_in_entry(&group.id, vec![member_id.to_string()])
+                .await?)
+    }
+
     /// Removes user `member_id` (whose value in group entries is `member_value`) from `group`,
     /// keeping a `groupOfNames` valid with the placeholder when it was the last member.
     pub(crate) async fn plan_member_removal(
@@ -417,11 +394,7 @@ impl Service {
         member_value: &str,
     ) -> Result<(), ServiceError> {
         let member_attr = self.config.groups.class.member_attribute().to_string();
-        if self.config.groups.class.needs_placeholder()
-            && !self
-                .has_members_in_entry(&group.id, vec![member_id.to_string()])
-                .await?
-        {
+        if self.stands_alone(group, member_id).await? {
             plan.ops.push(DirOp::AddValue {
                 dn: group.dn.clone(),
                 attr: member_attr.clone(),
@@ -441,6 +414,33 @@ impl Service {
                 .needs_placeholder()
                 .then(|| self.config.groups.placeholder_member.clone()),
         });
+        Ok(())
+    }
+
+    /// Adds user `member_id` (whose value in group entries is `member_value`) to `group`,
+    /// taking the placeholder out when it stood alone (no other member in the entry).
+    pub(crate) async fn plan_member_addition(
+        &self,
+        plan: &mut Plan,
+        group: &StoredResource,
+        member_id: &str,
+        member_value: &str,
+    ) -> Result<(), ServiceError> {
+        let member_attr = self.config.groups.class.member_attribute().to_string();
+        let placeholder_alone = self.stands_alone(group, member_id).await?;
+        plan.ops.push(DirOp::AddValue {
+            dn: group.dn.clone(),
+            attr: member_attr.clone(),
+            value: member_value.to_string(),
+        });
+        if placeholder_alone {
+            plan.ops.push(DirOp::DeleteValue {
+                dn: group.dn.clone(),
+                attr: member_attr,
+                value: self.config.groups.placeholder_member.clone(),
+                keep_valid: None,
+            });
+        }
         Ok(())
     }
 
@@ -498,6 +498,16 @@ impl Service {
         }
         Ok(members)
     }
+}
+
+/// Those of `ids` that `others` does not hold, in order; through a set, so that a list of
+/// 10,000 against a group of 50,000 compares each id once.
+fn not_among(ids: &[String], others: &[String]) -> Vec<String> {
+    let others: HashSet<&String> = others.iter().collect();
+    ids.iter()
+        .filter(|id| !others.contains(id))
+        .cloned()
+        .collect()
 }
 
 /// The answer to a request naming `unknown` ids as members: up to ten of them are named.

@@ -550,7 +550,30 @@ struct Target<'a> {
     account_control: bool,
 }
 
+/// A cache failure met while applying directory operations (where only `DirectoryError` is
+/// returned); it ends the write like any other failure.
+fn cache_error(err: crate::store::StoreError) -> DirectoryError {
+    DirectoryError::Client(format!("cache: {err}"))
+}
+
 impl<'a> Target<'a> {
+    /// The cached resource of `kind`, other than the one written, whose `field` is `value`.
+    async fn other_owner(
+        &self,
+        kind: Kind,
+        field: crate::store::IndexedField,
+        value: &str,
+    ) -> Result<Option<StoredResource>, DirectoryError> {
+        let owners = self
+            .store
+            .find(kind, field, value)
+            .await
+            .map_err(cache_error)?;
+        Ok(owners
+            .into_iter()
+            .find(|owner| owner.id != self.resource_id))
+    }
+
     fn new(service: &'a Service, resource_id: &'a str) -> Target<'a> {
         Target {
             directory: &service.directory,
@@ -591,12 +614,10 @@ async fn check_adoptable(target: &Target<'_>, dn: &str) -> Result<(), DirectoryE
         return Ok(());
     };
     for kind in [Kind::User, Kind::Group] {
-        let owners = target
-            .store
-            .find(kind, crate::store::IndexedField::EntryUuid, uuid)
-            .await
-            .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
-        if let Some(owner) = owners.iter().find(|owner| owner.id != target.resource_id) {
+        let owner = target
+            .other_owner(kind, crate::store::IndexedField::EntryUuid, uuid)
+            .await?;
+        if let Some(owner) = owner {
             return Err(DirectoryError::Taken {
                 detail: format!(
                     "the directory takes this name for another provisioned {}'s (it compares the two as equal)",
@@ -621,14 +642,13 @@ async fn renamed_already(target: &Target<'_>, new_dn: &str) -> Result<bool, Dire
         return Ok(false);
     };
     check_adoptable(target, new_dn).await?;
-    let cache_err = |err: crate::store::StoreError| DirectoryError::Client(format!("cache: {err}"));
     let mut cached = None;
     for kind in [Kind::User, Kind::Group] {
         if let Some(own) = target
             .store
             .get(kind, target.resource_id)
             .await
-            .map_err(cache_err)?
+            .map_err(cache_error)?
         {
             cached = own.entry_uuid;
         }
@@ -659,16 +679,14 @@ async fn check_number_free(
     } else {
         Kind::Group
     };
-    let owners = target
-        .store
-        .find(
+    let owner = target
+        .other_owner(
             kind,
             crate::store::IndexedField::PosixId,
             &number.to_string(),
         )
-        .await
-        .map_err(|err| DirectoryError::Client(format!("cache: {err}")))?;
-    match owners.iter().find(|owner| owner.id != target.resource_id) {
+        .await?;
+    match owner {
         Some(owner) => Err(DirectoryError::Taken {
             detail: format!(
                 "the existing entry of this name has {number_attr} {number}, which another provisioned {} has already: give one of them another number in the directory",

@@ -372,17 +372,9 @@ impl Service {
             return Ok(());
         }
         let member_attr = self.config.groups.class.member_attribute();
-        let needs_placeholder = self.config.groups.class.needs_placeholder();
         for (group_id, _) in self.store.groups_of(&old.id).await? {
             let Some(group) = self.store.get(Kind::Group, &group_id).await? else {
                 continue;
-            };
-            let add = |plan: &mut Plan, value: &str| {
-                plan.ops.push(DirOp::AddValue {
-                    dn: group.dn.clone(),
-                    attr: member_attr.to_string(),
-                    value: value.to_string(),
-                })
             };
             match (was_in_directory, is_in_directory) {
                 // Suspended before and after (a rename): its value is in no entry.
@@ -392,26 +384,19 @@ impl Service {
                     self.plan_member_removal(plan, &group, &old.id, &old_value)
                         .await?
                 }
-                // Reactivated: back in; the placeholder out if it stood alone.
+                // Reactivated: back in, the placeholder out if it stood alone.
                 (false, true) => {
-                    let placeholder_alone = needs_placeholder
-                        && !self
-                            .has_members_in_entry(&group.id, vec![old.id.clone()])
-                            .await?;
-                    add(plan, &new_value);
-                    if placeholder_alone {
-                        plan.ops.push(DirOp::DeleteValue {
-                            dn: group.dn.clone(),
-                            attr: member_attr.to_string(),
-                            value: self.config.groups.placeholder_member.clone(),
-                            keep_valid: None,
-                        });
-                    }
+                    self.plan_member_addition(plan, &group, &old.id, &new_value)
+                        .await?
                 }
                 // Renamed: the new value first, since deleting the old one first would leave
                 // a group whose only member this is without any, which its schema refuses.
                 (true, true) => {
-                    add(plan, &new_value);
+                    plan.ops.push(DirOp::AddValue {
+                        dn: group.dn.clone(),
+                        attr: member_attr.to_string(),
+                        value: new_value.clone(),
+                    });
                     plan.ops.push(DirOp::DeleteValue {
                         dn: group.dn.clone(),
                         attr: member_attr.to_string(),

@@ -134,8 +134,7 @@ async fn every_member_patch_shape_lands_in_the_directory() {
     let other = server
         .create("/Groups", json!({"displayName": "Other"}))
         .await;
-    let named =
-        |member: &str| ops(json!([{"op": "add", "path": "members", "value": [{"value": member}]}]));
+    let named = |member: &str| ops(add(member));
     let answers = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         let own = server.patch(&format!("/Groups/{gid}"), named(&gid)).await;
         let put = server
@@ -389,10 +388,7 @@ async fn suspended_members_stay_out_of_entries_and_the_placeholder_stands_alone(
         .expect(200);
     // Added while suspended: in the cache, not in the entry.
     server
-        .patch(
-            &format!("/Groups/{ops_id}"),
-            ops(json!([{"op": "add", "path": "members", "value": [{"value": cid}]}])),
-        )
+        .patch(&format!("/Groups/{ops_id}"), ops(add(&cid)))
         .await
         .expect(204);
     assert_eq!(
@@ -487,9 +483,7 @@ async fn a_member_removed_beside_a_delete_in_flight_keeps_the_group_valid() {
     let removal = client
         .patch(format!("{}/Groups/{gid}", daemon.base))
         .bearer_auth(&server.token)
-        .json(&ops(
-            json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}]),
-        ))
+        .json(&ops(remove(&ids[0])))
         .send()
         .await
         .unwrap();
@@ -595,10 +589,7 @@ async fn groups_of_unique_names_keep_unique_member_values() {
         .await
         .expect(204);
     server
-        .patch(
-            &format!("/Groups/{gid}"),
-            ops(json!([{"op": "remove", "path": format!("members[value eq \"{ann}\"]")}])),
-        )
+        .patch(&format!("/Groups/{gid}"), ops(remove(&ann)))
         .await
         .expect(204);
     assert_eq!(unique_members(&server), [server.user_dn("ben")]);
@@ -864,6 +855,11 @@ async fn crowd(
 
 fn add(id: &str) -> Value {
     json!([{"op": "add", "path": "members", "value": [{"value": id}]}])
+}
+
+/// Removes member `id` by a value filter, as OneLogin and Entra do.
+fn remove(id: &str) -> Value {
+    json!([{"op": "remove", "path": format!("members[value eq \"{id}\"]")}])
 }
 
 /// Member changes that queue behind a slow directory write to the group go to the directory
