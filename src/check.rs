@@ -40,6 +40,20 @@ pub async fn check_directory(config: &Config) -> Vec<String> {
             Err(err) => problems.push(format!("`{key}`: cannot read {dn}: {err}")),
         }
     }
+    if config.reconcile.follow {
+        for (key, dn) in [
+            ("users.base_dn", &config.users.base_dn),
+            ("groups.base_dn", &config.groups.base_dn),
+        ] {
+            match follow_offered(&directory, dn, config.ldap.timeout).await {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!(
+                    "`reconcile.follow`: the directory does not offer content synchronization (RFC 4533) on {dn} (`{key}`): load OpenLDAP's syncprov overlay on its database, or set reconcile.follow = false"
+                )),
+                Err(err) => problems.push(format!("`reconcile.follow`: cannot follow {dn}: {err}")),
+            }
+        }
+    }
     match directory.subschema().await {
         Ok(subschema) => {
             let (user_classes, user_attrs) = config.users.ldap_names();
@@ -86,4 +100,28 @@ pub async fn check_directory(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Whether the directory answers a content synchronization search on `base` as a provider:
+/// its first message carries a sync state or a sync info (the search is then dropped).
+async fn follow_offered(
+    directory: &Directory,
+    base: &str,
+    timeout: std::time::Duration,
+) -> Result<bool, DirectoryError> {
+    let mut stream = match directory
+        .follow(base, false, vec!["1.1".to_string()], None)
+        .await
+    {
+        Ok(stream) => stream,
+        // unavailableCriticalExtension: no provider at all.
+        Err(DirectoryError::Other { rc: 12, .. }) => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    match tokio::time::timeout(timeout, stream.next()).await {
+        Ok(Ok(first)) => Ok(first.is_some()),
+        Ok(Err(DirectoryError::Other { rc: 12, .. })) => Ok(false),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(DirectoryError::Timeout),
+    }
 }

@@ -250,6 +250,12 @@ pub async fn run_with(
         config.reconcile.clone(),
         stopped(),
     ));
+    // Changes made in the directory are checked as they happen (`reconcile.follow`).
+    let follower = tokio::spawn(reconcile::follow(
+        service.clone(),
+        config.reconcile.clone(),
+        stop_send.subscribe(),
+    ));
     // Reconciliation runs beside serving (first right away), under the same resource locks.
     let reconciler = tokio::spawn(reconcile::periodic(
         service,
@@ -276,6 +282,9 @@ pub async fn run_with(
     let _ = pinger.await;
     if let Err(err) = repairer.await {
         tracing::warn!(error = %err, "repair task ended abnormally");
+    }
+    if let Err(err) = follower.await {
+        tracing::warn!(error = %err, "following task ended abnormally");
     }
     if let Err(err) = reconciler.await {
         tracing::warn!(error = %err, "reconcile task ended abnormally");
@@ -323,7 +332,11 @@ fn open_service_with(
     config: Arc<config::Config>,
     open: fn(&std::path::Path) -> Result<store::Store, store::StoreError>,
 ) -> Result<Arc<service::Service>, RunError> {
-    let directory = Arc::new(directory::Directory::new(&config.ldap)?);
+    let mut directory = directory::Directory::new(&config.ldap)?;
+    if config.reconcile.follow {
+        directory.track_own_writes();
+    }
+    let directory = Arc::new(directory);
     let store = open(&config.cache.path)?;
     Ok(Arc::new(
         service::Service::new(config, directory, store).map_err(RunError::Startup)?,

@@ -97,6 +97,7 @@ struct Metrics {
     reconcile_orphans: Gauge,
     reconcile_duration: Histogram,
     reconcile_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reconcile_followed_bases: Gauge,
     /// Held while gauges are set from a snapshot and rendered.
     render_lock: Mutex<()>,
 }
@@ -252,6 +253,12 @@ impl Metrics {
             "Unix time at which the last successful reconciliation run finished",
             reconcile_last_success.clone(),
         );
+        let reconcile_followed_bases = Gauge::default();
+        registry.register(
+            "reconcile_followed_bases",
+            "Managed bases whose changes are being followed as they happen (reconcile.follow)",
+            reconcile_followed_bases.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -277,6 +284,7 @@ impl Metrics {
             reconcile_orphans,
             reconcile_duration,
             reconcile_last_success,
+            reconcile_followed_bases,
             render_lock: Mutex::new(()),
         }
     }
@@ -448,6 +456,28 @@ pub fn record_suspect_repairs(repaired: usize) {
     let metrics = metrics();
     metrics.reconcile_drifted.inc_by(repaired);
     metrics.reconcile_repaired.inc_by(repaired);
+}
+
+/// Records the findings of a followed change (`reconcile.follow`), outside any run.
+pub fn record_followed_change(drifted: u64, repaired: u64) {
+    let metrics = metrics();
+    metrics.reconcile_drifted.inc_by(drifted);
+    metrics.reconcile_repaired.inc_by(repaired);
+}
+
+/// Counts a base whose changes are followed for as long as the returned guard lives.
+pub fn following_base() -> FollowingBase {
+    metrics().reconcile_followed_bases.inc();
+    FollowingBase(())
+}
+
+/// See [`following_base`].
+pub struct FollowingBase(());
+
+impl Drop for FollowingBase {
+    fn drop(&mut self) {
+        metrics().reconcile_followed_bases.dec();
+    }
 }
 
 /// Records a reconciliation run that stopped with an error.

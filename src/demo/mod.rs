@@ -87,7 +87,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DemoError> {
     // Start-up blocks for a fraction of a second, before anything else runs.
-    let slapd = Slapd::start(SlapdOptions::default())?;
+    // With syncprov, the demo repairs a change made with ldapmodify as it happens.
+    let slapd = Slapd::start(SlapdOptions {
+        syncprov: true,
+        ..SlapdOptions::default()
+    })?;
     let token = crate::http::new_token();
     let listener = crate::http::bind(listen)
         .await
@@ -97,7 +101,8 @@ pub async fn run(
         .map_err(|err| DemoError::Bind(listen, err))?;
     let cache_path = slapd.dir().join("cache.db");
     let config_path = slapd.dir().join("scim2ldap.toml");
-    let text = config_toml(&slapd, bound, &token.hash_line, &cache_path);
+    let mut text = config_toml(&slapd, bound, &token.hash_line, &cache_path);
+    text.push_str("\n[reconcile]\nfollow = true\n");
     std::fs::write(&config_path, text)
         .map_err(|err| DemoError::Write(config_path.display().to_string(), err))?;
     let config = crate::config::load(&config_path, Some(Default::default()))?;
@@ -118,6 +123,8 @@ Try:
   curl -s -H '{auth}' '{base}/Users?filter=userName%20eq%20%22bjensen%22'
   ldapsearch -x -LLL -H {url} -D '{admin}' -w '{password}' -b '{people}' '(uid=bjensen)'
   ldapwhoami -x -H {url} -D 'uid=bjensen,{people}' -w Secret-123
+  printf 'dn: uid=bjensen,{people}\nchangetype: modify\nreplace: sn\nsn: Changed\n' | ldapmodify -x -H {url} -D '{admin}' -w '{password}'
+  ldapsearch -x -LLL -H {url} -D '{admin}' -w '{password}' -b 'uid=bjensen,{people}' sn   # Jensen again: changes made by hand are followed and put back
 
 Ctrl-C stops the daemon and removes the directory.
 "#,

@@ -412,6 +412,13 @@ impl Slapd {
     /// Applies an LDIF change text to `cn=config` over LDAPI with SASL EXTERNAL, as an
     /// operator would (limits, access rules, overlays).
     pub fn configure(&self, ldif: &str) -> Result<(), SlapdError> {
+        self.ldapmodify_as_operator(ldif)
+    }
+
+    /// Applies an LDIF change text over LDAPI with SASL EXTERNAL: as the operator's own
+    /// identity (the peer credentials of this process), not as the admin DN. The changed
+    /// entries' `modifiersName` tells the two apart.
+    pub fn ldapmodify_as_operator(&self, ldif: &str) -> Result<(), SlapdError> {
         let ldapi = self.ldapi_url().ok_or_else(|| {
             SlapdError::InvalidOptions(
                 "the directory's path is too long for an LDAPI socket".to_string(),

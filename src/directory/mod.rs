@@ -3,6 +3,8 @@
 
 mod error;
 pub mod escape;
+mod follow;
+mod own;
 mod pool;
 mod values;
 
@@ -12,6 +14,7 @@ use ldap3::{Scope, SearchEntry};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use error::DirectoryError;
+pub use follow::{ChangeStream, SyncEvent, SyncMessage, SYNC_REFRESH_REQUIRED};
 pub use pool::PoolStats;
 
 use crate::config::LdapConfig;
@@ -135,6 +138,8 @@ pub struct Subschema {
 pub struct Directory {
     pool: std::sync::Arc<pool::Pool>,
     values: std::sync::Arc<values::ValueQueue>,
+    /// The daemon's own writes, while changes are followed (`track_own_writes`).
+    own: Option<std::sync::Arc<own::OwnWrites>>,
 }
 
 impl Directory {
@@ -145,7 +150,38 @@ impl Directory {
         Ok(Directory {
             pool: std::sync::Arc::new(pool::Pool::new(config.clone())?),
             values: Default::default(),
+            own: None,
         })
+    }
+
+    /// Keeps a tally of the daemon's own writes, so that a follower of the directory's
+    /// changes can pass over their messages (`own_change`).
+    pub fn track_own_writes(&mut self) {
+        self.own = Some(Default::default());
+    }
+
+    /// Whether a change message for `dn` is the daemon's own write (and takes it off the
+    /// tally). Always false without `track_own_writes`.
+    pub fn own_change(&self, dn: &str) -> bool {
+        self.own.as_ref().is_some_and(|own| own.take(dn))
+    }
+
+    /// Runs the write `op` of the entry that will be at `dn`, counted in the tally of own
+    /// writes (before it is sent: its change message may come before its answer).
+    async fn write<T>(
+        &self,
+        dn: &str,
+        op: impl std::future::Future<Output = Result<T, DirectoryError>>,
+    ) -> Result<T, DirectoryError> {
+        let Some(own) = &self.own else {
+            return op.await;
+        };
+        own.wrote(dn);
+        let result = op.await;
+        if result.is_err() {
+            own.failed(dn);
+        }
+        result
     }
 
     /// Runs `op` on a pooled connection with the configured timeout; a lost connection is
@@ -241,7 +277,7 @@ impl Directory {
         attrs: &[(String, Vec<String>)],
         id_attr: &str,
     ) -> Result<Option<String>, DirectoryError> {
-        self.run("add", |mut ldap| async move {
+        let add = self.run("add", |mut ldap| async move {
             let attrs: Vec<(&str, HashSet<&str>)> = attrs
                 .iter()
                 .filter(|(_, values)| !values.is_empty())
@@ -262,8 +298,8 @@ impl Directory {
                 })
             });
             Ok(entry_id.flatten())
-        })
-        .await
+        });
+        self.write(dn, add).await
     }
 
     /// Applies `mods` to `dn` in one modify operation.
@@ -271,12 +307,12 @@ impl Directory {
         if mods.is_empty() {
             return Ok(());
         }
-        self.run("modify", |mut ldap| async move {
+        let modify = self.run("modify", |mut ldap| async move {
             let mods: Vec<ldap3::Mod<&str>> = mods.iter().map(Mod::to_ldap).collect();
             ldap.modify(dn, mods).await?.success()?;
             Ok(())
-        })
-        .await
+        });
+        self.write(dn, modify).await
     }
 
     /// Adds one value to `attr` of `dn`; a value already there counts as done. Merged with
@@ -395,13 +431,17 @@ impl Directory {
         new_rdn: &str,
         new_superior: Option<&str>,
     ) -> Result<(), DirectoryError> {
-        self.run("modrdn", |mut ldap| async move {
+        let new_dn = format!(
+            "{new_rdn},{}",
+            new_superior.unwrap_or_else(|| crate::mapping::parent_dn(dn))
+        );
+        let rename = self.run("modrdn", |mut ldap| async move {
             ldap.modifydn(dn, new_rdn, true, new_superior)
                 .await?
                 .success()?;
             Ok(())
-        })
-        .await
+        });
+        self.write(&new_dn, rename).await
     }
 
     /// Sets the password of `dn` with the Password Modify extended operation (RFC 3062), so the
@@ -411,7 +451,7 @@ impl Directory {
         dn: &str,
         password: &SecretString,
     ) -> Result<(), DirectoryError> {
-        self.run("password_modify", |mut ldap| async move {
+        let set = self.run("password_modify", |mut ldap| async move {
             let exop = ldap3::exop::PasswordModify {
                 user_id: Some(dn),
                 old_pass: None,
@@ -419,8 +459,8 @@ impl Directory {
             };
             ldap.extended(exop).await?.success()?;
             Ok(())
-        })
-        .await
+        });
+        self.write(dn, set).await
     }
 
     /// Writes `userPassword` as exactly these already hashed values (for directories without
@@ -431,13 +471,13 @@ impl Directory {
         dn: &str,
         hashes: &[SecretString],
     ) -> Result<(), DirectoryError> {
-        self.run("password_hash", |mut ldap| async move {
+        let set = self.run("password_hash", |mut ldap| async move {
             let values: HashSet<&str> = hashes.iter().map(|hash| hash.expose_secret()).collect();
             let mods = vec![ldap3::Mod::Replace("userPassword", values)];
             ldap.modify(dn, mods).await?.success()?;
             Ok(())
-        })
-        .await
+        });
+        self.write(dn, set).await
     }
 
     /// The `userPassword` hashes of `dn`: empty when it has none, is gone, or the bound

@@ -52,8 +52,8 @@ struct Slot {
     backoff: Option<(Instant, Duration)>,
 }
 
-struct Conn {
-    ldap: Ldap,
+pub(super) struct Conn {
+    pub(super) ldap: Ldap,
     driver: JoinHandle<()>,
     health: Arc<Health>,
 }
@@ -234,8 +234,10 @@ impl Pool {
         }
     }
 
-    /// Opens and binds one connection, counted in the metrics as a `bind`.
-    async fn connect(&self) -> Result<Conn, DirectoryError> {
+    /// Opens and binds one connection, counted in the metrics as a `bind`. The pool's slots
+    /// hold such connections; a long-lived search (following changes) gets one of its own, so
+    /// that it never holds a slot. Operations on it have no timeout unless the caller sets one.
+    pub(super) async fn connect(&self) -> Result<Conn, DirectoryError> {
         let started = Instant::now();
         let result = self.connect_and_bind().await;
         let class = match &result {

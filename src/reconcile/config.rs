@@ -39,6 +39,9 @@ pub struct RawReconcile {
     pub at_startup: Option<bool>,
     /// `page_size`, default 500: entries per page of the scan. Env `SCIM2LDAP__RECONCILE__PAGE_SIZE`.
     pub page_size: Option<u32>,
+    /// `follow`, default false: follow changes under the managed bases as they happen (RFC
+    /// 4533, OpenLDAP's `syncprov`). Env `SCIM2LDAP__RECONCILE__FOLLOW`.
+    pub follow: Option<bool>,
 }
 
 /// The validated `[reconcile]` section.
@@ -54,6 +57,8 @@ pub struct ReconcileConfig {
     pub at_startup: bool,
     /// Entries per page.
     pub page_size: u32,
+    /// Follow changes as they happen, beside the periodic runs.
+    pub follow: bool,
 }
 
 impl ReconcileConfig {
@@ -99,6 +104,7 @@ impl ReconcileConfig {
             interval: interval.map(|interval| (!interval.is_zero()).then_some(interval))?,
             at_startup: raw.at_startup.unwrap_or(true),
             page_size: page_size?,
+            follow: raw.follow.unwrap_or(false),
         })
     }
 }

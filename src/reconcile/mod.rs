@@ -9,6 +9,7 @@
 //! resource changed by the IdP during the scan is simply compared again under its lock.
 
 pub mod config;
+mod follow;
 mod rebuild;
 mod report;
 mod suspects;
@@ -22,6 +23,7 @@ use crate::service::{Service, ServiceError};
 use crate::store::{IndexedField, Kind, StoreError, StoredResource};
 
 pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
+pub use follow::follow;
 pub use rebuild::{rebuild_cache, RebuildReport};
 pub use report::{Action, Finding, FindingKind, Report};
 pub use suspects::repair_after_failures;

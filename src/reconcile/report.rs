@@ -26,7 +26,7 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FindingKind::Attributes => "attributes",
             FindingKind::EnabledState => "enabled-state",
@@ -58,7 +58,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Repaired => "repaired",
             Action::WouldRepair => "would repair",

@@ -216,6 +216,11 @@ enum Job {
         commit: Box<Commit>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Cookie {
+        base_key: String,
+        cookie: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Most jobs one writer transaction takes.
@@ -683,6 +688,40 @@ impl Store {
             }
         }
         result
+    }
+
+    /// The synchronization cookie kept for the followed base `base` (see
+    /// `reconcile::follow`), if any.
+    pub async fn sync_cookie(&self, base: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let base_key = dn_key(base);
+        self.read(move |conn| {
+            use rusqlite::OptionalExtension;
+            Ok(conn
+                .prepare_cached("SELECT cookie FROM sync_cookies WHERE base_key = ?1")?
+                .query_row(params![base_key], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Keeps `cookie` for the followed base `base` (`None` forgets it). Like a commit, it is
+    /// durable against a process crash when this returns; losing it to a power cut only
+    /// means that changes since an older cookie are checked again.
+    pub async fn set_sync_cookie(
+        &self,
+        base: &str,
+        cookie: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        if let Some(reason) = self.write_failure() {
+            return Err(StoreError::WriteFailed(reason));
+        }
+        let (reply, receive) = oneshot::channel();
+        self.send(Job::Cookie {
+            base_key: dn_key(base),
+            cookie,
+            reply,
+        })?;
+        receive.await.map_err(|_| StoreError::WriterGone)?
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -1316,7 +1355,7 @@ impl Job {
             Job::Intent { reply, .. } => {
                 let _ = reply.send(result.map(|seq| seq.unwrap_or_default()));
             }
-            Job::Commit { reply, .. } => {
+            Job::Commit { reply, .. } | Job::Cookie { reply, .. } => {
                 let _ = reply.send(result.map(|_| ()));
             }
         }
@@ -1334,6 +1373,22 @@ fn apply_job(conn: &Connection, job: &Job) -> Result<Option<i64>, StoreError> {
             Ok(Some(conn.last_insert_rowid()))
         }
         Job::Commit { commit, .. } => apply_commit(conn, commit).map(|()| None),
+        Job::Cookie {
+            base_key, cookie, ..
+        } => {
+            match cookie {
+                Some(cookie) => conn
+                    .prepare_cached(
+                        "INSERT INTO sync_cookies (base_key, cookie) VALUES (?1, ?2) \
+                         ON CONFLICT(base_key) DO UPDATE SET cookie = excluded.cookie",
+                    )?
+                    .execute(params![base_key, cookie])?,
+                None => conn
+                    .prepare_cached("DELETE FROM sync_cookies WHERE base_key = ?1")?
+                    .execute(params![base_key])?,
+            };
+            Ok(None)
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped on every incompatible change of the tables below or of what their columns hold. A new
-/// table that older builds can ignore (`posix_retired`) is not one: they still open the file.
+/// table that older builds can ignore (`posix_retired`, `sync_cookies`) is not one: they still open the file.
 const SCHEMA_VERSION: i64 = 4;
 
 const TABLES: &str = "
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS posix_retired (
     kind TEXT NOT NULL,
     posix_id INTEGER NOT NULL,
     PRIMARY KEY (kind, posix_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_cookies (
+    base_key TEXT PRIMARY KEY,
+    cookie BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY,

@@ -6,6 +6,7 @@
 
 mod conformance;
 mod daemon;
+mod follow;
 mod foundation;
 mod groups;
 mod hostile;
