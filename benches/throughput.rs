@@ -23,7 +23,9 @@
 //! spread), `BENCH_CACHE_DIR` (where the daemon's cache goes, default beside the directory's
 //! files: point it at another disk to measure the usual deployment, where the two do not share
 //! one device's flushes), `BENCH_SLAPD_FSYNC=0` (the directory without fsync, to tell the
-//! disk's part in a figure), `BENCH_LEVELS` (the concurrency levels, default `1,8,32`) and
+//! disk's part in a figure), `BENCH_FOLLOW=1` (syncprov on the directory and
+//! `reconcile.follow` on the daemon, to measure what following costs), `BENCH_LEVELS` (the
+//! concurrency levels, default `1,8,32`) and
 //! `BENCH_BIN` (another build of the daemon, to compare two builds on the same harness: run them
 //! in turn, several times each, since single runs on a shared machine vary).
 
@@ -47,6 +49,13 @@ use serde_json::{json, Value};
 
 /// Concurrency of the crowd phase of the group benchmark.
 const CROWD_LEVEL: usize = 32;
+
+/// BENCH_FOLLOW=1: the directory runs syncprov and the daemon follows its changes
+/// (`reconcile.follow`), to measure what following costs; the raw phases then pay syncprov's
+/// part too.
+fn follow() -> bool {
+    std::env::var("BENCH_FOLLOW").is_ok_and(|value| value == "1")
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -381,7 +390,10 @@ async fn start_daemon(slapd: &Slapd, dir: &Path, cache_dir: &Path) -> Daemon {
         &format!("base_path = \"/scim/v2\"\n{server_extra}"),
     );
     // JSON logs, as under systemd (stderr is the journal), whose format is the dearer one.
-    let config = format!("{config}\n[log]\nformat = \"json\"\n");
+    let mut config = format!("{config}\n[log]\nformat = \"json\"\n");
+    if follow() {
+        config.push_str("\n[reconcile]\nfollow = true\n");
+    }
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.join("daemon.log");
@@ -608,6 +620,7 @@ async fn main() {
     // setting, but it tells the disk's part in a figure from the rest.
     let slapd = Slapd::start(SlapdOptions {
         fsync: std::env::var("BENCH_SLAPD_FSYNC").map_or(true, |value| value != "0"),
+        syncprov: follow(),
         ..SlapdOptions::default()
     })
     .unwrap();
@@ -643,15 +656,28 @@ async fn main() {
     println!("daemon idle RSS: {idle_rss:.1} MiB\n");
 
     let mut rows = Vec::new();
+    // Following, raw entries under the managed bases would be the follower's orphans (and its
+    // work): they go to an OU of their own, in the same database.
     let people = slapd.people_dn();
+    let raw_base = if follow() {
+        let raw_ou = format!("ou=raw,{}", slapd.suffix());
+        slapd
+            .ldapadd(&format!(
+                "dn: {raw_ou}\nobjectClass: organizationalUnit\nou: raw\n"
+            ))
+            .unwrap();
+        raw_ou
+    } else {
+        slapd.people_dn()
+    };
     for &c in &levels {
         let mut by_round: Vec<Vec<(&'static str, Phase, Phase)>> = Vec::new();
         for round in 0..rounds {
             // Raw LDAP.
             let pool = Arc::new(ldap_pool(&slapd, c).await);
             let dn = {
-                let people = people.clone();
-                move |i: usize| format!("uid=raw-{c}-{round}-{i},{people}")
+                let raw_base = raw_base.clone();
+                move |i: usize| format!("uid=raw-{c}-{round}-{i},{raw_base}")
             };
             let phase = |op: &'static str| {
                 let pool = pool.clone();
@@ -875,6 +901,15 @@ async fn main() {
             "c=1 ratio with nothing but that exchange added to the raw operation: {}\n",
             ceilings.join(", ")
         );
+    }
+
+    if follow() {
+        // The later phases change managed entries with ldap3 behind the daemon's back (the
+        // large group's raw comparison), which following would repair: only the write phases
+        // are measured.
+        println!("BENCH_FOLLOW: the write phases only\n");
+        print_write_table(&rows);
+        return;
     }
 
     // The directory alone, one ldap3 client pausing between its modifies. At c=1 the directory
@@ -1374,9 +1409,28 @@ async fn main() {
     let _ = restarted.wait();
 
     // The README table.
+    print_write_table(&rows);
+    let (_, big_add, big_remove) = &group_results[0];
+    let (_, small_add, small_remove) = &group_results[1];
+    println!(
+        "\nlarge group: add {:.2}x, remove {:.2}x the 10-member cost (p50)",
+        big_add.percentile(0.5).as_secs_f64() / small_add.percentile(0.5).as_secs_f64(),
+        big_remove.percentile(0.5).as_secs_f64() / small_remove.percentile(0.5).as_secs_f64()
+    );
+    if let [(big_add, big_remove), (small_add, small_remove)] = crowd_results.as_slice() {
+        println!(
+            "large group, {CROWD_LEVEL} at a time: add {:.2}x, remove {:.2}x the 10-member cost per member",
+            small_add.ops_per_sec() / big_add.ops_per_sec(),
+            small_remove.ops_per_sec() / big_remove.ops_per_sec()
+        );
+    }
+}
+
+/// The README's table of the write phases.
+fn print_write_table(rows: &[Row]) {
     println!("\n| op | c | raw ops/s | SCIM ops/s | ratio (all rounds) | raw p50/p99 ms | SCIM p50/p99 ms | of which in daemon, p50 | directory, mean ms: raw / in daemon | daemon CPU/op (thread switches) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for row in &rows {
+    for row in rows {
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {}/{} | {}/{} | {} | {} / {} | {:.0} µs ({:.1}) |",
             row.op,
@@ -1395,20 +1449,6 @@ async fn main() {
             ms(row.scim.directory.unwrap_or_default()),
             row.scim.cpu_per_op_us().unwrap_or(0.0),
             row.scim.switches_per_op()
-        );
-    }
-    let (_, big_add, big_remove) = &group_results[0];
-    let (_, small_add, small_remove) = &group_results[1];
-    println!(
-        "\nlarge group: add {:.2}x, remove {:.2}x the 10-member cost (p50)",
-        big_add.percentile(0.5).as_secs_f64() / small_add.percentile(0.5).as_secs_f64(),
-        big_remove.percentile(0.5).as_secs_f64() / small_remove.percentile(0.5).as_secs_f64()
-    );
-    if let [(big_add, big_remove), (small_add, small_remove)] = crowd_results.as_slice() {
-        println!(
-            "large group, {CROWD_LEVEL} at a time: add {:.2}x, remove {:.2}x the 10-member cost per member",
-            small_add.ops_per_sec() / big_add.ops_per_sec(),
-            small_remove.ops_per_sec() / big_remove.ops_per_sec()
         );
     }
 }
