@@ -110,7 +110,7 @@ async fn follow_offered(
     timeout: std::time::Duration,
 ) -> Result<bool, DirectoryError> {
     let mut stream = match directory
-        .follow(base, false, vec!["1.1".to_string()], None)
+        .follow(base, "(objectClass=*)", vec!["1.1".to_string()], None)
         .await
     {
         Ok(stream) => stream,

@@ -56,6 +56,9 @@ pub struct SyncMessage {
 pub struct ChangeStream {
     stream: ldap3::SearchStream<'static, String, Vec<String>>,
     conn: Conn,
+    /// The bound identity as the directory names it (Who am I?), normalized as it writes it
+    /// into `modifiersName`.
+    identity: Option<String>,
     /// How long the stream may stay silent before the connection is checked.
     keepalive: Duration,
     /// The timeout of that check.
@@ -63,28 +66,37 @@ pub struct ChangeStream {
 }
 
 impl super::Directory {
-    /// Starts following the entries directly below `base` (the whole subtree with `subtree`),
-    /// from `cookie` when one is kept: changes since it come first (the refresh phase), then
-    /// each change as it happens. `attrs` are the attributes sent with each changed entry.
-    /// A directory that cannot follow refuses the search or ends it at once.
+    /// Starts following the entries directly below `base` that match `filter`, from `cookie`
+    /// when one is kept: changes since it come first (the refresh phase), then each change as
+    /// it happens. `attrs` are the attributes sent with each changed entry. A directory that
+    /// cannot follow refuses the search or ends it at once.
     pub async fn follow(
         &self,
         base: &str,
-        subtree: bool,
+        filter: &str,
         attrs: Vec<String>,
         cookie: Option<Vec<u8>>,
     ) -> Result<ChangeStream, DirectoryError> {
         let conn = self.pool.connect().await?;
         let mut ldap = conn.ldap.clone();
+        let identity =
+            tokio::time::timeout(self.pool.timeout(), ldap.extended(ldap3::exop::WhoAmI))
+                .await
+                .map_err(|_| DirectoryError::Timeout)?
+                .map_err(DirectoryError::from)?
+                .success()
+                .ok()
+                .and_then(|(exop, _)| {
+                    exop.parse::<ldap3::exop::WhoAmIResp>()
+                        .authzid
+                        .strip_prefix("dn:")
+                        .map(str::to_string)
+                });
+        let mut ldap = conn.ldap.clone();
         let request = SyncRequest {
             mode: RefreshMode::RefreshAndPersist,
             cookie,
             reload_hint: false,
-        };
-        let scope = if subtree {
-            Scope::Subtree
-        } else {
-            Scope::OneLevel
         };
         // The answer to the request itself is awaited with the usual timeout; the messages
         // that follow may be hours apart, and the keepalive watches the connection instead.
@@ -92,8 +104,8 @@ impl super::Directory {
             self.pool.timeout(),
             ldap.with_controls(request.critical()).streaming_search(
                 base,
-                scope,
-                "(objectClass=*)",
+                Scope::OneLevel,
+                filter,
                 attrs,
             ),
         )
@@ -103,6 +115,7 @@ impl super::Directory {
         Ok(ChangeStream {
             stream,
             conn,
+            identity,
             keepalive: KEEPALIVE,
             timeout: self.pool.timeout(),
         })
@@ -158,6 +171,12 @@ impl ChangeStream {
             };
             return Ok(Some(entry_message(entry, state)));
         }
+    }
+
+    /// The DN the search's connection is bound as, as the directory writes it (into
+    /// `modifiersName`); `None` when the directory did not say.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// Checks that the connection still answers.

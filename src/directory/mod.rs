@@ -178,8 +178,9 @@ impl Directory {
         };
         own.wrote(dn);
         let result = op.await;
-        if result.is_err() {
-            own.failed(dn);
+        match result {
+            Ok(_) => own.answered(dn),
+            Err(_) => own.failed(dn),
         }
         result
     }

@@ -47,6 +47,15 @@ impl OwnWrites {
         self.wrote_at(dn, Instant::now());
     }
 
+    /// Notes that a write counted by `wrote` got its answer: its message is waited for from
+    /// now on (the write may have queued for a while).
+    pub fn answered(&self, dn: &str) {
+        let key = dn_key(dn);
+        if let Some((_, at)) = self.inner().expected.get_mut(&key) {
+            *at = Instant::now();
+        }
+    }
+
     /// Takes back `wrote` for a write that failed.
     pub fn failed(&self, dn: &str) {
         let key = dn_key(dn);

@@ -4,25 +4,30 @@
 //! checks them: repaired or reported by the same policies, through the same write path and
 //! locks. The periodic runs stay the safety net.
 //!
-//! scim2ldap's own writes are told apart by `modifiersName`, its bind DN, and by the tally
-//! of change messages its writes are owed (`Directory::own_change`), so that a change made
-//! by hand with the same bind DN is still checked. The provider's cookie is
-//! kept in the cache, so that after a restart the changes made meanwhile are checked first.
-//! Without a cookie (the first start, or one the provider no longer serves) the first
-//! refresh, every entry of the base, is passed over: that is what the runs check.
+//! scim2ldap's own writes are told apart by `modifiersName`, its bind identity, and by the
+//! tally of change messages its writes are owed (`Directory::own_change`), so that a change
+//! made by hand with the same bind DN is still checked. The provider's cookie is kept in the
+//! cache, so that after a restart the changes made meanwhile are checked first. Without a
+//! cookie (the first start, or one the provider no longer serves), a search that matches no
+//! entry first fetches the provider's current cookie: the entries as they are now are what
+//! the runs check, and they are not sent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Action, ReconcileConfig, ReconcileError, Report, Run, RunOptions};
-use crate::directory::{DirectoryError, SyncEvent, SYNC_REFRESH_REQUIRED};
+use super::{
+    Action, Finding, FindingKind, ReconcileConfig, ReconcileError, Report, Run, RunOptions,
+};
+use crate::directory::{
+    ChangeStream, DirectoryError, SearchScope, SyncEvent, SYNC_REFRESH_REQUIRED,
+};
 use crate::mapping::{dn_key, Deactivate};
 use crate::service::Service;
 use crate::store::{IndexedField, Kind};
 
-/// How often a changed cookie is written to the cache while changes come (and at the end,
-/// and after a refresh). A cookie older than the newest only means that a restart checks
+/// How often a changed cookie is written to the cache while messages come; also after each
+/// refresh and at the end. A cookie older than the newest only means that a restart checks
 /// some changes again.
 const COOKIE_SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -30,11 +35,18 @@ const COOKIE_SAVE_EVERY: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Wait before asking again a directory that ended the search at once (it does not offer
-/// content synchronization on that base).
+/// Wait before asking again a directory that does not offer content synchronization on a
+/// base, or a disabled OU that does not exist yet.
 const RETRY_NOT_OFFERED: Duration = Duration::from_secs(600);
 
-/// Follows the managed bases until `shutdown`, when `reconcile.follow` is on.
+/// The filter of every followed search.
+const ALL: &str = "(objectClass=*)";
+
+/// A filter no entry matches: its refresh sends nothing but the provider's cookie.
+const NONE: &str = "(!(objectClass=*))";
+
+/// Follows the managed bases until `shutdown`, when `reconcile.follow` is on. A follower that
+/// ends abnormally (a malformed message the LDAP library cannot parse) starts again.
 pub async fn follow(
     service: Arc<Service>,
     config: ReconcileConfig,
@@ -56,33 +68,52 @@ pub async fn follow(
     if let Deactivate::Move { disabled_base_dn } = &service.config().users.deactivate {
         bases.push((Kind::User, disabled_base_dn.clone(), true));
     }
-    let tasks: Vec<_> = bases
-        .into_iter()
-        .map(|(kind, base, optional)| {
-            let follower = Follower {
-                service: service.clone(),
-                options,
-                kind,
-                base,
-                optional,
-                cookie: None,
-                unsaved: false,
-                reached: false,
-                saved_at: Instant::now(),
-            };
-            tokio::spawn(follower.follow(shutdown.clone()))
-        })
-        .collect();
-    for task in tasks {
-        if let Err(err) = task.await {
-            tracing::warn!(error = %err, "following task ended abnormally");
+    let stopping = shutdown.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut by_task = HashMap::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<()>,
+                 (kind, base, optional): (Kind, String, bool)| {
+        let follower = Follower {
+            service: service.clone(),
+            options,
+            kind,
+            base: base.clone(),
+            optional,
+            cookie: None,
+            unsaved: false,
+            saved_at: Instant::now(),
+            reached: false,
+        };
+        let task = tasks.spawn(follower.follow(shutdown.clone()));
+        (task.id(), (kind, base, optional))
+    };
+    for base in bases {
+        let (id, base) = spawn(&mut tasks, base);
+        by_task.insert(id, base);
+    }
+    while let Some(ended) = tasks.join_next_with_id().await {
+        let (id, err) = match ended {
+            Ok((id, ())) => {
+                by_task.remove(&id);
+                continue;
+            }
+            Err(err) => (err.id(), err),
+        };
+        let Some(base) = by_task.remove(&id) else {
+            continue;
+        };
+        if *stopping.borrow() {
+            continue;
         }
+        tracing::error!(error = %err, base = %base.1, "following changes ended abnormally; starting again");
+        let (id, base) = spawn(&mut tasks, base);
+        by_task.insert(id, base);
     }
 }
 
 /// Why following a base stopped.
 enum Stop {
-    /// The directory ended the search at once: it does not follow this base.
+    /// The directory does not follow this base (no synchronization provider there).
     NotOffered,
     /// The provider cannot serve the cookie any more.
     RefreshRequired,
@@ -92,7 +123,10 @@ enum Stop {
 
 impl From<ReconcileError> for Stop {
     fn from(err: ReconcileError) -> Stop {
-        Stop::Failed(err)
+        match err {
+            ReconcileError::Directory(err) => err.into(),
+            err => Stop::Failed(err),
+        }
     }
 }
 
@@ -104,7 +138,7 @@ impl From<DirectoryError> for Stop {
             }
             // unavailableCriticalExtension: no synchronization provider at all.
             DirectoryError::Other { rc: 12, .. } => Stop::NotOffered,
-            err => Stop::Failed(err.into()),
+            err => Stop::Failed(ReconcileError::Directory(err)),
         }
     }
 }
@@ -121,9 +155,9 @@ struct Follower {
     cookie: Option<Vec<u8>>,
     /// `cookie` is newer than what the cache holds.
     unsaved: bool,
-    /// The last attempt reached the directory (its search started).
-    reached: bool,
     saved_at: Instant,
+    /// The last attempt got a message of the directory's synchronization.
+    reached: bool,
 }
 
 impl Follower {
@@ -141,7 +175,7 @@ impl Follower {
             self.reached = false;
             let stop = tokio::select! {
                 stop = self.follow_once() => stop,
-                _ = shutdown.changed() => break,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             };
             if self.reached {
                 retry = RETRY_MIN;
@@ -152,22 +186,27 @@ impl Follower {
                     tracing::info!(base = %self.base, "the directory no longer serves the kept sync cookie; following from now on (the periodic runs cover what changed meanwhile)");
                     self.cookie = None;
                     self.unsaved = true;
-                    Duration::ZERO
+                    RETRY_MIN
                 }
                 Stop::NotOffered => {
-                    tracing::warn!(base = %self.base, "the directory does not offer content synchronization (RFC 4533, OpenLDAP's syncprov) on this base; changes made by hand are found by the periodic runs");
+                    tracing::warn!(base = %self.base, retry_in_s = RETRY_NOT_OFFERED.as_secs(), "the directory does not offer content synchronization (RFC 4533, OpenLDAP's syncprov) on this base; changes made by hand are found by the periodic runs");
                     RETRY_NOT_OFFERED
                 }
+                Stop::Failed(ReconcileError::Directory(DirectoryError::NoSuchObject(_)))
+                    if self.optional =>
+                {
+                    tracing::debug!(base = %self.base, "the disabled OU does not exist yet; followed once it does");
+                    RETRY_MAX
+                }
                 Stop::Failed(err) => {
-                    let missing_ou = self.optional
-                        && matches!(
-                            &err,
-                            ReconcileError::Directory(DirectoryError::NoSuchObject(_))
-                        );
-                    if missing_ou {
-                        tracing::debug!(base = %self.base, "the disabled OU does not exist yet; followed once it does");
-                    } else if !warned {
-                        tracing::warn!(error = %err, base = %self.base, retry_in_ms = retry.as_millis() as u64, "following changes stopped; trying again");
+                    let hint = match &err {
+                        ReconcileError::Directory(DirectoryError::SizeLimit(_)) => {
+                            " (give the bind DN unlimited search results, on OpenLDAP olcLimits: dn.exact=\"<bind DN>\" size=unlimited)"
+                        }
+                        _ => "",
+                    };
+                    if !warned {
+                        tracing::warn!(error = %err, base = %self.base, retry_in_ms = retry.as_millis() as u64, "following changes stopped; trying again{hint}");
                         warned = true;
                     } else {
                         tracing::debug!(error = %err, base = %self.base, "following changes failed again");
@@ -180,33 +219,28 @@ impl Follower {
             self.save_cookie().await;
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => break,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
         self.save_cookie().await;
     }
 
-    /// Follows the base from the current cookie until something stops it.
+    /// Follows the base from the current cookie (fetched first when there is none) until
+    /// something stops it.
     async fn follow_once(&mut self) -> Stop {
-        let service = self.service.clone();
-        let blind = self.cookie.is_none();
-        let mut stream = match service
-            .directory()
-            .follow(
-                &self.base,
-                false,
-                vec!["modifiersName".to_string()],
-                self.cookie.clone(),
-            )
-            .await
-        {
+        if self.cookie.is_none() {
+            if let Err(stop) = self.fetch_cookie().await {
+                return stop;
+            }
+        }
+        // Without a cookie still (a provider that gave none), the refresh lists every entry;
+        // the runs check those.
+        let mut blind = self.cookie.is_none();
+        let mut stream = match self.start(ALL, self.cookie.clone()).await {
             Ok(stream) => stream,
-            Err(err) => return err.into(),
+            Err(stop) => return stop,
         };
-        self.reached = true;
-        let _counted = crate::metrics::following_base();
-        // Without a cookie the refresh lists every entry; the runs check those.
-        let mut blind = blind;
+        let mut counted = None;
         let mut refreshed = false;
         loop {
             let message = match stream.next().await {
@@ -219,6 +253,10 @@ impl Follower {
                 Ok(None) => return Stop::NotOffered,
                 Err(err) => return err.into(),
             };
+            if counted.is_none() {
+                self.reached = true;
+                counted = Some(crate::metrics::following_base());
+            }
             let mut save_now = false;
             let checked = match message.event {
                 SyncEvent::RefreshDone => {
@@ -227,15 +265,15 @@ impl Follower {
                     }
                     refreshed = true;
                     blind = false;
-                    // Kept at once: without a cookie, a restart would pass over a refresh.
                     save_now = true;
                     Ok(())
                 }
                 SyncEvent::Unchanged => Ok(()),
                 _ if blind => Ok(()),
-                SyncEvent::Changed { entry, entry_uuid } => {
+                SyncEvent::Changed { entry, .. } => {
                     let modifiers_name = entry.first("modifiersName");
-                    self.changed(&entry.dn, modifiers_name, &entry_uuid).await
+                    self.changed(&entry.dn, modifiers_name, stream.identity())
+                        .await
                 }
                 SyncEvent::Deleted { dn, entry_uuid } => self.deleted(Some(&dn), &entry_uuid).await,
                 SyncEvent::DeletedIds(ids) => {
@@ -249,10 +287,10 @@ impl Follower {
                     result
                 }
             };
-            // A change that could not be checked is not passed: the search starts again from
-            // the cookie before it.
+            // A change that could not be checked (the directory or the cache failing) is not
+            // passed: the search starts again from the cookie before it.
             if let Err(err) = checked {
-                return Stop::Failed(err);
+                return err.into();
             }
             if let Some(cookie) = message.cookie {
                 self.cookie = Some(cookie);
@@ -260,6 +298,40 @@ impl Follower {
             }
             if save_now || self.saved_at.elapsed() >= COOKIE_SAVE_EVERY {
                 self.save_cookie().await;
+            }
+        }
+    }
+
+    /// Starts the followed search with `filter` from `cookie`.
+    async fn start(&self, filter: &str, cookie: Option<Vec<u8>>) -> Result<ChangeStream, Stop> {
+        self.service
+            .directory()
+            .follow(
+                &self.base,
+                filter,
+                vec!["modifiersName".to_string()],
+                cookie,
+            )
+            .await
+            .map_err(Stop::from)
+    }
+
+    /// Takes the provider's current cookie from a search that matches no entry, so that the
+    /// refresh of the real search sends only what changes from now on (not every entry,
+    /// which a size limit would also cut short).
+    async fn fetch_cookie(&mut self) -> Result<(), Stop> {
+        let mut stream = self.start(NONE, None).await?;
+        loop {
+            let Some(message) = stream.next().await.map_err(Stop::from)? else {
+                return Err(Stop::NotOffered);
+            };
+            if message.event == SyncEvent::RefreshDone {
+                if message.cookie.is_some() {
+                    self.cookie = message.cookie;
+                    self.unsaved = true;
+                    self.save_cookie().await;
+                }
+                return Ok(());
             }
         }
     }
@@ -297,19 +369,25 @@ impl Follower {
         }
     }
 
-    /// An entry was added, changed or moved in: checked like a run checks it, unless
-    /// scim2ldap changed it.
+    /// An entry was added, changed or moved in: checked like a run checks it, unless it is
+    /// scim2ldap's own write (`identity` is the bind DN as the directory names it).
     async fn changed(
         &self,
         dn: &str,
         modifiers_name: Option<&str>,
-        entry_uuid: &str,
+        identity: Option<&str>,
     ) -> Result<(), ReconcileError> {
-        let ours = dn_key(&self.service.config().ldap.bind_dn);
+        let ours = dn_key(identity.unwrap_or(&self.service.config().ldap.bind_dn));
         if modifiers_name.is_some_and(|name| dn_key(name) == ours)
             && self.service.directory().own_change(dn)
         {
             return Ok(());
+        }
+        // A write of the resource under way is let finish first, so that the entry is
+        // compared with the cache's state after it.
+        let store = self.service.store();
+        if let Some(resource) = store.find(self.kind, IndexedField::Dn, dn).await?.pop() {
+            self.service.settled(self.kind, &resource.id).await?;
         }
         let mut run = self.one_entry_run();
         let attrs = run.attrs_to_read(self.kind);
@@ -318,14 +396,16 @@ impl Follower {
             // Gone again: its deletion comes next.
             return Ok(());
         };
-        tracing::debug!(dn = %dn, entry_uuid, "checking an entry changed in the directory");
+        tracing::debug!(dn = %dn, "checking an entry changed in the directory");
         run.check_entry(self.kind, entry).await?;
         self.finish(run.report);
         Ok(())
     }
 
-    /// An entry was deleted or moved out: the resource it held, if any, is checked like a
-    /// run checks a missing entry (scim2ldap's own deletes and moves are in step by then).
+    /// An entry was deleted or moved out of the base. The resource it held, if any, is
+    /// looked for once its writes under way are done: an entry that only moved (to the
+    /// disabled OU, or anywhere in the directory) is checked where it is now, the way a run
+    /// checks a moved entry; one that is gone is a missing entry, re-created or reported.
     async fn deleted(&self, dn: Option<&str>, entry_uuid: &str) -> Result<(), ReconcileError> {
         let store = self.service.store();
         let mut resource = None;
@@ -341,10 +421,34 @@ impl Follower {
         let Some(resource) = resource else {
             return Ok(());
         };
+        // scim2ldap's own delete or move is done by now, and the resource gone or moved.
+        let Some(resource) = self.service.settled(self.kind, &resource.id).await? else {
+            return Ok(());
+        };
         let mut run = self.one_entry_run();
+        let attrs = run.attrs_to_read(self.kind);
+        let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let directory = self.service.directory();
+        let context = directory.naming_context(&self.base).await?;
+        let filter = crate::directory::escape::eq_filter("entryUUID", entry_uuid);
+        let found = directory
+            .search(&context, SearchScope::Subtree, &filter, &attr_refs)
+            .await?
+            .pop();
+        if let Some(entry) = found {
+            run.check_entry(self.kind, entry).await?;
+            self.finish(run.report);
+            return Ok(());
+        }
+        // Gone, unless the cached entry is elsewhere (another id than the message's).
+        if let Some(entry) = directory.read(&resource.dn, &attr_refs).await? {
+            run.check_entry(self.kind, entry).await?;
+            self.finish(run.report);
+            return Ok(());
+        }
         let action = run.repair(&resource, None).await?;
-        run.drift_found(super::Finding {
-            kind: super::FindingKind::Missing,
+        run.drift_found(Finding {
+            kind: FindingKind::Missing,
             resource_type: self.kind.as_str(),
             id: Some(resource.id.clone()),
             dn: resource.dn.clone(),

@@ -558,6 +558,18 @@ impl Service {
             .await
     }
 
+    /// The resource `id` of `kind` once no write to it is in progress (a write holds its lock
+    /// from before its directory write until its commit): the cache's state after the writes
+    /// under way, `None` when it is gone.
+    pub(crate) async fn settled(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<StoredResource>, ServiceError> {
+        drop(self.locks.lock(format!("id:{id}")).await);
+        Ok(self.store.get(kind, id).await?)
+    }
+
     /// Takes the lock of `name` for `kind` and checks that no resource but `owner` holds it
     /// (names ignore case). Returns no lock when `owner` already has that name.
     async fn claim_name(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use scim2ldap::demo::slapd::{Slapd, SlapdOptions};
 use serde_json::json;
 
+use crate::daemon::Daemon;
 use crate::support::{sample, user_body, values, TestServer};
 
 /// No run at start-up, none periodically: only following can repair.
@@ -31,6 +32,16 @@ fn hand(server: &TestServer, ldif: String) {
     server.slapd.ldapmodify_as_operator(&ldif).unwrap();
 }
 
+/// Moves the server's daemon to a process of its own: metrics are per process, and other
+/// tests' daemons run in this one. The returned process serves the server's requests.
+async fn own_process(server: &mut TestServer) -> Daemon {
+    server.stop_daemon().await;
+    let daemon = Daemon::ready(&server.config_path).await;
+    server.root = format!("http://{}", daemon.listen);
+    server.base.clone_from(&daemon.base);
+    daemon
+}
+
 async fn drifted(server: &TestServer) -> f64 {
     sample(
         &server.metrics().await,
@@ -46,6 +57,7 @@ async fn changes_made_in_the_directory_are_repaired_as_they_happen() {
     })
     .expect("slapd starts");
     let mut server = TestServer::start_on(slapd, |text| text.push_str(FOLLOW_ONLY)).await;
+    let daemon = own_process(&mut server).await;
     server
         .wait_for_gauge("scim2ldap_reconcile_followed_bases", 2)
         .await;
@@ -162,9 +174,9 @@ async fn changes_made_in_the_directory_are_repaired_as_they_happen() {
     assert_eq!(drifted(&server).await, 4.0);
     server.get(&format!("/Groups/{group_id}")).await.expect(200);
 
+    daemon.kill();
     // Stopped: a change and a delete made meanwhile are checked from the kept cookie on the
     // next start (the delete through the provider's session log), still with no run.
-    server.stop_daemon().await;
     hand(
         &server,
         format!("dn: {alice_dn}\nchangetype: modify\nreplace: sn\nsn: Changed\n"),
@@ -186,6 +198,7 @@ async fn changes_made_in_the_directory_are_repaired_as_they_happen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_directory_without_syncprov_is_not_followed_and_check_says_so() {
     let mut server = TestServer::start_with(|text| text.push_str(FOLLOW_ONLY)).await;
+    let _daemon = own_process(&mut server).await;
     server
         .create("/Users", user_body("erin", "Erin", "E"))
         .await;
@@ -216,5 +229,144 @@ async fn a_directory_without_syncprov_is_not_followed_and_check_says_so() {
         ),
         0.0
     );
-    server.stop_daemon().await;
+}
+
+/// A server following a directory with syncprov, users deactivated by a move to the disabled
+/// OU, and `extra` reconcile keys.
+async fn following_with_move(extra: &str) -> (TestServer, Daemon) {
+    let slapd = Slapd::start(SlapdOptions {
+        syncprov: true,
+        ..SlapdOptions::default()
+    })
+    .expect("slapd starts");
+    let mut server = TestServer::start_on(slapd, |text| {
+        *text = text.replace("[users]\n", "[users]\ndeactivate = \"move\"\n");
+        text.push_str(FOLLOW_ONLY);
+        text.push_str(extra);
+    })
+    .await;
+    let daemon = own_process(&mut server).await;
+    // The users and groups bases, and the disabled OU.
+    server
+        .wait_for_gauge("scim2ldap_reconcile_followed_bases", 3)
+        .await;
+    (server, daemon)
+}
+
+/// Entries with `uid` anywhere in the directory.
+fn entries_with_uid(server: &TestServer, uid: &str) -> Vec<String> {
+    server
+        .search(server.slapd.suffix(), &format!("(uid={uid})"))
+        .into_iter()
+        .map(|(dn, _)| dn)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_moved_by_hand_is_moved_back_not_created_twice() {
+    let (server, _daemon) = following_with_move("").await;
+    let alice_id = server
+        .create("/Users", user_body("alice", "Alice", "A"))
+        .await;
+    let bob_id = server.create("/Users", user_body("bob", "Bob", "B")).await;
+    let carol_id = server
+        .create("/Users", user_body("carol", "Carol", "C"))
+        .await;
+    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    server
+        .patch(&format!("/Users/{bob_id}"), off)
+        .await
+        .expect(200);
+    server
+        .delete(&format!("/Users/{carol_id}"))
+        .await
+        .expect(204);
+    // By hand, alice into the disabled OU.
+    let disabled = server.slapd.disabled_dn();
+    hand(
+        &server,
+        format!(
+            "dn: {}\nchangetype: modrdn\nnewrdn: uid=alice\ndeleteoldrdn: 1\nnewsuperior: {disabled}\n",
+            server.user_dn("alice")
+        ),
+    );
+    // And dave out of the managed bases altogether: only the users base's search sees it go.
+    let dave_id = server
+        .create("/Users", user_body("dave", "Dave", "D"))
+        .await;
+    let elsewhere = format!("ou=elsewhere,{}", server.slapd.suffix());
+    hand(
+        &server,
+        format!(
+            "dn: {elsewhere}\nchangetype: add\nobjectClass: organizationalUnit\nou: elsewhere\n"
+        ),
+    );
+    hand(
+        &server,
+        format!(
+            "dn: {}\nchangetype: modrdn\nnewrdn: uid=dave\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n",
+            server.user_dn("dave")
+        ),
+    );
+    until("alice and dave moved back", || {
+        entries_with_uid(&server, "alice") == [server.user_dn("alice")]
+            && entries_with_uid(&server, "dave") == [server.user_dn("dave")]
+    })
+    .await;
+    // One entry each, where the IdP put them: bob disabled, carol gone.
+    assert_eq!(
+        entries_with_uid(&server, "bob"),
+        [format!("uid=bob,{disabled}")]
+    );
+    assert!(entries_with_uid(&server, "carol").is_empty());
+    assert_eq!(drifted(&server).await, 2.0);
+    for id in [alice_id, dave_id] {
+        server.get(&format!("/Users/{id}")).await.expect(200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_report_only_changes_made_by_hand_are_reported() {
+    let (server, _daemon) = following_with_move("drift = \"report\"\n").await;
+    let alice_id = server
+        .create("/Users", user_body("alice", "Alice", "A"))
+        .await;
+    let bob_id = server.create("/Users", user_body("bob", "Bob", "B")).await;
+    let carol_id = server
+        .create("/Users", user_body("carol", "Carol", "C"))
+        .await;
+    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    server
+        .patch(&format!("/Users/{bob_id}"), off)
+        .await
+        .expect(200);
+    server
+        .delete(&format!("/Users/{carol_id}"))
+        .await
+        .expect(204);
+    server
+        .patch(
+            &format!("/Users/{alice_id}"),
+            json!({"Operations": [{"op": "replace", "path": "userName", "value": "alicia"}]}),
+        )
+        .await
+        .expect(200);
+    let alicia_dn = server.user_dn("alicia");
+    hand(
+        &server,
+        format!("dn: {alicia_dn}\nchangetype: modify\nreplace: mail\nmail: evil@example.com\n"),
+    );
+    // Messages come in order: once the change by hand is counted, the daemon's own writes
+    // before it have been handled, and were not taken for drift.
+    let started = Instant::now();
+    while drifted(&server).await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drifted(&server).await, 1.0);
+    // Reported, not repaired.
+    assert_eq!(
+        values(&server.entry(&alicia_dn).unwrap(), "mail"),
+        ["evil@example.com"]
+    );
 }
