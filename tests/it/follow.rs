@@ -262,9 +262,9 @@ fn entries_with_uid(server: &TestServer, uid: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_entry_moved_by_hand_is_moved_back_not_created_twice() {
-    let (server, _daemon) = following_with_move("").await;
+/// Through SCIM: alice created, bob created and suspended (moved to the disabled OU), carol
+/// created and deleted. Returns alice's id.
+async fn alice_active_bob_suspended_carol_deleted(server: &TestServer) -> String {
     let alice_id = server
         .create("/Users", user_body("alice", "Alice", "A"))
         .await;
@@ -281,6 +281,13 @@ async fn an_entry_moved_by_hand_is_moved_back_not_created_twice() {
         .delete(&format!("/Users/{carol_id}"))
         .await
         .expect(204);
+    alice_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_moved_by_hand_is_moved_back_not_created_twice() {
+    let (server, _daemon) = following_with_move("").await;
+    let alice_id = alice_active_bob_suspended_carol_deleted(&server).await;
     // By hand, alice into the disabled OU.
     let disabled = server.slapd.disabled_dn();
     hand(
@@ -328,22 +335,7 @@ async fn an_entry_moved_by_hand_is_moved_back_not_created_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn under_report_only_changes_made_by_hand_are_reported() {
     let (server, _daemon) = following_with_move("drift = \"report\"\n").await;
-    let alice_id = server
-        .create("/Users", user_body("alice", "Alice", "A"))
-        .await;
-    let bob_id = server.create("/Users", user_body("bob", "Bob", "B")).await;
-    let carol_id = server
-        .create("/Users", user_body("carol", "Carol", "C"))
-        .await;
-    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
-    server
-        .patch(&format!("/Users/{bob_id}"), off)
-        .await
-        .expect(200);
-    server
-        .delete(&format!("/Users/{carol_id}"))
-        .await
-        .expect(204);
+    let alice_id = alice_active_bob_suspended_carol_deleted(&server).await;
     server
         .patch(
             &format!("/Users/{alice_id}"),
