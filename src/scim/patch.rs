@@ -395,6 +395,19 @@ impl<'s> Engine<'s> {
             }
             return Ok(());
         }
+        if key.contains('[') {
+            // Entra's flattened form can carry a value path as a key
+            // (`emails[type eq "work"].value`): the same as an operation with that path.
+            let path = PatchPath::parse(key).map_err(|err| {
+                ScimError::invalid_path(format!("the key {key} of a value: {}", err.detail))
+            })?;
+            let op = PatchOp {
+                op: kind,
+                path: Some(path),
+                value: Some(value.clone()),
+            };
+            return self.apply_op(resource, &op);
+        }
         let path = AttrPath::parse_detail(key).ok();
         if let Some(AttrPath { urn: Some(urn), .. }) = &path {
             if schema.schema(urn).is_none() {
@@ -486,6 +499,12 @@ impl<'s> Engine<'s> {
         let label = resolved.canonical_path().to_string();
         match &resolved.sub {
             None => {
+                if let (Some(Value::Object(members)), false) = (value, kind == PatchOpKind::Remove)
+                {
+                    if attr.ty == AttrType::Complex && !attr.multi_valued {
+                        return self.merge_complex(resource, resolved, members, &label);
+                    }
+                }
                 let new = match (kind, value) {
                     (PatchOpKind::Remove, _) | (_, None) => None,
                     (_, Some(value)) => self.normalize(attr, value, &label)?,
@@ -759,6 +778,63 @@ impl<'s> Engine<'s> {
             ))),
             other => self.normalize_one(attr, other, label),
         }
+    }
+
+    /// `add` or `replace` of sub-attributes of a single-valued complex attribute (`name`,
+    /// `manager`): the ones given are set, a null one is unassigned, and the ones not given
+    /// stay as they are (RFC 7644 §3.5.2.1, §3.5.2.3). Unknown and read-only sub-attributes
+    /// change nothing, so a value holding only those (`manager.displayName`) leaves the
+    /// attribute as it was; the attribute goes when no sub-attribute is left.
+    fn merge_complex(
+        &mut self,
+        resource: &mut Value,
+        resolved: &ResolvedAttr<'_>,
+        members: &Map<String, Value>,
+        label: &str,
+    ) -> Result<(), ScimError> {
+        let attr = resolved.attr;
+        let mut set = Vec::new();
+        let mut unset = Vec::new();
+        for (key, value) in members {
+            let Some(sub) = attr.sub_attribute(key) else {
+                self.ignored.push(format!("{}.{key}", attr.name));
+                continue;
+            };
+            if sub.mutability == Mutability::ReadOnly {
+                continue;
+            }
+            match normalize_leaf(sub, value, &format!("{label}.{}", sub.name))? {
+                Some(value) => set.push((sub.name.clone(), value)),
+                None => unset.push(sub.name.clone()),
+            }
+        }
+        if set.is_empty() && unset.is_empty() {
+            return Ok(());
+        }
+        let Some(container) = container_mut(resource, resolved.extension, true) else {
+            return Ok(());
+        };
+        let key = canonical_key(container, &attr.name);
+        let slot = container
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let mut now_empty = false;
+        if let Value::Object(current) = slot {
+            for name in unset {
+                remove_ci(current, &name);
+            }
+            for (name, value) in set {
+                insert_canonical(current, &name, value);
+            }
+            now_empty = current.is_empty();
+        }
+        if now_empty {
+            remove_attr(container, attr)?;
+        }
+        Ok(())
     }
 
     /// Normalises one value (one element of a multi-valued attribute).

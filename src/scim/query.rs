@@ -251,6 +251,11 @@ fn project_listed(
             let Value::Object(ext_object) = value else {
                 continue;
             };
+            // The extension's URN alone names all of it (RFC 7644 §3.10).
+            if excluded.iter().any(|path| names_extension(path, &key)) {
+                continue;
+            }
+            let whole = attributes.iter().any(|path| names_extension(path, &key));
             let mut ext_kept = Map::new();
             for (name, value) in ext_object {
                 let path = AttrPath {
@@ -258,7 +263,8 @@ fn project_listed(
                     name: name.clone(),
                     sub: None,
                 };
-                if let Some(value) = project_attr(schema, &path, value, attributes, excluded) {
+                let listed = if whole { &[][..] } else { attributes };
+                if let Some(value) = project_attr(schema, &path, value, listed, excluded) {
                     ext_kept.insert(name, value);
                 }
             }
@@ -273,6 +279,21 @@ fn project_listed(
         }
     }
     Value::Object(kept)
+}
+
+/// Whether `path` is the URN of the extension `extension_id` itself (parsed as a URN prefix
+/// and a last name, `…:2.0` and `User`).
+fn names_extension(path: &AttrPath, extension_id: &str) -> bool {
+    path.sub.is_none()
+        && path.urn.as_deref().is_some_and(|urn| {
+            extension_id.len() == urn.len() + 1 + path.name.len()
+                && extension_id
+                    .get(..urn.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(urn))
+                && extension_id
+                    .get(urn.len() + 1..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(&path.name))
+        })
 }
 
 fn same_attr(schema: &ResourceSchema, a: &AttrPath, b_urn: Option<&str>, b_name: &str) -> bool {

@@ -1256,3 +1256,72 @@ mod property {
         }
     }
 }
+
+#[test]
+fn sub_attributes_not_given_stay_and_a_value_of_nothing_writable_changes_nothing() {
+    let managed = json!({"schemas": [CORE, ENT], "userName": "u", "name": {"givenName": "G", "familyName": "F", "middleName": "M"}, ENT: {"manager": {"value": "m1"}}});
+    // Only a read-only sub-attribute: the manager stays.
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "replace", "path": format!("{ENT}:manager"), "value": {"displayName": "Barbara Jensen"}}]),
+        Ok(managed.clone()),
+    );
+    // Nothing, or only unknown sub-attributes: the name stays.
+    for value in [json!({}), json!({"nickname": "x"})] {
+        check(
+            &user(),
+            managed.clone(),
+            json!([{"op": "replace", "path": "name", "value": value}]),
+            Ok(managed.clone()),
+        );
+    }
+    // A null sub-attribute is unassigned, beside a value or alone; the others stay.
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "replace", "path": "name", "value": {"middleName": null, "givenName": "G2"}}]),
+        Ok(with(
+            managed.clone(),
+            json!({"name": {"givenName": "G2", "familyName": "F"}}),
+        )),
+    );
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "replace", "path": "name", "value": {"middleName": null}}]),
+        Ok(with(
+            managed.clone(),
+            json!({"name": {"givenName": "G", "familyName": "F"}}),
+        )),
+    );
+    // The last sub-attribute unassigned takes the attribute with it.
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "replace", "path": format!("{ENT}:manager"), "value": {"value": null}}]),
+        Ok(
+            json!({"schemas": [CORE], "userName": "u", "name": {"givenName": "G", "familyName": "F", "middleName": "M"}}),
+        ),
+    );
+}
+
+#[test]
+fn a_value_path_as_a_key_of_a_path_less_value_is_applied_as_that_path() {
+    let before = bjensen();
+    let mut after = bjensen();
+    after["emails"][0]["value"] = json!("x@example.com");
+    check(
+        &user(),
+        before.clone(),
+        json!([{"op": "Replace", "value": {"emails[type eq \"work\"].value": "x@example.com"}}]),
+        Ok(after),
+    );
+    // One that does not parse is refused, not passed over.
+    check(
+        &user(),
+        before,
+        json!([{"op": "replace", "value": {"emails[type eq].value": "x@example.com"}}]),
+        Err((ScimType::InvalidPath, "emails[type eq].value")),
+    );
+}

@@ -137,3 +137,25 @@ fn a_reply_naming_no_attributes_keeps_what_the_general_projection_keeps() {
                "extOnly": "top level", "URN:EXAMPLE:EXT": {"extDefault": "e", "other": "o"}})
     );
 }
+
+#[test]
+fn an_extension_urn_names_the_whole_extension() {
+    let ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let user = json!({"id": "1", "userName": "u", ext: {"department": "d", "employeeNumber": "7"}});
+    check_projection(
+        &format!("attributes={ext}"),
+        user.clone(),
+        json!({"id": "1", ext: {"department": "d", "employeeNumber": "7"}}),
+    );
+    check_projection(
+        &format!("excludedAttributes={ext}"),
+        user.clone(),
+        json!({"id": "1", "userName": "u"}),
+    );
+    // One of its attributes still names only that one.
+    check_projection(
+        &format!("attributes={ext}:department"),
+        user,
+        json!({"id": "1", ext: {"department": "d"}}),
+    );
+}
