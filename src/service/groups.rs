@@ -156,7 +156,7 @@ impl Service {
         conditions: &Conditions,
     ) -> Result<StoredResource, ServiceError> {
         let request = PatchRequest::from_json(&doc)?;
-        if conditions.if_match.is_none() {
+        if conditions.if_match.is_none() && conditions.if_none_match.is_none() {
             if let Some(delta) = members_delta(&request).filter(MembersDelta::only_adds_and_removes)
             {
                 return self.patch_members(id, delta.add, delta.remove).await;

@@ -778,14 +778,23 @@ fn names_related(kind: Kind, query: &ListQuery) -> bool {
             .is_some_and(|path| path.name.eq_ignore_ascii_case(related))
 }
 
-/// Checks `If-Match` against the stored resource's ETag.
+/// Checks a write's `If-Match` and `If-None-Match` against the stored resource's ETag (RFC
+/// 9110 §13.1.1-2: `If-None-Match: *`, or the current tag, refuses a write to a resource that
+/// exists).
 fn check_if_match(conditions: &Conditions, stored: &StoredResource) -> Result<(), ServiceError> {
-    match &conditions.if_match {
-        Some(list) if !crate::http::etag_matches(list, &render::etag(stored)) => {
-            Err(ServiceError::PreconditionFailed)
-        }
-        _ => Ok(()),
+    let etag = render::etag(stored);
+    let refused = conditions
+        .if_match
+        .as_ref()
+        .is_some_and(|list| !crate::http::etag_matches(list, &etag))
+        || conditions
+            .if_none_match
+            .as_ref()
+            .is_some_and(|list| crate::http::etag_matches(list, &etag));
+    if refused {
+        return Err(ServiceError::PreconditionFailed);
     }
+    Ok(())
 }
 
 /// Now, as RFC 3339 with seconds precision.

@@ -469,6 +469,16 @@ async fn etags_guard_writes_and_reads() {
         )
         .await;
     stale.expect(412);
+    // `If-None-Match: *` writes only what does not exist yet (RFC 9110 §13.1.2).
+    let none_match = server
+        .call_with(
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch.clone()),
+            |r| r.header("if-none-match", "*"),
+        )
+        .await;
+    none_match.expect(412);
     assert!(values(&server.entry(&server.user_dn("etag")).unwrap(), "title").is_empty());
     let fresh = server
         .call_with(
