@@ -550,6 +550,23 @@ struct Target<'a> {
     account_control: bool,
 }
 
+impl Target<'_> {
+    /// Whether `dn` is the entry of the resource the plan writes, as the cache knows it.
+    async fn owns(&self, dn: &str) -> Result<bool, DirectoryError> {
+        for kind in [crate::store::Kind::User, crate::store::Kind::Group] {
+            let found = self
+                .store
+                .find(kind, crate::store::IndexedField::Dn, dn)
+                .await
+                .map_err(cache_error)?;
+            if found.iter().any(|resource| resource.id == self.resource_id) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// A cache failure met while applying directory operations (where only `DirectoryError` is
 /// returned); it ends the write like any other failure.
 fn cache_error(err: crate::store::StoreError) -> DirectoryError {
@@ -850,7 +867,12 @@ async fn apply_op(
             Err(err) => return Err(err),
         },
         DirOp::Delete { dn } => directory.delete(dn).await?,
-        DirOp::AddValue { dn, attr, value } => directory.add_value(dn, attr, value).await?,
+        DirOp::AddValue { dn, attr, value } => match directory.add_value(dn, attr, value).await {
+            // Another resource's entry (a group of this user) gone meanwhile: deleted with
+            // its group, or by hand, when reconciliation re-creates it with the cached members.
+            Err(DirectoryError::NoSuchObject(_)) if !target.owns(dn).await? => {}
+            result => result?,
+        },
         DirOp::DeleteValue {
             dn,
             attr,

@@ -1449,3 +1449,48 @@ async fn suspended_members_do_not_keep_a_group_entry_valid() {
     server.delete(&format!("/Users/{cid}")).await.expect(204);
     assert_eq!(members_of(&server, "Ops"), [server.slapd.placeholder_dn()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_renamed_while_its_group_entry_is_gone_is_renamed_and_the_group_comes_back() {
+    let server = TestServer::start_with(|text| {
+        text.push_str("\n[reconcile]\nat_startup = false\ninterval = \"1s\"\n")
+    })
+    .await;
+    let id = user(&server, "rhea").await;
+    server
+        .create(
+            "/Groups",
+            json!({"displayName": "crew", "members": [{"value": id}]}),
+        )
+        .await;
+    let group_dn = server.group_dn("crew");
+    // The group's entry deleted behind the daemon's back (or by a group delete under way).
+    server
+        .slapd
+        .ldapmodify(&format!("dn: {group_dn}\nchangetype: delete\n"))
+        .unwrap();
+    server
+        .patch(
+            &format!("/Users/{id}"),
+            json!({"Operations": [{"op": "replace", "path": "userName", "value": "rhea2"}]}),
+        )
+        .await
+        .expect(200);
+    assert!(server.entry(&server.user_dn("rhea2")).is_some());
+    // Reconciliation puts the group back with the member as it is now.
+    let new_dn = server.user_dn("rhea2");
+    let started = std::time::Instant::now();
+    loop {
+        if server
+            .entry(&group_dn)
+            .is_some_and(|e| values(&e, "member") == [new_dn.as_str()])
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the group did not come back with its renamed member"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
