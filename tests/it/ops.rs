@@ -830,6 +830,10 @@ fn the_install_script_puts_every_file_in_place_with_its_mode() {
         std::fs::read_to_string(root.path().join("usr/lib/systemd/system/scim2ldap.service"))
             .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/scim2ldap serve"));
+    // A configuration error (exit 78) leaves the unit failed; nothing before ExecStart can
+    // fail and restart it in a loop.
+    assert!(unit.contains("\nRestartPreventExitStatus=78\n"));
+    assert!(!unit.contains("\nExecStartPre="));
     // An existing config is kept on upgrade.
     std::fs::write(root.path().join("etc/scim2ldap/config.toml"), "# edited\n").unwrap();
     let again = std::process::Command::new(&script)
@@ -911,6 +915,33 @@ fn usage_errors_exit_1_not_the_drift_code() {
     }
     assert_eq!(run(&["--help"]).status.code(), Some(0));
     assert_eq!(run(&["--version"]).status.code(), Some(0));
+}
+
+/// A configuration that does not load or validate makes `serve` exit 78 (EX_CONFIG), the status
+/// the unit's `RestartPreventExitStatus=` names, so that systemd does not restart it in a loop.
+#[test]
+fn serve_exits_78_on_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for path in [&invalid, &missing] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+            .arg("serve")
+            .arg("--config")
+            .arg(path)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{}: {stderr}",
+            path.display()
+        );
+        assert!(stderr.contains("invalid configuration"), "{stderr}");
+    }
 }
 
 /// Listening beyond loopback without TLS is logged as a warning at start (tokens and user
