@@ -189,9 +189,10 @@ fn reload_on_sighup(
     }))
 }
 
-/// Pings systemd's watchdog at half its interval, but only while the accept loop and the
-/// directory have given a sign of life within the watchdog interval; otherwise systemd
-/// restarts the service once the interval passes without a ping.
+/// Pings systemd's watchdog at half its interval, but only while the daemon itself is healthy
+/// (the accept loop gave a sign of life within the watchdog interval and the cache has not
+/// failed); otherwise systemd restarts the service once the interval passes without a ping.
+/// A directory outage does not stop the pings: the daemon keeps answering 503 meanwhile.
 fn watchdog_task(control: scim2ldap::Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut usec = 0u64;
