@@ -662,7 +662,7 @@ fn validate_server(
             .check(
                 "server.metrics_listen",
                 text.parse::<SocketAddr>()
-                    .map_err(|_| format!("`{text}` is not an address:port such as 127.0.0.1:9100")),
+                    .map_err(|_| format!("`{text}` is not an address:port such as 127.0.0.1:9187")),
             )
             .map(Some),
     };

@@ -2,8 +2,10 @@
 //!
 //! [`Control`] holds the accepted bearer tokens and the listener's TLS acceptor; [`Control::reload`]
 //! swaps both from a new configuration at once, or neither (SIGHUP: token rotation and
-//! certificate renewal). It also holds two heartbeats: the accept loop's and the directory's
-//! last successful ping; the systemd watchdog is fed only while both are fresh.
+//! certificate renewal). It also holds the daemon's own health for the systemd watchdog: the
+//! accept loop's heartbeat and whether the cache can still make writes durable. The directory
+//! is not part of it: while the directory is down the daemon keeps answering (503 with
+//! `Retry-After`, `/readyz` not ready), and a restart would not bring the directory back.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,10 +39,9 @@ pub struct Control {
 struct Inner {
     authenticator: RwLock<Arc<Authenticator>>,
     tls: Option<tls::Acceptor>,
-    /// Milliseconds since `epoch` of the last accept-loop beat and directory success; 0: never.
+    /// Milliseconds since `epoch` of the last accept-loop beat; 0: never.
     epoch: Instant,
     loop_beat: AtomicU64,
-    directory_beat: AtomicU64,
     stopping: AtomicBool,
     /// Start-up runs: waiting for the directory and replaying unfinished writes.
     starting: AtomicBool,
@@ -62,7 +63,6 @@ impl Control {
                 tls,
                 epoch: Instant::now(),
                 loop_beat: AtomicU64::new(0),
-                directory_beat: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
                 starting: AtomicBool::new(false),
                 cache_failed: AtomicBool::new(false),
@@ -136,13 +136,6 @@ impl Control {
         self.inner.loop_beat.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// The directory answered.
-    pub fn beat_directory(&self) {
-        self.inner
-            .directory_beat
-            .store(self.now_ms(), Ordering::Relaxed);
-    }
-
     /// Shutdown began: draining counts as healthy.
     pub fn set_stopping(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
@@ -165,8 +158,9 @@ impl Control {
         self.inner.starting.load(Ordering::Relaxed)
     }
 
-    /// Ok when both the accept loop and the directory gave a sign of life within `max_age`
-    /// (or the daemon is draining); otherwise what is stale.
+    /// Ok when the accept loop gave a sign of life within `max_age` and the cache has not
+    /// failed (or the daemon is draining); otherwise what is wrong. Whether the directory
+    /// answers plays no part: that is `/readyz`'s and the metrics' business.
     pub fn health(&self, max_age: Duration) -> Result<(), &'static str> {
         if self.inner.stopping.load(Ordering::Relaxed) {
             return Ok(());
@@ -176,15 +170,9 @@ impl Control {
         }
         let now = self.now_ms();
         let max_age = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-        let fresh = |beat: &AtomicU64| {
-            let at = beat.load(Ordering::Relaxed);
-            at != 0 && now.saturating_sub(at) <= max_age
-        };
-        if !fresh(&self.inner.loop_beat) {
+        let at = self.inner.loop_beat.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) > max_age {
             return Err("the accept loop is not running");
-        }
-        if !fresh(&self.inner.directory_beat) {
-            return Err("the directory has not answered a ping");
         }
         Ok(())
     }
@@ -224,13 +212,15 @@ mod tests {
         .unwrap();
         let config = crate::config::load(&path, Some(Default::default())).unwrap();
         let control = super::Control::new(&config).unwrap();
+        assert_eq!(
+            control.health(Duration::from_secs(60)),
+            Err("the accept loop is not running")
+        );
         control.beat_loop();
-        control.beat_directory();
         assert_eq!(control.health(Duration::from_secs(60)), Ok(()));
         control.set_cache_failed();
         assert!(control.health(Duration::from_secs(60)).is_err());
         control.beat_loop();
-        control.beat_directory();
         assert!(control.health(Duration::from_secs(60)).is_err());
     }
 }

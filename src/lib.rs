@@ -32,7 +32,8 @@
 //!   request ids. A handler extracts, calls one service function, replies.
 //! - [`tls`]: PEM files to a rustls server configuration (TLS 1.2+), swapped on reload.
 //! - [`control`]: what changes without a restart (tokens, certificate: SIGHUP) and the
-//!   heartbeats that feed the systemd watchdog.
+//!   daemon's own health (accept loop, cache) that feeds the systemd watchdog; the directory's
+//!   state is not part of it.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`; `metrics::record_reconcile` is the
 //!   entry point for reconciliation results.
 //! - [`audit`]: one record per directory change on the tracing target `scim2ldap::audit`: who
@@ -98,8 +99,9 @@ pub enum RunError {
     CacheBusy(std::path::PathBuf),
 }
 
-/// How often the directory is pinged for the watchdog's health check.
-const DIRECTORY_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the cache's health is checked (for the watchdog) and the directory pinged (for
+/// the log and the metrics).
+const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves SCIM on `listener` until `shutdown` resolves, then drains in-flight requests.
 ///
@@ -219,7 +221,6 @@ pub async fn run_with(
             "finished writes left by the previous run"
         );
     }
-    control.beat_directory();
     let metrics_server = match config.server.metrics_listen {
         Some(address) => {
             let metrics_listener = match http::bind(address).await {
@@ -243,7 +244,7 @@ pub async fn run_with(
         }
         None => None,
     };
-    let pinger = tokio::spawn(ping_directory(service.clone(), control.clone(), stopped()));
+    let health_checker = tokio::spawn(check_health(service.clone(), control.clone(), stopped()));
     // Puts back the entries of writes that failed transiently, once the directory answers.
     let repairer = tokio::spawn(reconcile::repair_after_failures(
         service.clone(),
@@ -279,7 +280,7 @@ pub async fn run_with(
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
-    let _ = pinger.await;
+    let _ = health_checker.await;
     if let Err(err) = repairer.await {
         tracing::warn!(error = %err, "repair task ended abnormally");
     }
@@ -292,26 +293,29 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Pings the directory every few seconds until `stopped`, beating `control` on each answer.
-async fn ping_directory(
+/// Every few seconds until `stopped`: marks `control` unhealthy for good once the cache has
+/// failed a write (so that the watchdog restarts the daemon), then pings the directory, whose
+/// failures are logged and counted in the metrics but leave the daemon healthy: it keeps
+/// answering 503 with `Retry-After` until the directory is back.
+async fn check_health(
     service: Arc<service::Service>,
     control: Control,
     stopped: impl std::future::Future<Output = ()>,
 ) {
     let mut stopped = std::pin::pin!(stopped);
-    let mut interval = tokio::time::interval(DIRECTORY_PING_INTERVAL);
+    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             () = &mut stopped => return,
         }
-        match service.directory().ping().await {
-            Ok(()) => control.beat_directory(),
-            Err(err) => tracing::warn!(error = %err, "directory ping failed"),
-        }
+        // First, so that a directory ping that runs into its timeout does not delay it.
         if service.store().write_failure().is_some() {
             control.set_cache_failed();
+        }
+        if let Err(err) = service.directory().ping().await {
+            tracing::warn!(error = %err, "directory ping failed");
         }
     }
 }

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve SCIM until SIGTERM or SIGINT.
+    /// Serve SCIM until SIGTERM or SIGINT; exit 78 (EX_CONFIG) when the configuration does not
+    /// load or validate, 1 on other errors.
     Serve {
         /// The configuration file.
         #[arg(long, short)]
@@ -133,8 +134,19 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
+/// sysexits' `EX_CONFIG`: `serve`'s status when the configuration does not load or validate.
+/// The unit names it in `RestartPreventExitStatus=`, so that a bad file leaves the service
+/// failed instead of restarting it every few seconds; only an edit can fix it.
+const EX_CONFIG: u8 = 78;
+
 fn serve(config_path: PathBuf) -> anyhow::Result<ExitCode> {
-    let config = scim2ldap::config::load(&config_path, None)?;
+    let config = match scim2ldap::config::load(&config_path, None) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("scim2ldap: {err}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
     init_tracing(&config.log);
     runtime(config.server.worker_threads)?.block_on(async move {
         let listener = scim2ldap::http::bind(config.server.listen)
@@ -177,9 +189,10 @@ fn reload_on_sighup(
     }))
 }
 
-/// Pings systemd's watchdog at half its interval, but only while the accept loop and the
-/// directory have given a sign of life within the watchdog interval; otherwise systemd
-/// restarts the service once the interval passes without a ping.
+/// Pings systemd's watchdog at half its interval, but only while the daemon itself is healthy
+/// (the accept loop gave a sign of life within the watchdog interval and the cache has not
+/// failed); otherwise systemd restarts the service once the interval passes without a ping.
+/// A directory outage does not stop the pings: the daemon keeps answering 503 meanwhile.
 fn watchdog_task(control: scim2ldap::Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut usec = 0u64;

@@ -250,7 +250,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
         GOOD,
         &[
             ("SCIM2LDAP__SERVER__RATE_LIMIT_PER_SECOND", "0"),
-            ("SCIM2LDAP__SERVER__METRICS_LISTEN", "127.0.0.1:9100"),
+            ("SCIM2LDAP__SERVER__METRICS_LISTEN", "127.0.0.1:9187"),
             ("SCIM2LDAP__SERVER__WORKER_THREADS", "0"),
             (
                 "SCIM2LDAP__AUTH__TOKENS__ENTRA",
@@ -263,7 +263,7 @@ fn tokens_are_named_and_operations_keys_are_validated() {
     assert_eq!(config.server.worker_threads, 0);
     assert_eq!(
         config.server.metrics_listen,
-        Some("127.0.0.1:9100".parse().expect("address"))
+        Some("127.0.0.1:9187".parse().expect("address"))
     );
     assert!(config.auth.tokens.iter().any(|t| &*t.name == "entra"));
 

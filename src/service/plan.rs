@@ -265,9 +265,14 @@ impl Plan {
     }
 }
 
+// The test hooks below read the environment in debug builds only, which is what the
+// integration tests run (`cargo test`). A release build has constant "no fault" variants, so
+// nothing in a deployed daemon's environment can crash, delay or fail its writes.
+
 /// Test hook: with `SCIM2LDAP_TEST_CRASH_AFTER_DIRECTORY=1` in the environment the process
 /// exits right after the directory write and before the cache commit, as a SIGKILL there would.
 /// Integration tests use it to prove that intents are replayed; it is read once per process.
+#[cfg(debug_assertions)]
 fn crash_after_directory() -> bool {
     static CRASH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CRASH.get_or_init(|| {
@@ -275,9 +280,16 @@ fn crash_after_directory() -> bool {
     })
 }
 
+/// Release builds never crash on purpose.
+#[cfg(not(debug_assertions))]
+fn crash_after_directory() -> bool {
+    false
+}
+
 /// Test hook: `SCIM2LDAP_TEST_COMMIT_DELAY_MS=<n>` in the environment holds a client's write
 /// for n milliseconds between its directory write and its cache commit, so that tests can run
 /// something in that window. Read once per process.
+#[cfg(debug_assertions)]
 fn commit_delay() -> Option<std::time::Duration> {
     static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
     *DELAY.get_or_init(|| {
@@ -288,13 +300,26 @@ fn commit_delay() -> Option<std::time::Duration> {
     })
 }
 
+/// Release builds never hold a write.
+#[cfg(not(debug_assertions))]
+fn commit_delay() -> Option<std::time::Duration> {
+    None
+}
+
 /// Test hook: with `SCIM2LDAP_TEST_LOSE_REPLY=1` in the environment, a client's write whose
 /// directory operations all succeeded fails as if the connection had dropped before the last
 /// reply (a transient error, nothing committed). Replays and repairs are not affected. Read
 /// once per process.
+#[cfg(debug_assertions)]
 fn lose_reply() -> bool {
     static LOSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOSE.get_or_init(|| std::env::var_os("SCIM2LDAP_TEST_LOSE_REPLY").is_some_and(|v| v == "1"))
+}
+
+/// Release builds never drop a reply.
+#[cfg(not(debug_assertions))]
+fn lose_reply() -> bool {
+    false
 }
 
 /// What `apply_ops` learned on the way, also when it failed.

@@ -1245,21 +1245,40 @@ pub fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+// The test hooks below read the environment in debug builds only, which is what the
+// integration tests run (`cargo test`). A release build has constant "no fault" variants, so
+// nothing in a deployed daemon's environment can make its cache fail.
+
 /// Test hook: with `SCIM2LDAP_TEST_FSYNC_FAILS_ONCE=1` in the environment the first fsync of the
 /// cache fails and later ones succeed, as on a disk that returned EIO once.
+#[cfg(debug_assertions)]
 fn fsync_fails() -> bool {
     static ONCE: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
     fails_once(&ONCE, "SCIM2LDAP_TEST_FSYNC_FAILS_ONCE")
 }
 
+/// Release builds fail an fsync only when the disk does.
+#[cfg(not(debug_assertions))]
+fn fsync_fails() -> bool {
+    false
+}
+
 /// Test hook: with `SCIM2LDAP_TEST_COMMIT_FAILS_ONCE=1` the process's first commit fails, as
 /// on a full disk.
+#[cfg(debug_assertions)]
 fn commit_fails() -> bool {
     static ONCE: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
     fails_once(&ONCE, "SCIM2LDAP_TEST_COMMIT_FAILS_ONCE")
 }
 
+/// Release builds fail a commit only when SQLite does.
+#[cfg(not(debug_assertions))]
+fn commit_fails() -> bool {
+    false
+}
+
 /// True the first time a test hook whose variable `var` is `1` is asked; read once per process.
+#[cfg(debug_assertions)]
 fn fails_once(flag: &std::sync::OnceLock<std::sync::atomic::AtomicBool>, var: &str) -> bool {
     flag.get_or_init(|| {
         std::sync::atomic::AtomicBool::new(std::env::var_os(var).is_some_and(|v| v == "1"))

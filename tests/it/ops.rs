@@ -471,32 +471,50 @@ async fn metrics_listen_serves_metrics_without_a_token() {
     daemon.stop().await;
 }
 
+/// The watchdog's health is the daemon's own (accept loop, cache), not the directory's: an
+/// outage leaves it healthy, so systemd does not kill a daemon that keeps answering 503 with
+/// `Retry-After` until the directory is back, as it is meant to.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_watchdog_health_follows_the_accept_loop_and_the_directory() {
-    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), |text| text).await;
-    // Pings run every 5 s; 8 s of silence means the directory stopped answering.
-    let max_age = Duration::from_secs(8);
+async fn a_directory_outage_leaves_the_watchdog_fed_and_writes_answered_503() {
+    let token = scim2ldap::http::new_token();
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), |text| {
+        text.replace(TOKEN_LINE, &token.hash_line)
+    })
+    .await;
+    // The accept loop beats every second.
+    let max_age = Duration::from_secs(4);
     assert_eq!(daemon.control.health(max_age), Ok(()));
+    let client = reqwest::Client::new();
+    let readyz = || client.get(format!("http://{}/readyz", daemon.addr)).send();
     daemon.slapd.stop().unwrap();
-    let mut health = Ok(());
-    for _ in 0..150 {
-        health = daemon.control.health(max_age);
-        if health.is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // The daemon pings the directory every 5 s: within 10 s a health that followed the
+    // directory's pings (as it once did) would have gone stale under a 4 s limit.
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(10) {
+        assert_eq!(daemon.control.health(max_age), Ok(()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(health, Err("the directory has not answered a ping"));
+    assert_eq!(readyz().await.unwrap().status().as_u16(), 503);
+    let write = client
+        .post(format!("http://{}/scim/v2/Users", daemon.addr))
+        .bearer_auth(&token.plaintext)
+        .json(&user_body("outage", "Out", "Age"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status().as_u16(), 503);
+    assert!(write.headers().contains_key("retry-after"));
     daemon.slapd.restart().unwrap();
-    let mut health = Err("");
+    let mut ready = 503;
     for _ in 0..150 {
-        health = daemon.control.health(max_age);
-        if health.is_ok() {
+        ready = readyz().await.unwrap().status().as_u16();
+        if ready == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(health, Ok(()));
+    assert_eq!(ready, 200);
+    assert_eq!(daemon.control.health(max_age), Ok(()));
     daemon.stop().await;
 }
 
@@ -830,6 +848,10 @@ fn the_install_script_puts_every_file_in_place_with_its_mode() {
         std::fs::read_to_string(root.path().join("usr/lib/systemd/system/scim2ldap.service"))
             .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/scim2ldap serve"));
+    // A configuration error (exit 78) leaves the unit failed; nothing before ExecStart can
+    // fail and restart it in a loop.
+    assert!(unit.contains("\nRestartPreventExitStatus=78\n"));
+    assert!(!unit.contains("\nExecStartPre="));
     // An existing config is kept on upgrade.
     std::fs::write(root.path().join("etc/scim2ldap/config.toml"), "# edited\n").unwrap();
     let again = std::process::Command::new(&script)
@@ -911,6 +933,33 @@ fn usage_errors_exit_1_not_the_drift_code() {
     }
     assert_eq!(run(&["--help"]).status.code(), Some(0));
     assert_eq!(run(&["--version"]).status.code(), Some(0));
+}
+
+/// A configuration that does not load or validate makes `serve` exit 78 (EX_CONFIG), the status
+/// the unit's `RestartPreventExitStatus=` names, so that systemd does not restart it in a loop.
+#[test]
+fn serve_exits_78_on_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for path in [&invalid, &missing] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_scim2ldap"))
+            .arg("serve")
+            .arg("--config")
+            .arg(path)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{}: {stderr}",
+            path.display()
+        );
+        assert!(stderr.contains("invalid configuration"), "{stderr}");
+    }
 }
 
 /// Listening beyond loopback without TLS is logged as a warning at start (tokens and user
