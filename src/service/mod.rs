@@ -782,15 +782,15 @@ fn names_related(kind: Kind, query: &ListQuery) -> bool {
 /// 9110 §13.1.1-2: `If-None-Match: *`, or the current tag, refuses a write to a resource that
 /// exists).
 fn check_if_match(conditions: &Conditions, stored: &StoredResource) -> Result<(), ServiceError> {
-    let etag = render::etag(stored);
+    let etag = || render::etag(stored);
     let refused = conditions
         .if_match
         .as_ref()
-        .is_some_and(|list| !crate::http::etag_matches(list, &etag))
+        .is_some_and(|list| !crate::http::etag_matches(list, &etag()))
         || conditions
             .if_none_match
             .as_ref()
-            .is_some_and(|list| crate::http::etag_matches(list, &etag));
+            .is_some_and(|list| crate::http::etag_matches(list, &etag()));
     if refused {
         return Err(ServiceError::PreconditionFailed);
     }
