@@ -97,7 +97,7 @@ struct Metrics {
     reconcile_orphans: Gauge,
     reconcile_duration: Histogram,
     reconcile_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
-    reconcile_followed_bases: Gauge,
+    reconcile_follow_searches: Gauge,
     /// Held while gauges are set from a snapshot and rendered.
     render_lock: Mutex<()>,
 }
@@ -253,11 +253,11 @@ impl Metrics {
             "Unix time at which the last successful reconciliation run finished",
             reconcile_last_success.clone(),
         );
-        let reconcile_followed_bases = Gauge::default();
+        let reconcile_follow_searches = Gauge::default();
         registry.register(
-            "reconcile_followed_bases",
-            "Managed bases whose changes are being followed as they happen (reconcile.follow)",
-            reconcile_followed_bases.clone(),
+            "reconcile_follow_searches",
+            "Content synchronization searches open, following the directory's changes (reconcile.follow)",
+            reconcile_follow_searches.clone(),
         );
         Metrics {
             registry,
@@ -284,7 +284,7 @@ impl Metrics {
             reconcile_orphans,
             reconcile_duration,
             reconcile_last_success,
-            reconcile_followed_bases,
+            reconcile_follow_searches,
             render_lock: Mutex::new(()),
         }
     }
@@ -465,18 +465,18 @@ pub fn record_followed_change(drifted: u64, repaired: u64) {
     metrics.reconcile_repaired.inc_by(repaired);
 }
 
-/// Counts a base whose changes are followed for as long as the returned guard lives.
-pub fn following_base() -> FollowingBase {
-    metrics().reconcile_followed_bases.inc();
-    FollowingBase(())
+/// Counts a search following the directory's changes for as long as the returned guard lives.
+pub fn following_search() -> FollowingSearch {
+    metrics().reconcile_follow_searches.inc();
+    FollowingSearch(())
 }
 
-/// See [`following_base`].
-pub struct FollowingBase(());
+/// See [`following_search`].
+pub struct FollowingSearch(());
 
-impl Drop for FollowingBase {
+impl Drop for FollowingSearch {
     fn drop(&mut self) {
-        metrics().reconcile_followed_bases.dec();
+        metrics().reconcile_follow_searches.dec();
     }
 }
 

@@ -66,7 +66,7 @@ pub struct ChangeStream {
 }
 
 impl super::Directory {
-    /// Starts following the entries directly below `base` that match `filter`, from `cookie`
+    /// Starts following the entries at and below `base` that match `filter`, from `cookie`
     /// when one is kept: changes since it come first (the refresh phase), then each change as
     /// it happens. `attrs` are the attributes sent with each changed entry. A directory that
     /// cannot follow refuses the search or ends it at once.
@@ -104,7 +104,7 @@ impl super::Directory {
             self.pool.timeout(),
             ldap.with_controls(request.critical()).streaming_search(
                 base,
-                Scope::OneLevel,
+                Scope::Subtree,
                 filter,
                 attrs,
             ),

@@ -1,8 +1,11 @@
-//! Following changes as they happen (DESIGN.md §5, `reconcile.follow`): a refreshAndPersist
-//! search (RFC 4533) on each managed base tells of every change to an entry below it, and the
-//! changes scim2ldap did not make itself are checked at once, entry by entry, the way a run
-//! checks them: repaired or reported by the same policies, through the same write path and
-//! locks. The periodic runs stay the safety net.
+//! Following changes as they happen (DESIGN.md §5, `reconcile.follow`): one refreshAndPersist
+//! search (RFC 4533) on the closest entry above all the managed bases (usually the suffix)
+//! tells of every change below it, one message per change, and the changes scim2ldap did not
+//! make itself are checked at once, entry by entry, the way a run checks them: repaired or
+//! reported by the same policies, through the same write path and locks. An entry directly
+//! below a managed base is that base's kind; one elsewhere matters only when it is a managed
+//! entry moved out. Bases with no entry above them all (in different naming contexts) are
+//! followed one search each. The periodic runs stay the safety net.
 //!
 //! scim2ldap's own writes are told apart by `modifiersName`, its bind identity, and by the
 //! tally of change messages its writes are owed (`Directory::own_change`), so that a change
@@ -62,32 +65,38 @@ pub async fn follow(
         page_size: config.page_size,
     };
     let mut bases = vec![
-        (Kind::User, service.config().users.base_dn.clone(), false),
-        (Kind::Group, service.config().groups.base_dn.clone(), false),
+        (Kind::User, service.config().users.base_dn.clone()),
+        (Kind::Group, service.config().groups.base_dn.clone()),
     ];
     if let Deactivate::Move { disabled_base_dn } = &service.config().users.deactivate {
-        bases.push((Kind::User, disabled_base_dn.clone(), true));
+        bases.push((Kind::User, disabled_base_dn.clone()));
     }
+    let managed: Vec<(Kind, String)> = bases
+        .iter()
+        .map(|(kind, base)| (*kind, base_key(base)))
+        .collect();
+    let searches: Vec<String> = match common_ancestor(bases.iter().map(|(_, base)| base.as_str())) {
+        Some(ancestor) => vec![ancestor],
+        None => bases.into_iter().map(|(_, base)| base).collect(),
+    };
     let stopping = shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut by_task = HashMap::new();
-    let spawn = |tasks: &mut tokio::task::JoinSet<()>,
-                 (kind, base, optional): (Kind, String, bool)| {
+    let spawn = |tasks: &mut tokio::task::JoinSet<()>, base: String| {
         let follower = Follower {
             service: service.clone(),
             options,
-            kind,
             base: base.clone(),
-            optional,
+            managed: managed.clone(),
             cookie: None,
             unsaved: false,
             saved_at: Instant::now(),
             reached: false,
         };
         let task = tasks.spawn(follower.follow(shutdown.clone()));
-        (task.id(), (kind, base, optional))
+        (task.id(), base)
     };
-    for base in bases {
+    for base in searches {
         let (id, base) = spawn(&mut tasks, base);
         by_task.insert(id, base);
     }
@@ -105,10 +114,48 @@ pub async fn follow(
         if *stopping.borrow() {
             continue;
         }
-        tracing::error!(error = %err, base = %base.1, "following changes ended abnormally; starting again");
+        tracing::error!(error = %err, base = %base, "following changes ended abnormally; starting again");
         let (id, base) = spawn(&mut tasks, base);
         by_task.insert(id, base);
     }
+}
+
+/// `dn_key` without the spaces after an RDN separator (`ou=Groups, o=Corp`), which the
+/// directory drops from the DNs it sends: for telling which managed base holds an entry.
+fn base_key(dn: &str) -> String {
+    let key = dn_key(dn);
+    let mut out = String::with_capacity(key.len());
+    let mut escaped = false;
+    let mut after_separator = false;
+    for c in key.trim().chars() {
+        if after_separator && c == ' ' {
+            continue;
+        }
+        after_separator = !escaped && c == ',';
+        escaped = !escaped && c == '\\';
+        out.push(c);
+    }
+    out
+}
+
+/// The closest entry at or above every one of `bases` (DNs compared as `base_key`), if any.
+fn common_ancestor<'a>(mut bases: impl Iterator<Item = &'a str>) -> Option<String> {
+    let ancestors = |dn: &'a str| {
+        std::iter::successors(Some(dn), |dn| {
+            let parent = crate::mapping::parent_dn(dn).trim_start();
+            (!parent.is_empty()).then_some(parent)
+        })
+    };
+    let first = bases.next()?;
+    let others: Vec<HashSet<String>> = bases
+        .map(|base| ancestors(base).map(base_key).collect())
+        .collect();
+    ancestors(first)
+        .find(|candidate| {
+            let key = base_key(candidate);
+            others.iter().all(|set| set.contains(&key))
+        })
+        .map(str::to_string)
 }
 
 /// Why following a base stopped.
@@ -147,10 +194,10 @@ impl From<DirectoryError> for Stop {
 struct Follower {
     service: Arc<Service>,
     options: RunOptions,
-    kind: Kind,
+    /// Where the search starts; the whole subtree below it is followed.
     base: String,
-    /// The disabled OU: it may not exist yet.
-    optional: bool,
+    /// The managed bases (as `dn_key`) and the kind of the entries directly below each.
+    managed: Vec<(Kind, String)>,
     /// The provider's cookie for everything checked so far.
     cookie: Option<Vec<u8>>,
     /// `cookie` is newer than what the cache holds.
@@ -191,12 +238,6 @@ impl Follower {
                 Stop::NotOffered => {
                     tracing::warn!(base = %self.base, retry_in_s = RETRY_NOT_OFFERED.as_secs(), "the directory does not offer content synchronization (RFC 4533, OpenLDAP's syncprov) on this base; changes made by hand are found by the periodic runs");
                     RETRY_NOT_OFFERED
-                }
-                Stop::Failed(ReconcileError::Directory(DirectoryError::NoSuchObject(_)))
-                    if self.optional =>
-                {
-                    tracing::debug!(base = %self.base, "the disabled OU does not exist yet; followed once it does");
-                    RETRY_MAX
                 }
                 Stop::Failed(err) => {
                     let hint = match &err {
@@ -255,7 +296,7 @@ impl Follower {
             };
             if counted.is_none() {
                 self.reached = true;
-                counted = Some(crate::metrics::following_base());
+                counted = Some(crate::metrics::following_search());
             }
             let mut save_now = false;
             let checked = match message.event {
@@ -270,9 +311,9 @@ impl Follower {
                 }
                 SyncEvent::Unchanged => Ok(()),
                 _ if blind => Ok(()),
-                SyncEvent::Changed { entry, .. } => {
+                SyncEvent::Changed { entry, entry_uuid } => {
                     let modifiers_name = entry.first("modifiersName");
-                    self.changed(&entry.dn, modifiers_name, stream.identity())
+                    self.changed(&entry.dn, &entry_uuid, modifiers_name, stream.identity())
                         .await
                 }
                 SyncEvent::Deleted { dn, entry_uuid } => self.deleted(Some(&dn), &entry_uuid).await,
@@ -374,6 +415,7 @@ impl Follower {
     async fn changed(
         &self,
         dn: &str,
+        entry_uuid: &str,
         modifiers_name: Option<&str>,
         identity: Option<&str>,
     ) -> Result<(), ReconcileError> {
@@ -383,21 +425,29 @@ impl Follower {
         {
             return Ok(());
         }
+        let store = self.service.store();
+        let (kind, resource) = match self.kind_of(dn) {
+            Some(kind) => (kind, store.find(kind, IndexedField::Dn, dn).await?.pop()),
+            // Outside the managed bases: only a managed entry moved out matters.
+            None => match self.owner_by_uuid(entry_uuid).await? {
+                Some(resource) => (resource.kind, Some(resource)),
+                None => return Ok(()),
+            },
+        };
         // A write of the resource under way is let finish first, so that the entry is
         // compared with the cache's state after it.
-        let store = self.service.store();
-        if let Some(resource) = store.find(self.kind, IndexedField::Dn, dn).await?.pop() {
-            self.service.settled(self.kind, &resource.id).await?;
+        if let Some(resource) = resource {
+            self.service.settled(kind, &resource.id).await?;
         }
         let mut run = self.one_entry_run();
-        let attrs = run.attrs_to_read(self.kind);
+        let attrs = run.attrs_to_read(kind);
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let Some(entry) = self.service.directory().read(dn, &attr_refs).await? else {
             // Gone again: its deletion comes next.
             return Ok(());
         };
         tracing::debug!(dn = %dn, "checking an entry changed in the directory");
-        run.check_entry(self.kind, entry).await?;
+        run.check_entry(kind, entry).await?;
         self.finish(run.report);
         Ok(())
     }
@@ -409,47 +459,44 @@ impl Follower {
     async fn deleted(&self, dn: Option<&str>, entry_uuid: &str) -> Result<(), ReconcileError> {
         let store = self.service.store();
         let mut resource = None;
-        if let Some(dn) = dn {
-            resource = store.find(self.kind, IndexedField::Dn, dn).await?.pop();
+        if let Some((dn, kind)) = dn.and_then(|dn| Some((dn, self.kind_of(dn)?))) {
+            resource = store.find(kind, IndexedField::Dn, dn).await?.pop();
         }
         if resource.is_none() {
-            resource = store
-                .find(self.kind, IndexedField::EntryUuid, entry_uuid)
-                .await?
-                .pop();
+            resource = self.owner_by_uuid(entry_uuid).await?;
         }
         let Some(resource) = resource else {
             return Ok(());
         };
+        let kind = resource.kind;
         // scim2ldap's own delete or move is done by now, and the resource gone or moved.
-        let Some(resource) = self.service.settled(self.kind, &resource.id).await? else {
+        let Some(resource) = self.service.settled(kind, &resource.id).await? else {
             return Ok(());
         };
         let mut run = self.one_entry_run();
-        let attrs = run.attrs_to_read(self.kind);
+        let attrs = run.attrs_to_read(kind);
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let directory = self.service.directory();
-        let context = directory.naming_context(&self.base).await?;
+        let context = directory.naming_context(&resource.dn).await?;
         let filter = crate::directory::escape::eq_filter("entryUUID", entry_uuid);
         let found = directory
             .search(&context, SearchScope::Subtree, &filter, &attr_refs)
             .await?
             .pop();
-        if let Some(entry) = found {
-            run.check_entry(self.kind, entry).await?;
-            self.finish(run.report);
-            return Ok(());
-        }
-        // Gone, unless the cached entry is elsewhere (another id than the message's).
-        if let Some(entry) = directory.read(&resource.dn, &attr_refs).await? {
-            run.check_entry(self.kind, entry).await?;
+        // Moved (found by its id), or the cached DN holds an entry of another id: checked.
+        let entry = match found {
+            Some(entry) => Some(entry),
+            None => directory.read(&resource.dn, &attr_refs).await?,
+        };
+        if let Some(entry) = entry {
+            run.check_entry(kind, entry).await?;
             self.finish(run.report);
             return Ok(());
         }
         let action = run.repair(&resource, None).await?;
         run.drift_found(Finding {
             kind: FindingKind::Missing,
-            resource_type: self.kind.as_str(),
+            resource_type: kind.as_str(),
             id: Some(resource.id.clone()),
             dn: resource.dn.clone(),
             attributes: Vec::new(),
@@ -457,6 +504,34 @@ impl Follower {
         });
         self.finish(run.report);
         Ok(())
+    }
+
+    /// The kind of the entry at `dn`: that of the managed base it is directly below.
+    fn kind_of(&self, dn: &str) -> Option<Kind> {
+        let parent = base_key(crate::mapping::parent_dn(dn));
+        self.managed
+            .iter()
+            .find(|(_, base)| *base == parent)
+            .map(|(kind, _)| *kind)
+    }
+
+    /// The cached resource whose entry has `entry_uuid`, of either kind.
+    async fn owner_by_uuid(
+        &self,
+        entry_uuid: &str,
+    ) -> Result<Option<crate::store::StoredResource>, ReconcileError> {
+        for kind in [Kind::User, Kind::Group] {
+            let found = self
+                .service
+                .store()
+                .find(kind, IndexedField::EntryUuid, entry_uuid)
+                .await?
+                .pop();
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// Logs and counts what checking one change found.
@@ -476,5 +551,44 @@ impl Follower {
             );
         }
         crate::metrics::record_followed_change(report.drifted, report.repaired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{base_key, common_ancestor};
+
+    #[test]
+    fn base_keys_ignore_case_and_spaces_after_separators_only() {
+        assert_eq!(base_key("OU=Groups, o=Corp"), "ou=groups,o=corp");
+        assert_eq!(
+            base_key("cn=Sales\\, EMEA,o=Corp"),
+            "cn=sales\\, emea,o=corp"
+        );
+    }
+
+    #[test]
+    fn one_search_covers_the_bases_from_their_closest_common_entry() {
+        let common = |bases: &[&str]| common_ancestor(bases.iter().copied());
+        assert_eq!(
+            common(&["ou=people,dc=example,dc=com", "ou=groups,dc=example,dc=com"]).as_deref(),
+            Some("dc=example,dc=com")
+        );
+        assert_eq!(
+            common(&[
+                "ou=people,o=Corp",
+                "OU=Groups, o=Corp",
+                "ou=disabled,ou=people,o=corp"
+            ])
+            .as_deref(),
+            Some("o=Corp")
+        );
+        // One base below another: the upper one.
+        assert_eq!(
+            common(&["ou=people,dc=x", "ou=disabled,ou=people,dc=x"]).as_deref(),
+            Some("ou=people,dc=x")
+        );
+        // Different naming contexts: none.
+        assert_eq!(common(&["ou=people,dc=x", "ou=groups,dc=y"]), None);
     }
 }

@@ -59,7 +59,7 @@ async fn changes_made_in_the_directory_are_repaired_as_they_happen() {
     let mut server = TestServer::start_on(slapd, |text| text.push_str(FOLLOW_ONLY)).await;
     let daemon = own_process(&mut server).await;
     server
-        .wait_for_gauge("scim2ldap_reconcile_followed_bases", 2)
+        .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
         .await;
     let config = scim2ldap::config::load(&server.config_path, Some(Default::default())).unwrap();
     assert_eq!(
@@ -225,7 +225,7 @@ async fn a_directory_without_syncprov_is_not_followed_and_check_says_so() {
     assert_eq!(
         sample(
             &server.metrics().await,
-            "scim2ldap_reconcile_followed_bases"
+            "scim2ldap_reconcile_follow_searches"
         ),
         0.0
     );
@@ -246,9 +246,9 @@ async fn following_with_move(extra: &str) -> (TestServer, Daemon) {
     })
     .await;
     let daemon = own_process(&mut server).await;
-    // The users and groups bases, and the disabled OU.
+    // One search over the users and groups bases and the disabled OU.
     server
-        .wait_for_gauge("scim2ldap_reconcile_followed_bases", 3)
+        .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
         .await;
     (server, daemon)
 }
