@@ -41,14 +41,13 @@ pub async fn check_directory(config: &Config) -> Vec<String> {
         }
     }
     if config.reconcile.follow {
-        for (key, dn) in [
-            ("users.base_dn", &config.users.base_dn),
-            ("groups.base_dn", &config.groups.base_dn),
-        ] {
-            match follow_offered(&directory, dn, config.ldap.timeout).await {
+        // The searches the daemon would open.
+        let plan = crate::reconcile::follow_plan(&directory, config).await;
+        for (dn, scope) in plan.searches {
+            match follow_offered(&directory, &dn, scope, config.ldap.timeout).await {
                 Ok(true) => {}
                 Ok(false) => problems.push(format!(
-                    "`reconcile.follow`: the directory does not offer content synchronization (RFC 4533) on {dn} (`{key}`): load OpenLDAP's syncprov overlay on its database, or set reconcile.follow = false"
+                    "`reconcile.follow`: the directory does not offer content synchronization (RFC 4533) on {dn}: load OpenLDAP's syncprov overlay on its database, or set reconcile.follow = false"
                 )),
                 Err(err) => problems.push(format!("`reconcile.follow`: cannot follow {dn}: {err}")),
             }
@@ -107,10 +106,17 @@ pub async fn check_directory(config: &Config) -> Vec<String> {
 async fn follow_offered(
     directory: &Directory,
     base: &str,
+    scope: crate::directory::SearchScope,
     timeout: std::time::Duration,
 ) -> Result<bool, DirectoryError> {
     let mut stream = match directory
-        .follow(base, "(objectClass=*)", vec!["1.1".to_string()], None)
+        .follow(
+            base,
+            scope,
+            "(objectClass=*)",
+            vec!["1.1".to_string()],
+            None,
+        )
         .await
     {
         Ok(stream) => stream,

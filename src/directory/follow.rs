@@ -66,17 +66,23 @@ pub struct ChangeStream {
 }
 
 impl super::Directory {
-    /// Starts following the entries at and below `base` that match `filter`, from `cookie`
+    /// Starts following the entries in `scope` of `base` that match `filter`, from `cookie`
     /// when one is kept: changes since it come first (the refresh phase), then each change as
     /// it happens. `attrs` are the attributes sent with each changed entry. A directory that
     /// cannot follow refuses the search or ends it at once.
     pub async fn follow(
         &self,
         base: &str,
+        scope: super::SearchScope,
         filter: &str,
         attrs: Vec<String>,
         cookie: Option<Vec<u8>>,
     ) -> Result<ChangeStream, DirectoryError> {
+        let scope = match scope {
+            super::SearchScope::Base => Scope::Base,
+            super::SearchScope::OneLevel => Scope::OneLevel,
+            super::SearchScope::Subtree => Scope::Subtree,
+        };
         let conn = self.pool.connect().await?;
         let mut ldap = conn.ldap.clone();
         let identity =
@@ -102,12 +108,8 @@ impl super::Directory {
         // that follow may be hours apart, and the keepalive watches the connection instead.
         let stream = tokio::time::timeout(
             self.pool.timeout(),
-            ldap.with_controls(request.critical()).streaming_search(
-                base,
-                Scope::Subtree,
-                filter,
-                attrs,
-            ),
+            ldap.with_controls(request.critical())
+                .streaming_search(base, scope, filter, attrs),
         )
         .await
         .map_err(|_| DirectoryError::Timeout)?

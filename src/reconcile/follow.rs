@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use super::{
     Action, Finding, FindingKind, ReconcileConfig, ReconcileError, Report, Run, RunOptions,
 };
+use crate::config::Config;
 use crate::directory::{
-    ChangeStream, DirectoryError, SearchScope, SyncEvent, SYNC_REFRESH_REQUIRED,
+    ChangeStream, Directory, DirectoryError, SearchScope, SyncEvent, SYNC_REFRESH_REQUIRED,
 };
 use crate::mapping::{dn_key, Deactivate};
 use crate::service::Service;
@@ -64,29 +65,18 @@ pub async fn follow(
         orphans: config.orphans,
         page_size: config.page_size,
     };
-    let mut bases = vec![
-        (Kind::User, service.config().users.base_dn.clone()),
-        (Kind::Group, service.config().groups.base_dn.clone()),
-    ];
-    if let Deactivate::Move { disabled_base_dn } = &service.config().users.deactivate {
-        bases.push((Kind::User, disabled_base_dn.clone()));
-    }
-    let managed: Vec<(Kind, String)> = bases
-        .iter()
-        .map(|(kind, base)| (*kind, base_key(base)))
-        .collect();
-    let searches: Vec<String> = match common_ancestor(bases.iter().map(|(_, base)| base.as_str())) {
-        Some(ancestor) => vec![ancestor],
-        None => bases.into_iter().map(|(_, base)| base).collect(),
-    };
+    let plan = follow_plan(service.directory(), service.config()).await;
+    let managed = plan.managed;
+    let searches = plan.searches;
     let stopping = shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut by_task = HashMap::new();
-    let spawn = |tasks: &mut tokio::task::JoinSet<()>, base: String| {
+    let spawn = |tasks: &mut tokio::task::JoinSet<()>, (base, scope): (String, SearchScope)| {
         let follower = Follower {
             service: service.clone(),
             options,
             base: base.clone(),
+            scope,
             managed: managed.clone(),
             cookie: None,
             unsaved: false,
@@ -94,7 +84,7 @@ pub async fn follow(
             reached: false,
         };
         let task = tasks.spawn(follower.follow(shutdown.clone()));
-        (task.id(), base)
+        (task.id(), (base, scope))
     };
     for base in searches {
         let (id, base) = spawn(&mut tasks, base);
@@ -114,10 +104,63 @@ pub async fn follow(
         if *stopping.borrow() {
             continue;
         }
-        tracing::error!(error = %err, base = %base, "following changes ended abnormally; starting again");
+        tracing::error!(error = %err, base = %base.0, "following changes ended abnormally; starting again");
         let (id, base) = spawn(&mut tasks, base);
         by_task.insert(id, base);
     }
+}
+
+/// The searches that follow the managed bases, and which entries they manage.
+pub struct FollowPlan {
+    /// The managed bases (as `base_key`) and the kind of the entries directly below each.
+    pub managed: Vec<(Kind, String)>,
+    /// Each search's base and scope.
+    pub searches: Vec<(String, SearchScope)>,
+}
+
+/// One subtree search from the managed bases' closest common entry when the bound DN can
+/// read that entry and every base is in the same naming context (one database, whose
+/// synchronization provider then sees all of them); otherwise one search per base, one level
+/// deep (a bind DN whose access covers the bases only, bases in several databases).
+pub async fn follow_plan(directory: &Directory, config: &Config) -> FollowPlan {
+    let mut bases = vec![
+        (Kind::User, config.users.base_dn.clone()),
+        (Kind::Group, config.groups.base_dn.clone()),
+    ];
+    if let Deactivate::Move { disabled_base_dn } = &config.users.deactivate {
+        bases.push((Kind::User, disabled_base_dn.clone()));
+    }
+    let managed = bases
+        .iter()
+        .map(|(kind, base)| (*kind, base_key(base)))
+        .collect();
+    let per_base = || {
+        bases
+            .iter()
+            .map(|(_, base)| (base.clone(), SearchScope::OneLevel))
+            .collect()
+    };
+    let Some(ancestor) = common_ancestor(bases.iter().map(|(_, base)| base.as_str())) else {
+        return FollowPlan {
+            managed,
+            searches: per_base(),
+        };
+    };
+    let mut contexts = HashSet::new();
+    for (_, base) in &bases {
+        match directory.naming_context(base).await {
+            Ok(context) => contexts.insert(base_key(&context)),
+            Err(_) => contexts.insert(String::new()),
+        };
+    }
+    let readable = matches!(directory.read(&ancestor, &["1.1"]).await, Ok(Some(_)));
+    let one_database = contexts.len() == 1 && !contexts.contains("");
+    let searches = if readable && one_database {
+        vec![(ancestor, SearchScope::Subtree)]
+    } else {
+        per_base()
+    };
+    FollowPlan { managed, searches }
 }
 
 /// `dn_key` without the spaces after an RDN separator (`ou=Groups, o=Corp`), which the
@@ -194,8 +237,9 @@ impl From<DirectoryError> for Stop {
 struct Follower {
     service: Arc<Service>,
     options: RunOptions,
-    /// Where the search starts; the whole subtree below it is followed.
+    /// Where the search starts, and how deep it goes.
     base: String,
+    scope: SearchScope,
     /// The managed bases (as `dn_key`) and the kind of the entries directly below each.
     managed: Vec<(Kind, String)>,
     /// The provider's cookie for everything checked so far.
@@ -277,7 +321,7 @@ impl Follower {
         // Without a cookie still (a provider that gave none), the refresh lists every entry;
         // the runs check those.
         let mut blind = self.cookie.is_none();
-        let mut stream = match self.start(ALL, self.cookie.clone()).await {
+        let mut stream = match self.start(self.scope, ALL, self.cookie.clone()).await {
             Ok(stream) => stream,
             Err(stop) => return stop,
         };
@@ -343,12 +387,18 @@ impl Follower {
         }
     }
 
-    /// Starts the followed search with `filter` from `cookie`.
-    async fn start(&self, filter: &str, cookie: Option<Vec<u8>>) -> Result<ChangeStream, Stop> {
+    /// Starts the followed search in `scope` with `filter` from `cookie`.
+    async fn start(
+        &self,
+        scope: SearchScope,
+        filter: &str,
+        cookie: Option<Vec<u8>>,
+    ) -> Result<ChangeStream, Stop> {
         self.service
             .directory()
             .follow(
                 &self.base,
+                scope,
                 filter,
                 vec!["modifiersName".to_string()],
                 cookie,
@@ -357,11 +407,13 @@ impl Follower {
             .map_err(Stop::from)
     }
 
-    /// Takes the provider's current cookie from a search that matches no entry, so that the
+    /// Takes the provider's current cookie from a search that sends no entry, so that the
     /// refresh of the real search sends only what changes from now on (not every entry,
     /// which a size limit would also cut short).
     async fn fetch_cookie(&mut self) -> Result<(), Stop> {
-        let mut stream = self.start(NONE, None).await?;
+        // The base entry alone (a filter that matches nothing would be evaluated on every
+        // entry of a subtree, no index answering it): the cookie is the database's state.
+        let mut stream = self.start(SearchScope::Base, NONE, None).await?;
         loop {
             let Some(message) = stream.next().await.map_err(Stop::from)? else {
                 return Err(Stop::NotOffered);
@@ -425,19 +477,29 @@ impl Follower {
         {
             return Ok(());
         }
+        // The resource the entry is (by its id: it may have moved, even into the other
+        // kind's base), else one at its DN, else none: an orphan where a base manages it.
         let store = self.service.store();
-        let (kind, resource) = match self.kind_of(dn) {
-            Some(kind) => (kind, store.find(kind, IndexedField::Dn, dn).await?.pop()),
-            // Outside the managed bases: only a managed entry moved out matters.
-            None => match self.owner_by_uuid(entry_uuid).await? {
-                Some(resource) => (resource.kind, Some(resource)),
-                None => return Ok(()),
-            },
+        let mut resource = self.owner_by_uuid(entry_uuid).await?;
+        if resource.is_none() {
+            if let Some(kind) = self.kind_of(dn) {
+                resource = store.find(kind, IndexedField::Dn, dn).await?.pop();
+            }
+        }
+        let kind = match (&resource, self.kind_of(dn)) {
+            (Some(resource), _) => resource.kind,
+            (None, Some(kind)) => kind,
+            // Outside the managed bases and nobody's: not ours to check.
+            (None, None) => return Ok(()),
         };
         // A write of the resource under way is let finish first, so that the entry is
-        // compared with the cache's state after it.
+        // compared with the cache's state after it. Outside the managed bases, an entry
+        // whose resource is gone by then is left alone.
         if let Some(resource) = resource {
-            self.service.settled(kind, &resource.id).await?;
+            let settled = self.service.settled(kind, &resource.id).await?;
+            if settled.is_none() && self.kind_of(dn).is_none() {
+                return Ok(());
+            }
         }
         let mut run = self.one_entry_run();
         let attrs = run.attrs_to_read(kind);

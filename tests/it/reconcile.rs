@@ -779,12 +779,7 @@ async fn a_member_change_in_flight_is_not_undone_by_a_group_repair() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_size_limited_bind_dn_gets_a_run_error_that_says_what_to_configure() {
     let slapd = scim2ldap::demo::slapd::Slapd::start(Default::default()).unwrap();
-    let service_dn = format!("cn=scim2ldap,{}", slapd.suffix());
-    slapd
-        .ldapadd(&format!(
-            "dn: {service_dn}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: scim2ldap\nuserPassword: Service-Pass-1\n"
-        ))
-        .unwrap();
+    let service_dn = crate::support::service_account(&slapd);
     slapd
         .configure(&format!(
             "dn: olcDatabase={{1}}mdb,cn=config\nchangetype: modify\n\
@@ -792,12 +787,7 @@ async fn a_size_limited_bind_dn_gets_a_run_error_that_says_what_to_configure() {
              replace: olcSizeLimit\nolcSizeLimit: 3\n"
         ))
         .unwrap();
-    let admin_dn = slapd.admin_dn();
-    let admin_password = slapd.admin_password().to_string();
-    let mut server = TestServer::start_on(slapd, |text| {
-        *text = text
-            .replace(&admin_dn, &service_dn)
-            .replace(&admin_password, "Service-Pass-1");
+    let mut server = TestServer::start_as(slapd, &service_dn, |text| {
         text.push_str("\n[reconcile]\nat_startup = false\n");
     })
     .await;

@@ -72,6 +72,23 @@ impl TestServer {
         TestServer::start_on(slapd, edit).await
     }
 
+    /// A server on `slapd` bound as `service_dn` (see `service_account`) instead of the admin,
+    /// its config text then changed by `edit`.
+    pub async fn start_as(
+        slapd: Slapd,
+        service_dn: &str,
+        edit: impl FnOnce(&mut String),
+    ) -> TestServer {
+        let (admin_dn, admin_password) = (slapd.admin_dn(), slapd.admin_password().to_string());
+        TestServer::start_on(slapd, |text| {
+            *text = text
+                .replace(&admin_dn, service_dn)
+                .replace(&admin_password, SERVICE_PASSWORD);
+            edit(text);
+        })
+        .await
+    }
+
     /// A server on an existing directory.
     pub async fn start_on(slapd: Slapd, edit: impl FnOnce(&mut String)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -378,4 +395,20 @@ pub fn signal_slapd(server: &TestServer, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The password of the account `service_account` adds.
+pub const SERVICE_PASSWORD: &str = "Service-Pass-1";
+
+/// Adds a service account `cn=scim2ldap,<suffix>` (not the rootdn) with `SERVICE_PASSWORD`,
+/// for tests that bind the daemon as a production deployment would; returns its DN. Its
+/// access and limits are the test's to configure.
+pub fn service_account(slapd: &Slapd) -> String {
+    let service_dn = format!("cn=scim2ldap,{}", slapd.suffix());
+    slapd
+        .ldapadd(&format!(
+            "dn: {service_dn}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: scim2ldap\nuserPassword: {SERVICE_PASSWORD}\n"
+        ))
+        .unwrap();
+    service_dn
 }
