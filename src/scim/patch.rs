@@ -304,12 +304,10 @@ impl<'s> Engine<'s> {
     /// it. The attrPath grammar reads `urn:...:enterprise:2.0:User` as the URN
     /// `urn:...:enterprise:2.0` and the attribute `User`, so the two are joined again here.
     fn whole_extension(&self, path: &AttrPath) -> Option<(&'s Schema, bool)> {
-        let urn = path.urn.as_deref().filter(|_| path.sub.is_none())?;
-        let full = format!("{urn}:{}", path.name);
         self.schema
             .extensions
             .iter()
-            .find(|(extension, _)| extension.id.eq_ignore_ascii_case(&full))
+            .find(|(extension, _)| path.is_schema(&extension.id))
             .map(|(extension, required)| (extension, *required))
     }
 
@@ -401,8 +399,13 @@ impl<'s> Engine<'s> {
             let path = PatchPath::parse(key).map_err(|err| {
                 ScimError::invalid_path(format!("the key {key} of a value: {}", err.detail))
             })?;
+            // A replace that no value matches creates one, as `add` does: the flattened form
+            // sets `emails[type eq "work"].value` whether the user has a work email yet or not.
             let op = PatchOp {
-                op: kind,
+                op: match kind {
+                    PatchOpKind::Replace => PatchOpKind::Add,
+                    other => other,
+                },
                 path: Some(path),
                 value: Some(value.clone()),
             };
@@ -499,10 +502,10 @@ impl<'s> Engine<'s> {
         let label = resolved.canonical_path().to_string();
         match &resolved.sub {
             None => {
-                if let (Some(Value::Object(members)), false) = (value, kind == PatchOpKind::Remove)
+                if kind != PatchOpKind::Remove && attr.ty == AttrType::Complex && !attr.multi_valued
                 {
-                    if attr.ty == AttrType::Complex && !attr.multi_valued {
-                        return self.merge_complex(resource, resolved, members, &label);
+                    if let Some(members) = value.and_then(|value| single_object(attr, value)) {
+                        return self.merge_complex(resource, resolved, &members, &label);
                     }
                 }
                 let new = match (kind, value) {
@@ -540,22 +543,6 @@ impl<'s> Engine<'s> {
                         let mut items = Vec::new();
                         let written = add_items(attr, &mut items, new);
                         set_items(container, attr, items, &written);
-                        Ok(())
-                    }
-                    // RFC 7644 §3.5.2.1/3: sub-attributes of a complex value are merged.
-                    (_, Some(Value::Object(new))) if attr.ty == AttrType::Complex => {
-                        let key = canonical_key(container, &attr.name);
-                        let slot = container
-                            .entry(key)
-                            .or_insert_with(|| Value::Object(Map::new()));
-                        if !slot.is_object() {
-                            *slot = Value::Object(Map::new());
-                        }
-                        if let Value::Object(current) = slot {
-                            for (key, value) in new {
-                                insert_canonical(current, &key, value);
-                            }
-                        }
                         Ok(())
                     }
                     (_, Some(new)) => {
@@ -795,17 +782,10 @@ impl<'s> Engine<'s> {
         let attr = resolved.attr;
         let mut set = Vec::new();
         let mut unset = Vec::new();
-        for (key, value) in members {
-            let Some(sub) = attr.sub_attribute(key) else {
-                self.ignored.push(format!("{}.{key}", attr.name));
-                continue;
-            };
-            if sub.mutability == Mutability::ReadOnly {
-                continue;
-            }
-            match normalize_leaf(sub, value, &format!("{label}.{}", sub.name))? {
-                Some(value) => set.push((sub.name.clone(), value)),
-                None => unset.push(sub.name.clone()),
+        for (name, value) in self.sub_values(attr, members, label)? {
+            match value {
+                Some(value) => set.push((name, value)),
+                None => unset.push(name),
             }
         }
         if set.is_empty() && unset.is_empty() {
@@ -863,7 +843,25 @@ impl<'s> Engine<'s> {
             }
         };
         let mut out = Map::new();
-        for (key, value) in &members {
+        for (name, value) in self.sub_values(attr, &members, label)? {
+            if let Some(value) = value {
+                out.insert(name, value);
+            }
+        }
+        Ok((!out.is_empty()).then_some(Value::Object(out)))
+    }
+
+    /// The writable sub-attributes of a complex value under their schema names, each
+    /// normalized (`None`: null, unassigned). Unknown ones are noted as ignored; read-only
+    /// ones (`manager.displayName`) are dropped.
+    fn sub_values(
+        &mut self,
+        attr: &Attribute,
+        members: &Map<String, Value>,
+        label: &str,
+    ) -> Result<Vec<(String, Option<Value>)>, ScimError> {
+        let mut out = Vec::new();
+        for (key, value) in members {
             let Some(sub) = attr.sub_attribute(key) else {
                 self.ignored.push(format!("{}.{key}", attr.name));
                 continue;
@@ -871,11 +869,10 @@ impl<'s> Engine<'s> {
             if sub.mutability == Mutability::ReadOnly {
                 continue;
             }
-            if let Some(value) = normalize_leaf(sub, value, &format!("{label}.{}", sub.name))? {
-                out.insert(sub.name.clone(), value);
-            }
+            let value = normalize_leaf(sub, value, &format!("{label}.{}", sub.name))?;
+            out.push((sub.name.clone(), value));
         }
-        Ok((!out.is_empty()).then_some(Value::Object(out)))
+        Ok(out)
     }
 
     /// Drops empty extension objects and keeps `schemas` in step with the extensions present
@@ -911,6 +908,22 @@ impl<'s> Engine<'s> {
 }
 
 /// Coerces a simple value to `def`'s type (RFC 7643 §2.3).
+/// A single complex value as an object of sub-attributes, in the shapes IdPs send: an object,
+/// a list of one object (Entra's `manager`), or a bare id for an attribute with a `value`
+/// sub-attribute. `None` for anything else (null, or a shape `normalize` refuses).
+fn single_object(attr: &Attribute, value: &Value) -> Option<Map<String, Value>> {
+    match value {
+        Value::Object(members) => Some(members.clone()),
+        Value::Array(items) if items.len() == 1 => single_object(attr, &items[0]),
+        Value::String(_) if attr.sub_attribute("value").is_some() => {
+            let mut members = Map::new();
+            members.insert("value".to_string(), value.clone());
+            Some(members)
+        }
+        _ => None,
+    }
+}
+
 fn normalize_leaf(def: &Attribute, value: &Value, label: &str) -> Result<Option<Value>, ScimError> {
     let bad = |what: &str| {
         Err(ScimError::invalid_value(format!(

@@ -25,6 +25,22 @@ pub struct AttrPath {
 }
 
 impl AttrPath {
+    /// Whether this path is a schema URN itself (`urn:…:2.0:User`, parsed as a URN prefix and
+    /// a last name), such as an extension's, which names all of it (RFC 7644 §3.10).
+    pub fn is_schema(&self, schema_id: &str) -> bool {
+        self.sub.is_none()
+            && self.urn.as_deref().is_some_and(|urn| {
+                schema_id.len() == urn.len() + 1 + self.name.len()
+                    && schema_id
+                        .get(..urn.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(urn))
+                    && schema_id.as_bytes().get(urn.len()) == Some(&b':')
+                    && schema_id
+                        .get(urn.len() + 1..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(&self.name))
+            })
+    }
+
     /// A path to the core (or common) attribute `name` without a sub-attribute.
     pub fn new(name: impl Into<String>) -> AttrPath {
         AttrPath {

@@ -252,10 +252,10 @@ fn project_listed(
                 continue;
             };
             // The extension's URN alone names all of it (RFC 7644 §3.10).
-            if excluded.iter().any(|path| names_extension(path, &key)) {
+            if excluded.iter().any(|path| path.is_schema(&key)) {
                 continue;
             }
-            let whole = attributes.iter().any(|path| names_extension(path, &key));
+            let whole = attributes.iter().any(|path| path.is_schema(&key));
             let mut ext_kept = Map::new();
             for (name, value) in ext_object {
                 let path = AttrPath {
@@ -279,21 +279,6 @@ fn project_listed(
         }
     }
     Value::Object(kept)
-}
-
-/// Whether `path` is the URN of the extension `extension_id` itself (parsed as a URN prefix
-/// and a last name, `…:2.0` and `User`).
-fn names_extension(path: &AttrPath, extension_id: &str) -> bool {
-    path.sub.is_none()
-        && path.urn.as_deref().is_some_and(|urn| {
-            extension_id.len() == urn.len() + 1 + path.name.len()
-                && extension_id
-                    .get(..urn.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(urn))
-                && extension_id
-                    .get(urn.len() + 1..)
-                    .is_some_and(|tail| tail.eq_ignore_ascii_case(&path.name))
-        })
 }
 
 fn same_attr(schema: &ResourceSchema, a: &AttrPath, b_urn: Option<&str>, b_name: &str) -> bool {

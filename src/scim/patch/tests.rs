@@ -1295,14 +1295,26 @@ fn sub_attributes_not_given_stay_and_a_value_of_nothing_writable_changes_nothing
             json!({"name": {"givenName": "G", "familyName": "F"}}),
         )),
     );
-    // The last sub-attribute unassigned takes the attribute with it.
+    // The same in Entra's shape for `manager`, a list of one object.
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "Replace", "path": format!("{ENT}:manager"), "value": [{"displayName": "B"}]}]),
+        Ok(managed.clone()),
+    );
+    // The last sub-attribute unassigned takes the attribute with it, in either shape.
+    let unmanaged = json!({"schemas": [CORE], "userName": "u", "name": {"givenName": "G", "familyName": "F", "middleName": "M"}});
     check(
         &user(),
         managed.clone(),
         json!([{"op": "replace", "path": format!("{ENT}:manager"), "value": {"value": null}}]),
-        Ok(
-            json!({"schemas": [CORE], "userName": "u", "name": {"givenName": "G", "familyName": "F", "middleName": "M"}}),
-        ),
+        Ok(unmanaged.clone()),
+    );
+    check(
+        &user(),
+        managed.clone(),
+        json!([{"op": "Replace", "path": format!("{ENT}:manager"), "value": [{"value": null}]}]),
+        Ok(unmanaged),
     );
 }
 
@@ -1317,6 +1329,21 @@ fn a_value_path_as_a_key_of_a_path_less_value_is_applied_as_that_path() {
         json!([{"op": "Replace", "value": {"emails[type eq \"work\"].value": "x@example.com"}}]),
         Ok(after),
     );
+    // One that matches no value yet creates it, as Entra's flattened form expects.
+    let mut no_work = bjensen();
+    no_work["emails"] = json!([{"value": "h@example.com", "type": "home"}]);
+    let mut with_work = no_work.clone();
+    with_work["emails"] = json!([
+        {"value": "h@example.com", "type": "home"},
+        {"value": "w@example.com", "type": "work"}
+    ]);
+    let ignored = check(
+        &user(),
+        no_work,
+        json!([{"op": "Replace", "value": {"emails[type eq \"work\"].value": "w@example.com"}}]),
+        Ok(with_work),
+    );
+    assert!(ignored.is_empty(), "{ignored:?}");
     // One that does not parse is refused, not passed over.
     check(
         &user(),
