@@ -1,7 +1,7 @@
 //! `scim2ldap check`: everything that can be verified before serving, all problems at once.
 
 use crate::config::Config;
-use crate::directory::{Directory, DirectoryError};
+use crate::directory::{Directory, DirectoryError, UNAVAILABLE_CRITICAL_EXTENSION};
 use crate::mapping::Deactivate;
 
 /// Connects and binds, checks that the configured base DNs exist and that every object class
@@ -43,8 +43,9 @@ pub async fn check_directory(config: &Config) -> Vec<String> {
     if config.reconcile.follow {
         // The searches the daemon would open.
         let plan = crate::reconcile::follow_plan(&directory, config).await;
-        for (dn, scope) in plan.searches {
-            match follow_offered(&directory, &dn, scope, config.ldap.timeout).await {
+        for search in plan.searches {
+            let dn = search.base;
+            match follow_offered(&directory, &dn, search.scope, config.ldap.timeout).await {
                 Ok(true) => {}
                 Ok(false) => problems.push(format!(
                     "`reconcile.follow`: the directory does not offer content synchronization (RFC 4533) on {dn}: load OpenLDAP's syncprov overlay on its database, or set reconcile.follow = false"
@@ -120,13 +121,16 @@ async fn follow_offered(
         .await
     {
         Ok(stream) => stream,
-        // unavailableCriticalExtension: no provider at all.
-        Err(DirectoryError::Other { rc: 12, .. }) => return Ok(false),
+        Err(DirectoryError::Other { rc, .. }) if rc == UNAVAILABLE_CRITICAL_EXTENSION => {
+            return Ok(false)
+        }
         Err(err) => return Err(err),
     };
     match tokio::time::timeout(timeout, stream.next()).await {
         Ok(Ok(first)) => Ok(first.is_some()),
-        Ok(Err(DirectoryError::Other { rc: 12, .. })) => Ok(false),
+        Ok(Err(DirectoryError::Other { rc, .. })) if rc == UNAVAILABLE_CRITICAL_EXTENSION => {
+            Ok(false)
+        }
         Ok(Err(err)) => Err(err),
         Err(_) => Err(DirectoryError::Timeout),
     }

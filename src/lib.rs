@@ -18,7 +18,8 @@
 //!   deactivation strategies, and `diff`, the smallest modify between two projections.
 //! - [`directory`]: the only code that speaks LDAP: pooled bound connections, timeouts,
 //!   reconnect with backoff, result codes classified transient or permanent, DN and filter
-//!   escaping in one place.
+//!   escaping in one place; content synchronization searches (RFC 4533) on connections of
+//!   their own, and the tally of the daemon's own writes that tells their messages apart.
 //! - [`store`]: the reconciliation cache (SQLite, WAL): resources as the IdP last set them,
 //!   memberships as rows, the intent log; one writer connection with group commit, a sync
 //!   thread for fsyncs and checkpoints.
@@ -26,7 +27,9 @@
 //!   serializes writes per resource (member changes waiting for one group go as one).
 //! - [`reconcile`]: compares the managed subtrees with the cache by paged searches and
 //!   repairs or reports drift and orphans, at start-up, on an interval and on demand; puts back
-//!   the entries of writes that failed transiently once the directory answers (`suspects`).
+//!   the entries of writes that failed transiently once the directory answers (`suspects`);
+//!   with `reconcile.follow`, checks each change made in the directory as it happens
+//!   (`follow`), through the same checks and repairs as a run.
 //! - [`http`]: warp filter, accept loop with graceful drain (plain or TLS), routing, bearer auth,
 //!   rate limit, bearer auth with a bounded per-client throttle of failed attempts, body limit,
 //!   request ids. A handler extracts, calls one service function, replies.

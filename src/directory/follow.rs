@@ -12,6 +12,10 @@ use ldap3::{Scope, SearchEntry};
 
 use super::{pool::Conn, DirectoryError, Entry};
 
+/// The result code of a search whose critical control the directory does not know
+/// (unavailableCriticalExtension): without a synchronization provider, the Sync Request.
+pub const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
+
 /// The result code of a search whose cookie the provider can no longer serve
 /// (e-syncRefreshRequired, RFC 4533 §2.6): the client starts again without one.
 pub const SYNC_REFRESH_REQUIRED: u32 = 4096;

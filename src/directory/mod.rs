@@ -14,7 +14,9 @@ use ldap3::{Scope, SearchEntry};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use error::DirectoryError;
-pub use follow::{ChangeStream, SyncEvent, SyncMessage, SYNC_REFRESH_REQUIRED};
+pub use follow::{
+    ChangeStream, SyncEvent, SyncMessage, SYNC_REFRESH_REQUIRED, UNAVAILABLE_CRITICAL_EXTENSION,
+};
 pub use pool::PoolStats;
 
 use crate::config::LdapConfig;

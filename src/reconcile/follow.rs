@@ -25,6 +25,7 @@ use super::{
 use crate::config::Config;
 use crate::directory::{
     ChangeStream, Directory, DirectoryError, SearchScope, SyncEvent, SYNC_REFRESH_REQUIRED,
+    UNAVAILABLE_CRITICAL_EXTENSION,
 };
 use crate::mapping::{dn_key, Deactivate};
 use crate::service::Service;
@@ -40,7 +41,7 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Wait before asking again a directory that does not offer content synchronization on a
-/// base, or a disabled OU that does not exist yet.
+/// base.
 const RETRY_NOT_OFFERED: Duration = Duration::from_secs(600);
 
 /// The filter of every followed search.
@@ -71,12 +72,12 @@ pub async fn follow(
     let stopping = shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut by_task = HashMap::new();
-    let spawn = |tasks: &mut tokio::task::JoinSet<()>, (base, scope): (String, SearchScope)| {
+    let spawn = |tasks: &mut tokio::task::JoinSet<()>, search: FollowedSearch| {
         let follower = Follower {
             service: service.clone(),
             options,
-            base: base.clone(),
-            scope,
+            search: search.clone(),
+            lookup: searches.clone(),
             managed: managed.clone(),
             cookie: None,
             unsaved: false,
@@ -84,11 +85,11 @@ pub async fn follow(
             reached: false,
         };
         let task = tasks.spawn(follower.follow(shutdown.clone()));
-        (task.id(), (base, scope))
+        (task.id(), search)
     };
-    for base in searches {
-        let (id, base) = spawn(&mut tasks, base);
-        by_task.insert(id, base);
+    for search in searches.clone() {
+        let (id, search) = spawn(&mut tasks, search);
+        by_task.insert(id, search);
     }
     while let Some(ended) = tasks.join_next_with_id().await {
         let (id, err) = match ended {
@@ -104,7 +105,7 @@ pub async fn follow(
         if *stopping.borrow() {
             continue;
         }
-        tracing::error!(error = %err, base = %base.0, "following changes ended abnormally; starting again");
+        tracing::error!(error = %err, base = %base.base, "following changes ended abnormally; starting again");
         let (id, base) = spawn(&mut tasks, base);
         by_task.insert(id, base);
     }
@@ -114,8 +115,19 @@ pub async fn follow(
 pub struct FollowPlan {
     /// The managed bases (as `base_key`) and the kind of the entries directly below each.
     pub managed: Vec<(Kind, String)>,
-    /// Each search's base and scope.
-    pub searches: Vec<(String, SearchScope)>,
+    /// The searches to open.
+    pub searches: Vec<FollowedSearch>,
+}
+
+/// One followed search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedSearch {
+    /// Where it starts.
+    pub base: String,
+    /// How deep it goes.
+    pub scope: SearchScope,
+    /// The disabled OU, which may not exist yet: followed once it does.
+    pub optional: bool,
 }
 
 /// One subtree search from the managed bases' closest common entry when the bound DN can
@@ -124,40 +136,59 @@ pub struct FollowPlan {
 /// deep (a bind DN whose access covers the bases only, bases in several databases).
 pub async fn follow_plan(directory: &Directory, config: &Config) -> FollowPlan {
     let mut bases = vec![
-        (Kind::User, config.users.base_dn.clone()),
-        (Kind::Group, config.groups.base_dn.clone()),
+        (Kind::User, config.users.base_dn.clone(), false),
+        (Kind::Group, config.groups.base_dn.clone(), false),
     ];
     if let Deactivate::Move { disabled_base_dn } = &config.users.deactivate {
-        bases.push((Kind::User, disabled_base_dn.clone()));
+        bases.push((Kind::User, disabled_base_dn.clone(), true));
     }
     let managed = bases
         .iter()
-        .map(|(kind, base)| (*kind, base_key(base)))
+        .map(|(kind, base, _)| (*kind, base_key(base)))
         .collect();
     let per_base = || {
         bases
             .iter()
-            .map(|(_, base)| (base.clone(), SearchScope::OneLevel))
+            .map(|(_, base, optional)| FollowedSearch {
+                base: base.clone(),
+                scope: SearchScope::OneLevel,
+                optional: *optional,
+            })
             .collect()
     };
-    let Some(ancestor) = common_ancestor(bases.iter().map(|(_, base)| base.as_str())) else {
+    let Some(ancestor) = common_ancestor(bases.iter().map(|(_, base, _)| base.as_str())) else {
+        tracing::info!("the managed bases share no entry above them: following each on its own");
         return FollowPlan {
             managed,
             searches: per_base(),
         };
     };
     let mut contexts = HashSet::new();
-    for (_, base) in &bases {
+    for (_, base, _) in &bases {
         match directory.naming_context(base).await {
             Ok(context) => contexts.insert(base_key(&context)),
-            Err(_) => contexts.insert(String::new()),
+            Err(err) => {
+                tracing::warn!(error = %err, base = %base, "could not read the naming context of a managed base");
+                contexts.insert(String::new())
+            }
         };
     }
-    let readable = matches!(directory.read(&ancestor, &["1.1"]).await, Ok(Some(_)));
+    let readable = match directory.read(&ancestor, &["1.1"]).await {
+        Ok(found) => found.is_some(),
+        Err(err) => {
+            tracing::debug!(error = %err, base = %ancestor, "the entry above the managed bases cannot be read");
+            false
+        }
+    };
     let one_database = contexts.len() == 1 && !contexts.contains("");
     let searches = if readable && one_database {
-        vec![(ancestor, SearchScope::Subtree)]
+        vec![FollowedSearch {
+            base: ancestor,
+            scope: SearchScope::Subtree,
+            optional: false,
+        }]
     } else {
+        tracing::info!(above = %ancestor, readable, one_database, "following each managed base on its own (the bind DN cannot search the entry above them, or they are in different databases)");
         per_base()
     };
     FollowPlan { managed, searches }
@@ -226,8 +257,9 @@ impl From<DirectoryError> for Stop {
             DirectoryError::Other { rc, .. } if rc == SYNC_REFRESH_REQUIRED => {
                 Stop::RefreshRequired
             }
-            // unavailableCriticalExtension: no synchronization provider at all.
-            DirectoryError::Other { rc: 12, .. } => Stop::NotOffered,
+            DirectoryError::Other { rc, .. } if rc == UNAVAILABLE_CRITICAL_EXTENSION => {
+                Stop::NotOffered
+            }
             err => Stop::Failed(ReconcileError::Directory(err)),
         }
     }
@@ -237,10 +269,11 @@ impl From<DirectoryError> for Stop {
 struct Follower {
     service: Arc<Service>,
     options: RunOptions,
-    /// Where the search starts, and how deep it goes.
-    base: String,
-    scope: SearchScope,
-    /// The managed bases (as `dn_key`) and the kind of the entries directly below each.
+    /// The search this follower keeps open.
+    search: FollowedSearch,
+    /// Every followed search: where an entry that left this one may be now.
+    lookup: Vec<FollowedSearch>,
+    /// The managed bases (as `base_key`) and the kind of the entries directly below each.
     managed: Vec<(Kind, String)>,
     /// The provider's cookie for everything checked so far.
     cookie: Option<Vec<u8>>,
@@ -253,10 +286,10 @@ struct Follower {
 
 impl Follower {
     async fn follow(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        self.cookie = match self.service.store().sync_cookie(&self.base).await {
+        self.cookie = match self.service.store().sync_cookie(&self.search.base).await {
             Ok(cookie) => cookie,
             Err(err) => {
-                tracing::warn!(error = %err, base = %self.base, "could not read the kept sync cookie; following from now on");
+                tracing::warn!(error = %err, base = %self.search.base, "could not read the kept sync cookie; following from now on");
                 None
             }
         };
@@ -274,14 +307,20 @@ impl Follower {
             }
             let wait = match stop {
                 Stop::RefreshRequired => {
-                    tracing::info!(base = %self.base, "the directory no longer serves the kept sync cookie; following from now on (the periodic runs cover what changed meanwhile)");
+                    tracing::info!(base = %self.search.base, "the directory no longer serves the kept sync cookie; following from now on (the periodic runs cover what changed meanwhile)");
                     self.cookie = None;
                     self.unsaved = true;
                     RETRY_MIN
                 }
                 Stop::NotOffered => {
-                    tracing::warn!(base = %self.base, retry_in_s = RETRY_NOT_OFFERED.as_secs(), "the directory does not offer content synchronization (RFC 4533, OpenLDAP's syncprov) on this base; changes made by hand are found by the periodic runs");
+                    tracing::warn!(base = %self.search.base, retry_in_s = RETRY_NOT_OFFERED.as_secs(), "the directory does not offer content synchronization (RFC 4533, OpenLDAP's syncprov) on this base; changes made by hand are found by the periodic runs");
                     RETRY_NOT_OFFERED
+                }
+                Stop::Failed(ReconcileError::Directory(DirectoryError::NoSuchObject(_)))
+                    if self.search.optional =>
+                {
+                    tracing::debug!(base = %self.search.base, "the disabled OU does not exist yet; followed once it does");
+                    RETRY_MAX
                 }
                 Stop::Failed(err) => {
                     let hint = match &err {
@@ -291,10 +330,10 @@ impl Follower {
                         _ => "",
                     };
                     if !warned {
-                        tracing::warn!(error = %err, base = %self.base, retry_in_ms = retry.as_millis() as u64, "following changes stopped; trying again{hint}");
+                        tracing::warn!(error = %err, base = %self.search.base, retry_in_ms = retry.as_millis() as u64, "following changes stopped; trying again{hint}");
                         warned = true;
                     } else {
-                        tracing::debug!(error = %err, base = %self.base, "following changes failed again");
+                        tracing::debug!(error = %err, base = %self.search.base, "following changes failed again");
                     }
                     let wait = retry;
                     retry = (retry * 2).min(RETRY_MAX);
@@ -321,7 +360,10 @@ impl Follower {
         // Without a cookie still (a provider that gave none), the refresh lists every entry;
         // the runs check those.
         let mut blind = self.cookie.is_none();
-        let mut stream = match self.start(self.scope, ALL, self.cookie.clone()).await {
+        let mut stream = match self
+            .start(self.search.scope, ALL, self.cookie.clone())
+            .await
+        {
             Ok(stream) => stream,
             Err(stop) => return stop,
         };
@@ -346,7 +388,7 @@ impl Follower {
             let checked = match message.event {
                 SyncEvent::RefreshDone => {
                     if !refreshed {
-                        tracing::info!(base = %self.base, "following changes as they happen");
+                        tracing::info!(base = %self.search.base, "following changes as they happen");
                     }
                     refreshed = true;
                     blind = false;
@@ -397,7 +439,7 @@ impl Follower {
         self.service
             .directory()
             .follow(
-                &self.base,
+                &self.search.base,
                 scope,
                 filter,
                 vec!["modifiersName".to_string()],
@@ -437,7 +479,7 @@ impl Follower {
         match self
             .service
             .store()
-            .set_sync_cookie(&self.base, self.cookie.clone())
+            .set_sync_cookie(&self.search.base, self.cookie.clone())
             .await
         {
             Ok(()) => {
@@ -445,7 +487,7 @@ impl Follower {
                 self.saved_at = Instant::now();
             }
             Err(err) => {
-                tracing::debug!(error = %err, base = %self.base, "could not keep the sync cookie")
+                tracing::debug!(error = %err, base = %self.search.base, "could not keep the sync cookie")
             }
         }
     }
@@ -514,18 +556,18 @@ impl Follower {
         Ok(())
     }
 
-    /// An entry was deleted or moved out of the base. The resource it held, if any, is
+    /// An entry was deleted or moved out of the search. The resource it held, if any, is
     /// looked for once its writes under way are done: an entry that only moved (to the
-    /// disabled OU, or anywhere in the directory) is checked where it is now, the way a run
-    /// checks a moved entry; one that is gone is a missing entry, re-created or reported.
+    /// disabled OU, or anywhere the followed searches reach) is checked where it is now, the
+    /// way a run checks a moved entry; one that is gone is a missing entry, re-created or
+    /// reported.
     async fn deleted(&self, dn: Option<&str>, entry_uuid: &str) -> Result<(), ReconcileError> {
         let store = self.service.store();
-        let mut resource = None;
-        if let Some((dn, kind)) = dn.and_then(|dn| Some((dn, self.kind_of(dn)?))) {
-            resource = store.find(kind, IndexedField::Dn, dn).await?.pop();
-        }
+        let mut resource = self.owner_by_uuid(entry_uuid).await?;
         if resource.is_none() {
-            resource = self.owner_by_uuid(entry_uuid).await?;
+            if let Some((dn, kind)) = dn.and_then(|dn| Some((dn, self.kind_of(dn)?))) {
+                resource = store.find(kind, IndexedField::Dn, dn).await?.pop();
+            }
         }
         let Some(resource) = resource else {
             return Ok(());
@@ -538,13 +580,26 @@ impl Follower {
         let mut run = self.one_entry_run();
         let attrs = run.attrs_to_read(kind);
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        // Where the followed searches reach (all the bind DN may see, as far as following
+        // goes): an entry moved elsewhere in them is moved back, not re-created beside itself.
         let directory = self.service.directory();
-        let context = directory.naming_context(&resource.dn).await?;
         let filter = crate::directory::escape::eq_filter("entryUUID", entry_uuid);
-        let found = directory
-            .search(&context, SearchScope::Subtree, &filter, &attr_refs)
-            .await?
-            .pop();
+        let mut found = None;
+        for search in &self.lookup {
+            match directory
+                .search(&search.base, search.scope, &filter, &attr_refs)
+                .await
+            {
+                Ok(mut entries) => {
+                    found = entries.pop();
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                Err(DirectoryError::NoSuchObject(_) | DirectoryError::InsufficientAccess(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
         // Moved (found by its id), or the cached DN holds an entry of another id: checked.
         let entry = match found {
             Some(entry) => Some(entry),

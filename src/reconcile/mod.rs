@@ -23,7 +23,7 @@ use crate::service::{Service, ServiceError};
 use crate::store::{IndexedField, Kind, StoreError, StoredResource};
 
 pub use config::{DriftPolicy, OrphanPolicy, ReconcileConfig};
-pub use follow::{follow, follow_plan, FollowPlan};
+pub use follow::{follow, follow_plan, FollowPlan, FollowedSearch};
 pub use rebuild::{rebuild_cache, RebuildReport};
 pub use report::{Action, Finding, FindingKind, Report};
 pub use suspects::repair_after_failures;

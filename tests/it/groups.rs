@@ -1494,3 +1494,25 @@ async fn a_user_renamed_while_its_group_entry_is_gone_is_renamed_and_the_group_c
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_patch_with_if_none_match_is_refused_on_an_existing_group() {
+    let server = TestServer::start().await;
+    let id = user(&server, "nell").await;
+    let group = server
+        .create("/Groups", json!({"displayName": "Night"}))
+        .await;
+    let add = ops(json!([{"op": "add", "path": "members", "value": [{"value": id}]}]));
+    for tag in ["*".to_string(), "W/\"1\"".to_string()] {
+        let refused = server
+            .call_with(
+                reqwest::Method::PATCH,
+                &format!("/Groups/{group}"),
+                Some(add.clone()),
+                |req| req.header("if-none-match", tag.clone()),
+            )
+            .await;
+        assert_eq!(refused.status.as_u16(), 412, "{tag}: {}", refused.body);
+    }
+    assert!(!in_group(&server, "nell", "Night"));
+}
