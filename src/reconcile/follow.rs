@@ -47,7 +47,8 @@ const RETRY_NOT_OFFERED: Duration = Duration::from_secs(600);
 /// The filter of every followed search.
 const ALL: &str = "(objectClass=*)";
 
-/// A filter no entry matches: its refresh sends nothing but the provider's cookie.
+/// A filter no entry matches, asked of the search's base entry alone: its refresh sends
+/// nothing but the provider's cookie.
 const NONE: &str = "(!(objectClass=*))";
 
 /// Follows the managed bases until `shutdown`, when `reconcile.follow` is on. A follower that
@@ -99,15 +100,15 @@ pub async fn follow(
             }
             Err(err) => (err.id(), err),
         };
-        let Some(base) = by_task.remove(&id) else {
+        let Some(search) = by_task.remove(&id) else {
             continue;
         };
         if *stopping.borrow() {
             continue;
         }
-        tracing::error!(error = %err, base = %base.base, "following changes ended abnormally; starting again");
-        let (id, base) = spawn(&mut tasks, base);
-        by_task.insert(id, base);
+        tracing::error!(error = %err, base = %search.base, "following changes ended abnormally; starting again");
+        let (id, search) = spawn(&mut tasks, search);
+        by_task.insert(id, search);
     }
 }
 
