@@ -266,8 +266,9 @@ impl Run<'_> {
             }
             return self.orphan(kind, entry).await;
         };
-        if !self.seen.insert(resource.id.clone()) {
-            // A second entry claims the same resource (a copy made by hand): an orphan.
+        if self.is_copy(&resource, &entry).await? || !self.seen.insert(resource.id.clone()) {
+            // A second entry claims the same resource (a copy made by hand, its SCIM id and
+            // all): an orphan.
             return self.orphan(kind, entry).await;
         }
         let expected = self.service.expected_entry(&resource).await?;
@@ -316,6 +317,35 @@ impl Run<'_> {
             action,
         });
         Ok(())
+    }
+
+    /// Whether `entry` claims `resource` (by its SCIM id) while another entry, the one the cache
+    /// knows by the directory's id, is still at the resource's DN: a copy, whichever of the two
+    /// a scan meets first. An entry whose known one is gone is the resource's (re-created).
+    async fn is_copy(
+        &self,
+        resource: &StoredResource,
+        entry: &Entry,
+    ) -> Result<bool, ReconcileError> {
+        let id_attr = self.service.config().ldap.flavor.entry_id_attribute();
+        let (Some(known), Some(this)) = (resource.entry_uuid.as_deref(), entry.first(id_attr))
+        else {
+            return Ok(false);
+        };
+        if this.eq_ignore_ascii_case(known) {
+            return Ok(false);
+        }
+        let at_dn = self
+            .service
+            .directory()
+            .read(&resource.dn, &[id_attr])
+            .await?;
+        Ok(at_dn.is_some_and(|original| {
+            original
+                .values(id_attr)
+                .iter()
+                .any(|value| value.eq_ignore_ascii_case(known))
+        }))
     }
 
     /// Records a drift finding. One already in step by the time its repair ran (an IdP write

@@ -428,3 +428,36 @@ async fn a_bind_dn_with_access_to_the_bases_only_follows_each_base() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_of_an_entry_made_by_hand_is_an_orphan_and_the_original_stays() {
+    let slapd = Slapd::start(SlapdOptions {
+        syncprov: true,
+        ..SlapdOptions::default()
+    })
+    .expect("slapd starts");
+    let mut server = TestServer::start_on(slapd, |text| text.push_str(FOLLOW_ONLY)).await;
+    let _daemon = own_process(&mut server).await;
+    server
+        .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
+        .await;
+    let mut gia = user_body("gia", "Gia", "G");
+    gia["password"] = json!("Gia-Pass-1");
+    let id = server.create("/Users", gia).await;
+    // An LDAP browser's "copy entry": every attribute, the SCIM id included, under another name.
+    let copy_dn = server.user_dn("gia2");
+    hand(
+        &server,
+        format!(
+            "dn: {copy_dn}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: scimResource\n\
+             uid: gia2\ncn: Gia\nsn: G\nmail: gia2@example.com\nscimId: {id}\nuserPassword: Copy-Pass-1\n"
+        ),
+    );
+    until("the copy disabled", || {
+        !server.can_bind(&copy_dn, "Copy-Pass-1")
+    })
+    .await;
+    assert!(server.can_bind(&server.user_dn("gia"), "Gia-Pass-1"));
+    let gia = server.get(&format!("/Users/{id}")).await.expect(200);
+    assert_eq!(gia["userName"], "gia");
+}
