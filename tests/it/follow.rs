@@ -51,16 +51,7 @@ async fn drifted(server: &TestServer) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_made_in_the_directory_are_repaired_as_they_happen() {
-    let slapd = Slapd::start(SlapdOptions {
-        syncprov: true,
-        ..SlapdOptions::default()
-    })
-    .expect("slapd starts");
-    let mut server = TestServer::start_on(slapd, |text| text.push_str(FOLLOW_ONLY)).await;
-    let daemon = own_process(&mut server).await;
-    server
-        .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
-        .await;
+    let (mut server, daemon) = following(|_| {}).await;
     let config = scim2ldap::config::load(&server.config_path, Some(Default::default())).unwrap();
     assert_eq!(
         scim2ldap::check::check_directory(&config).await,
@@ -217,26 +208,35 @@ async fn a_directory_without_syncprov_is_not_followed_and_check_says_so() {
     assert!(server.entry(&server.user_dn("erin")).is_some());
 }
 
-/// A server following a directory with syncprov, users deactivated by a move to the disabled
-/// OU, and `extra` reconcile keys.
-async fn following_with_move(extra: &str) -> (TestServer, Daemon) {
+/// A daemon in its own process following a directory with syncprov, with no run scheduled (its
+/// config text then changed by `edit`, which may add `[reconcile]` keys); once its one search
+/// is open.
+async fn following(edit: impl FnOnce(&mut String)) -> (TestServer, Daemon) {
     let slapd = Slapd::start(SlapdOptions {
         syncprov: true,
         ..SlapdOptions::default()
     })
     .expect("slapd starts");
     let mut server = TestServer::start_on(slapd, |text| {
-        *text = text.replace("[users]\n", "[users]\ndeactivate = \"move\"\n");
         text.push_str(FOLLOW_ONLY);
-        text.push_str(extra);
+        edit(text);
     })
     .await;
     let daemon = own_process(&mut server).await;
-    // One search over the users and groups bases and the disabled OU.
+    // One search over the users and groups bases (and the disabled OU).
     server
         .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
         .await;
     (server, daemon)
+}
+
+/// `following`, users deactivated by a move to the disabled OU, and `extra` reconcile keys.
+async fn following_with_move(extra: &str) -> (TestServer, Daemon) {
+    following(|text| {
+        *text = text.replace("[users]\n", "[users]\ndeactivate = \"move\"\n");
+        text.push_str(extra);
+    })
+    .await
 }
 
 /// Entries with `uid` anywhere in the directory.
@@ -431,16 +431,7 @@ async fn a_bind_dn_with_access_to_the_bases_only_follows_each_base() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_of_an_entry_made_by_hand_is_an_orphan_and_the_original_stays() {
-    let slapd = Slapd::start(SlapdOptions {
-        syncprov: true,
-        ..SlapdOptions::default()
-    })
-    .expect("slapd starts");
-    let mut server = TestServer::start_on(slapd, |text| text.push_str(FOLLOW_ONLY)).await;
-    let _daemon = own_process(&mut server).await;
-    server
-        .wait_for_gauge("scim2ldap_reconcile_follow_searches", 1)
-        .await;
+    let (server, _daemon) = following(|_| {}).await;
     let mut gia = user_body("gia", "Gia", "G");
     gia["password"] = json!("Gia-Pass-1");
     let id = server.create("/Users", gia).await;
