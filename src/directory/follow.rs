@@ -43,8 +43,14 @@ pub enum SyncEvent {
     DeletedIds(Vec<String>),
     /// Nothing to act on: an entry unchanged since the cookie, or a new cookie alone.
     Unchanged,
-    /// The refresh phase is over; from now on, changes come as they happen.
-    RefreshDone,
+    /// The refresh phase is over; from now on, changes come as they happen. `present`: it
+    /// ended with a present phase (RFC 4533 §3.3.1), which tells deleted entries only by
+    /// leaving them out, as a provider does when its session log does not reach back to the
+    /// cookie.
+    RefreshDone {
+        /// The refresh listed the entries present instead of the ones deleted.
+        present: bool,
+    },
 }
 
 /// One message: what happened, and the cookie that stands for the state after it.
@@ -225,18 +231,11 @@ fn info_message(info: SyncInfo) -> SyncMessage {
         SyncInfo::RefreshDelete {
             cookie,
             refresh_done,
-        }
-        | SyncInfo::RefreshPresent {
+        } => refresh_phase_end(cookie, refresh_done, false),
+        SyncInfo::RefreshPresent {
             cookie,
             refresh_done,
-        } => SyncMessage {
-            event: if refresh_done {
-                SyncEvent::RefreshDone
-            } else {
-                SyncEvent::Unchanged
-            },
-            cookie,
-        },
+        } => refresh_phase_end(cookie, refresh_done, true),
         SyncInfo::SyncIdSet {
             cookie,
             refresh_deletes,
@@ -252,6 +251,18 @@ fn info_message(info: SyncInfo) -> SyncMessage {
             },
             cookie,
         },
+    }
+}
+
+/// The end of a refresh phase: of the whole refresh when `refresh_done`.
+fn refresh_phase_end(cookie: Option<Vec<u8>>, refresh_done: bool, present: bool) -> SyncMessage {
+    SyncMessage {
+        event: if refresh_done {
+            SyncEvent::RefreshDone { present }
+        } else {
+            SyncEvent::Unchanged
+        },
+        cookie,
     }
 }
 

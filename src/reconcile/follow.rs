@@ -387,9 +387,15 @@ impl Follower {
             }
             let mut save_now = false;
             let checked = match message.event {
-                SyncEvent::RefreshDone => {
+                SyncEvent::RefreshDone { present } => {
                     if !refreshed {
                         tracing::info!(base = %self.search.base, "following changes as they happen");
+                    }
+                    if present && !blind && !refreshed {
+                        // Deletes since the cookie were told only by leaving the entries out,
+                        // which following does not compare: a run finds them.
+                        tracing::info!(base = %self.search.base, "the directory could not list the deletes since the kept cookie (its session log does not reach back so far, or it restarted): a full reconciliation runs to find them");
+                        self.service.request_full_reconcile();
                     }
                     refreshed = true;
                     blind = false;
@@ -461,7 +467,7 @@ impl Follower {
             let Some(message) = stream.next().await.map_err(Stop::from)? else {
                 return Err(Stop::NotOffered);
             };
-            if message.event == SyncEvent::RefreshDone {
+            if let SyncEvent::RefreshDone { .. } = message.event {
                 if message.cookie.is_some() {
                     self.cookie = message.cookie;
                     self.unsaved = true;

@@ -77,7 +77,7 @@ pub async fn repair_after_failures(
                 service.request_full_reconcile();
                 continue;
             };
-            tracing::warn!("more failed writes than tracked: running a full reconciliation");
+            tracing::warn!("running a full reconciliation: more failed writes than tracked, or deletes that following could not see");
             tokio::select! {
                 result = run(&service, options, &|_| {}) => {
                     if let Err(err) = result {

@@ -36,6 +36,11 @@ fn hand(server: &TestServer, ldif: String) {
 /// tests' daemons run in this one. The returned process serves the server's requests.
 async fn own_process(server: &mut TestServer) -> Daemon {
     server.stop_daemon().await;
+    start_process(server).await
+}
+
+/// Starts the server's daemon as a process of its own, which then serves its requests.
+async fn start_process(server: &mut TestServer) -> Daemon {
     let daemon = Daemon::ready(&server.config_path).await;
     server.root = format!("http://{}", daemon.listen);
     server.base.clone_from(&daemon.base);
@@ -451,4 +456,18 @@ async fn a_copy_of_an_entry_made_by_hand_is_an_orphan_and_the_original_stays() {
     assert!(server.can_bind(&server.user_dn("gia"), "Gia-Pass-1"));
     let gia = server.get(&format!("/Users/{id}")).await.expect(200);
     assert_eq!(gia["userName"], "gia");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_the_provider_cannot_list_after_a_restart_are_found_by_a_full_run() {
+    let (mut server, daemon) = following(|_| {}).await;
+    server.create("/Users", user_body("hal", "Hal", "H")).await;
+    let hal_dn = server.user_dn("hal");
+    daemon.kill();
+    // slapd restarted: its session log, which lists deletes by id, starts empty.
+    server.slapd.restart().unwrap();
+    hand(&server, format!("dn: {hal_dn}\nchangetype: delete\n"));
+    // Still no run scheduled: only following can tell that a full run must find the delete.
+    let _daemon = start_process(&mut server).await;
+    until("hal's entry put back", || server.entry(&hal_dn).is_some()).await;
 }
