@@ -319,6 +319,14 @@ fn check_operand(
         AttrType::Boolean if op != CompareOp::Eq && op != CompareOp::Ne => Err(format!(
             "operator {op} cannot be used on the boolean attribute {path}; use eq or ne"
         )),
+        // Compared as `compare` reads them: a boolean also from "true"/"false", a number also
+        // from its digits in a string. Anything else could never match.
+        AttrType::Boolean if !value.is_null() && as_bool(value).is_none() => Err(format!(
+            "{path} is a boolean; compare it with true or false, not {value}"
+        )),
+        AttrType::Integer | AttrType::Decimal if !value.is_null() && as_f64(value).is_none() => {
+            Err(format!("{path} is a number; {value} is not one"))
+        }
         AttrType::Binary if op.is_ordering() => Err(format!(
             "operator {op} cannot be used on the binary attribute {path}"
         )),

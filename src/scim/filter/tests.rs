@@ -636,6 +636,14 @@ fn validation_against_the_schema() {
         Err("operator gt cannot be used on the boolean attribute active"),
     );
     check_validate(r#"active co "t""#, Err("boolean"));
+    // Values of the wrong type could never match: refused, not answered with nothing. The
+    // strings IdPs send for booleans still compare.
+    check_validate(r#"active eq "False""#, Ok(()));
+    check_validate(r#"active eq "yes""#, Err("compare it with true or false"));
+    check_validate("active eq 1", Err("boolean"));
+    check_validate("userName eq 5", Ok(()));
+    check_validate(r#"employeeCode gt "7""#, Ok(()));
+    check_validate(r#"weight lt "heavy""#, Err("is a number"));
     check_validate(r#"x509Certificates.value gt "a""#, Err("binary"));
     check_validate("nosuch pr", Err("unknown attribute nosuch"));
     check_validate("name.nosuch pr", Err("unknown attribute name.nosuch"));
