@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
 use super::users::{external_id_of, push_modify, push_rename};
-use super::{check_if_match, now, Conditions, Service, ServiceError};
+use super::{now, Conditions, Service, ServiceError};
 use crate::scim::patch::{members_delta, MembersDelta, PatchRequest};
 use crate::scim::validate::validate_resource;
 use crate::scim::ScimError;
@@ -141,8 +141,7 @@ impl Service {
             ..MembersDelta::default()
         };
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::Group, id, conditions).await?;
         self.update_group(old, group_doc, delta).await
     }
 
@@ -164,8 +163,7 @@ impl Service {
         }
         let schema = self.discovery.group_schema();
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::Group, id, conditions).await?;
         let (new_doc, delta) = match members_delta(&request) {
             Some(delta) => {
                 let other = PatchRequest {
@@ -346,8 +344,7 @@ impl Service {
         conditions: &Conditions,
     ) -> Result<(), ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::Group, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::Group, id, conditions).await?;
         let mut plan = Plan::new();
         plan.ops.push(DirOp::Delete { dn: old.dn.clone() });
         plan.delete = Some(old.id.clone());

@@ -659,6 +659,25 @@ impl Service {
             })
     }
 
+    /// `load` for a write, with its conditions checked (`check_if_match`). With `If-Match`, a
+    /// resource that does not exist fails the precondition (RFC 9110 §13.1.1: `*` matches no
+    /// current representation), rather than 404.
+    async fn load_for_write(
+        &self,
+        kind: Kind,
+        id: &str,
+        conditions: &Conditions,
+    ) -> Result<StoredResource, ServiceError> {
+        let stored = match self.load(kind, id).await {
+            Err(ServiceError::NotFound { .. }) if conditions.if_match.is_some() => {
+                return Err(ServiceError::PreconditionFailed)
+            }
+            other => other?,
+        };
+        check_if_match(conditions, &stored)?;
+        Ok(stored)
+    }
+
     async fn reply(
         &self,
         stored: StoredResource,

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::plan::{DirOp, Plan, PlannedResource};
-use super::{check_if_match, now, Conditions, Service, ServiceError};
+use super::{now, Conditions, Service, ServiceError};
 use crate::mapping::{
     diff, parent_dn, rdn, Ident, OnDelete, OnDisableGroups, OnExisting, PasswordHashing, Projection,
 };
@@ -109,8 +109,7 @@ impl Service {
         conditions: &Conditions,
     ) -> Result<StoredResource, ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::User, id, conditions).await?;
         let validated = validate_resource(&doc, self.discovery.user_schema())?;
         self.note_ignored(&validated.ignored);
         let mut new_doc = validated.doc;
@@ -133,8 +132,7 @@ impl Service {
     ) -> Result<StoredResource, ServiceError> {
         let request = PatchRequest::from_json(&doc)?;
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::User, id, conditions).await?;
         let schema = self.discovery.user_schema();
         let outcome = crate::scim::patch::apply(&old.doc, &request, schema)?;
         self.note_ignored(&outcome.ignored);
@@ -221,8 +219,7 @@ impl Service {
         conditions: &Conditions,
     ) -> Result<(), ServiceError> {
         let _lock = self.locks.lock(format!("id:{id}")).await;
-        let old = self.load(Kind::User, id).await?;
-        check_if_match(conditions, &old)?;
+        let old = self.load_for_write(Kind::User, id, conditions).await?;
         let mut plan = Plan::new();
         let member_value = self.member_value_of(&old.name, &old.dn);
         for (group_id, _) in self.store.groups_of(&old.id).await? {

@@ -479,6 +479,16 @@ async fn etags_guard_writes_and_reads() {
         )
         .await;
     none_match.expect(412);
+    // `If-Match: *` needs a current representation: none is 412, not 404 (RFC 9110 §13.1.1).
+    let missing = server
+        .call_with(
+            reqwest::Method::DELETE,
+            "/Users/00000000-0000-4000-8000-000000000000",
+            None,
+            |r| r.header("if-match", "*"),
+        )
+        .await;
+    missing.expect(412);
     assert!(values(&server.entry(&server.user_dn("etag")).unwrap(), "title").is_empty());
     let fresh = server
         .call_with(
