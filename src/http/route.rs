@@ -141,7 +141,11 @@ pub(crate) async fn dispatch(
     body: Bytes,
 ) -> Reply {
     let service = &state.service;
-    let method = &request.method;
+    // HEAD is GET without the body (RFC 9110 §9.3.2), which hyper leaves out of the reply.
+    let method = match request.method {
+        Method::HEAD => &Method::GET,
+        ref method => method,
+    };
     let outcome: Result<Reply, ScimError> = match route {
         Route::Healthz | Route::Readyz | Route::Metrics => Ok(Reply::text(StatusCode::OK, "ok")),
         Route::NotFound => Err(ScimError::not_found(format!(

@@ -459,6 +459,13 @@ async fn etags_guard_writes_and_reads() {
         })
         .await;
     assert_eq!(not_modified.status.as_u16(), 304);
+    // HEAD: the headers of a GET, no body.
+    let head = server
+        .call_with(reqwest::Method::HEAD, &format!("/Users/{id}"), None, |r| r)
+        .await;
+    assert_eq!(head.status.as_u16(), 200);
+    assert_eq!(head.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(head.body, Value::Null);
     let patch = json!({"Operations": [{"op": "replace", "path": "title", "value": "T"}]});
     let stale = server
         .call_with(
