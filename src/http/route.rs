@@ -166,6 +166,16 @@ pub(crate) async fn dispatch(
         Route::ResourceType(_) | Route::Schema(_) if *method != Method::GET => {
             return Reply::method_not_allowed(method, "GET")
         }
+        // RFC 7644 §4: a discovery endpoint does not filter, and says so rather than answer
+        // everything to a client that would take it for the matches.
+        Route::ServiceProviderConfig | Route::ResourceTypes | Route::Schemas
+            if form_urlencoded::parse(request.query.as_bytes())
+                .any(|(key, _)| key.eq_ignore_ascii_case("filter")) =>
+        {
+            Err(ScimError::forbidden(
+                "discovery endpoints take no filter (RFC 7644 §4); read the whole list",
+            ))
+        }
         Route::ServiceProviderConfig => Ok(Reply::json(
             StatusCode::OK,
             service.discovery().service_provider_config(),

@@ -109,6 +109,11 @@ impl ScimError {
     pub fn unauthorized() -> ScimError {
         ScimError::new(401, None, "a valid bearer token is required")
     }
+    /// 403: the request is understood and refused (RFC 7644 §4: a filter on a discovery
+    /// endpoint).
+    pub fn forbidden(detail: impl Into<String>) -> ScimError {
+        ScimError::new(403, None, detail)
+    }
     /// 404: the resource or endpoint does not exist.
     pub fn not_found(detail: impl Into<String>) -> ScimError {
         ScimError::new(404, None, detail)

@@ -94,6 +94,15 @@ async fn discovery_documents_follow_rfc_7643() {
 
     let types = server.get("/ResourceTypes").await.expect(200);
     assert_eq!(types["totalResults"], 2);
+    // No filter on discovery (RFC 7644 §4): 403, not the whole list taken for the matches.
+    for path in [
+        "/ResourceTypes?filter=name%20eq%20%22User%22",
+        "/Schemas?filter=id%20eq%20%22x%22",
+    ] {
+        let refused = server.get(path).await;
+        assert_eq!(refused.status.as_u16(), 403, "{path}: {}", refused.body);
+        assert_eq!(refused.body["status"], "403", "{path}");
+    }
     let user_type = server.get("/ResourceTypes/User").await.expect(200);
     assert_eq!(user_type["endpoint"], "/Users");
     assert_eq!(
