@@ -161,10 +161,10 @@ pub(crate) async fn dispatch(
         Route::ServiceProviderConfig | Route::ResourceTypes | Route::Schemas
             if *method != Method::GET =>
         {
-            return Reply::method_not_allowed(method, "GET")
+            return Reply::method_not_allowed(&request.method, "GET, HEAD")
         }
         Route::ResourceType(_) | Route::Schema(_) if *method != Method::GET => {
-            return Reply::method_not_allowed(method, "GET")
+            return Reply::method_not_allowed(&request.method, "GET, HEAD")
         }
         // RFC 7644 §4: a discovery endpoint does not filter, and says so rather than answer
         // everything to a client that would take it for the matches.
@@ -195,7 +195,7 @@ pub(crate) async fn dispatch(
             .map(|doc| Reply::json(StatusCode::OK, doc)),
         Route::Search(kind) => {
             if *method != Method::POST {
-                return Reply::method_not_allowed(method, "POST");
+                return Reply::method_not_allowed(&request.method, "POST");
             }
             match parse_json(&request.headers, &body)
                 .and_then(|doc| ListQuery::from_search_request(&doc))
@@ -221,7 +221,7 @@ pub(crate) async fn dispatch(
                     .map(|created| resource_reply(StatusCode::CREATED, created, true)),
                 Err(err) => Err(err),
             },
-            _ => return Reply::method_not_allowed(method, "GET, POST"),
+            _ => return Reply::method_not_allowed(&request.method, "GET, HEAD, POST"),
         },
         Route::Resource(kind, id) => {
             let conditions = conditions(&request.headers);
@@ -258,7 +258,12 @@ pub(crate) async fn dispatch(
                 Method::DELETE => Box::pin(service.delete(kind, &id, &conditions))
                     .await
                     .map(|()| Reply::empty(StatusCode::NO_CONTENT)),
-                _ => return Reply::method_not_allowed(method, "GET, PUT, PATCH, DELETE"),
+                _ => {
+                    return Reply::method_not_allowed(
+                        &request.method,
+                        "GET, HEAD, PUT, PATCH, DELETE",
+                    )
+                }
             }
         }
     };

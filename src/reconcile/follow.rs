@@ -84,6 +84,7 @@ pub async fn follow(
             unsaved: false,
             saved_at: Instant::now(),
             reached: false,
+            run_owed_after: None,
         };
         let task = tasks.spawn(follower.follow(shutdown.clone()));
         (task.id(), search)
@@ -283,6 +284,10 @@ struct Follower {
     saved_at: Instant,
     /// The last attempt got a message of the directory's synchronization.
     reached: bool,
+    /// A full run this follower asked for (deletes it could not see), as the count of runs
+    /// completed when it asked: until a later run completes, no newer cookie is kept, so that
+    /// a restart meanwhile meets the same refresh and asks again.
+    run_owed_after: Option<u64>,
 }
 
 impl Follower {
@@ -395,6 +400,7 @@ impl Follower {
                         // Deletes since the cookie were told only by leaving the entries out,
                         // which following does not compare: a run finds them.
                         tracing::info!(base = %self.search.base, "the directory could not list the deletes since the kept cookie (its session log does not reach back so far, or it restarted): a full reconciliation runs to find them");
+                        self.run_owed_after = Some(self.service.runs_completed());
                         self.service.request_full_reconcile();
                     }
                     refreshed = true;
@@ -478,10 +484,17 @@ impl Follower {
         }
     }
 
-    /// Writes the cookie to the cache when it changed.
+    /// Writes the cookie to the cache when it changed, unless a full run this follower asked
+    /// for has not completed yet.
     async fn save_cookie(&mut self) {
         if !self.unsaved {
             return;
+        }
+        if let Some(asked_at) = self.run_owed_after {
+            if self.service.runs_completed() <= asked_at {
+                return;
+            }
+            self.run_owed_after = None;
         }
         match self
             .service

@@ -3,7 +3,7 @@
 //!
 //! Entries are read with paged searches, so memory follows the page size, not the directory
 //! size (beyond one id per cached resource, to find the entries that are gone). Each entry is
-//! matched to its cached resource by the SCIM id attribute, the directory's own id, or its DN.
+//! matched to its cached resource by the directory's own id, the SCIM id attribute, or its DN.
 //! Repairs go through the same write path as IdP requests (intent, directory, commit) under the
 //! same per-resource locks, so a repair never races an IdP write to the same resource; a
 //! resource changed by the IdP during the scan is simply compared again under its lock.
@@ -93,6 +93,16 @@ pub async fn run(
     let context = crate::audit::AuditContext::system("reconcile", "repair");
     let result = crate::audit::scope(context, run_inner(service, options, progress)).await;
     match &result {
+        Ok(report) if !options.dry_run => {
+            service.note_run_completed();
+            crate::metrics::record_reconcile(
+                report.scanned,
+                report.drifted,
+                report.repaired,
+                report.orphans,
+                report.duration,
+            )
+        }
         Ok(report) => crate::metrics::record_reconcile(
             report.scanned,
             report.drifted,
@@ -220,16 +230,9 @@ impl Run<'_> {
         kind: Kind,
         entry: &Entry,
     ) -> Result<Option<StoredResource>, ReconcileError> {
+        // The directory's own id first: the SCIM id in an entry can be copied or edited by
+        // hand, the entry's id cannot.
         let store = self.service.store();
-        if let Some(id) = self
-            .service
-            .id_attribute(kind)
-            .and_then(|attr| entry.first(attr).map(str::to_string))
-        {
-            if let Some(found) = store.get(kind, &id).await? {
-                return Ok(Some(found));
-            }
-        }
         let entry_id_attr = self.service.config().ldap.flavor.entry_id_attribute();
         if let Some(entry_uuid) = entry.first(entry_id_attr) {
             if let Some(found) = store
@@ -237,6 +240,15 @@ impl Run<'_> {
                 .await?
                 .pop()
             {
+                return Ok(Some(found));
+            }
+        }
+        if let Some(id) = self
+            .service
+            .id_attribute(kind)
+            .and_then(|attr| entry.first(attr).map(str::to_string))
+        {
+            if let Some(found) = store.get(kind, &id).await? {
                 return Ok(Some(found));
             }
         }

@@ -213,6 +213,8 @@ pub struct Service {
     ignored_names: std::sync::Mutex<users::IgnoredNames>,
     /// One reconcile run at a time.
     reconcile_lock: tokio::sync::Mutex<()>,
+    /// Full reconciliation runs completed by this process.
+    runs_completed: std::sync::atomic::AtomicU64,
     /// The last readiness check and when it ran (see `ready`).
     readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// Resources whose last write failed transiently and may be half applied.
@@ -248,6 +250,7 @@ impl Service {
             member_queue: members::MemberQueue::default(),
             ignored_names: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            runs_completed: std::sync::atomic::AtomicU64::new(0),
             readiness: tokio::sync::Mutex::new(None),
             suspects: suspects::Suspects::default(),
             directory_write_time: crate::store::MovingAverage::new(std::time::Duration::ZERO),
@@ -659,21 +662,16 @@ impl Service {
             })
     }
 
-    /// `load` for a write, with its conditions checked (`check_if_match`). With `If-Match`, a
-    /// resource that does not exist fails the precondition (RFC 9110 §13.1.1: `*` matches no
-    /// current representation), rather than 404.
+    /// `load` for a write, with its conditions checked (`check_if_match`). A resource that does
+    /// not exist is 404 whatever the conditions say (RFC 9110 §13.2.1: preconditions are
+    /// ignored when the answer without them would be neither 2xx nor 412).
     async fn load_for_write(
         &self,
         kind: Kind,
         id: &str,
         conditions: &Conditions,
     ) -> Result<StoredResource, ServiceError> {
-        let stored = match self.load(kind, id).await {
-            Err(ServiceError::NotFound { .. }) if conditions.if_match.is_some() => {
-                return Err(ServiceError::PreconditionFailed)
-            }
-            other => other?,
-        };
+        let stored = self.load(kind, id).await?;
         check_if_match(conditions, &stored)?;
         Ok(stored)
     }

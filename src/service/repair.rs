@@ -384,6 +384,18 @@ impl Service {
         self.suspects.pending()
     }
 
+    /// Counts a full reconciliation run that completed.
+    pub fn note_run_completed(&self) {
+        self.runs_completed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Full reconciliation runs completed by this process.
+    pub fn runs_completed(&self) -> u64 {
+        self.runs_completed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Asks for a full reconciliation run at the next pass (one could not start).
     pub fn request_full_reconcile(&self) {
         self.suspects.set_overflowed();

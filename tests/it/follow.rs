@@ -470,4 +470,32 @@ async fn deletes_the_provider_cannot_list_after_a_restart_are_found_by_a_full_ru
     // Still no run scheduled: only following can tell that a full run must find the delete.
     let _daemon = start_process(&mut server).await;
     until("hal's entry put back", || server.entry(&hal_dn).is_some()).await;
+    // By a full run, which following asked for.
+    let runs = r#"scim2ldap_reconcile_runs_total{result="ok"}"#;
+    assert!(sample(&server.metrics().await, runs) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scim_id_written_over_another_entry_by_hand_is_put_back_not_taken_for_a_copy() {
+    let (server, _daemon) = following(|_| {}).await;
+    let mut ida = user_body("ida", "Ida", "I");
+    ida["password"] = json!("Ida-Pass-1");
+    let ida_id = server.create("/Users", ida).await;
+    let mut jon = user_body("jon", "Jon", "J");
+    jon["password"] = json!("Jon-Pass-1");
+    let jon_id = server.create("/Users", jon).await;
+    let jon_dn = server.user_dn("jon");
+    // Jon's entry given Ida's SCIM id by hand: still Jon's entry (its entryUUID says so).
+    hand(
+        &server,
+        format!("dn: {jon_dn}\nchangetype: modify\nreplace: scimId\nscimId: {ida_id}\n"),
+    );
+    until("jon's SCIM id put back", || {
+        server
+            .entry(&jon_dn)
+            .is_some_and(|e| values(&e, "scimId") == [jon_id.as_str()])
+    })
+    .await;
+    assert!(server.can_bind(&jon_dn, "Jon-Pass-1"));
+    assert!(server.can_bind(&server.user_dn("ida"), "Ida-Pass-1"));
 }

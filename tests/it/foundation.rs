@@ -197,7 +197,7 @@ async fn unknown_paths_wrong_methods_and_big_bodies_get_scim_errors() {
     let wrong = server
         .call(Method::POST, "/ServiceProviderConfig", Some(json!({})))
         .await;
-    assert_eq!(wrong.header("allow").as_deref(), Some("GET"));
+    assert_eq!(wrong.header("allow").as_deref(), Some("GET, HEAD"));
     wrong.expect(405);
     server
         .call(Method::DELETE, "/Users", None)
