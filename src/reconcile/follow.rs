@@ -19,9 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{
-    Action, Finding, FindingKind, ReconcileConfig, ReconcileError, Report, Run, RunOptions,
-};
+use super::{Action, ReconcileConfig, ReconcileError, Report, Run, RunOptions};
 use crate::config::Config;
 use crate::directory::{
     ChangeStream, Directory, DirectoryError, SearchScope, SyncEvent, SYNC_REFRESH_REQUIRED,
@@ -630,15 +628,7 @@ impl Follower {
             self.finish(run.report);
             return Ok(());
         }
-        let action = run.repair(&resource, None).await?;
-        run.drift_found(Finding {
-            kind: FindingKind::Missing,
-            resource_type: kind.as_str(),
-            id: Some(resource.id.clone()),
-            dn: resource.dn.clone(),
-            attributes: Vec::new(),
-            action,
-        });
+        run.missing(&resource).await?;
         self.finish(run.report);
         Ok(())
     }

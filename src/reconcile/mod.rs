@@ -464,17 +464,23 @@ impl Run<'_> {
                 if self.seen.contains(&resource.id) {
                     continue;
                 }
-                let action = self.repair(&resource, None).await?;
-                self.drift_found(Finding {
-                    kind: FindingKind::Missing,
-                    resource_type: kind.as_str(),
-                    id: Some(resource.id.clone()),
-                    dn: resource.dn.clone(),
-                    attributes: Vec::new(),
-                    action,
-                });
+                self.missing(&resource).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A cached resource whose entry is gone: re-created (or reported) and counted.
+    async fn missing(&mut self, resource: &StoredResource) -> Result<(), ReconcileError> {
+        let action = self.repair(resource, None).await?;
+        self.drift_found(Finding {
+            kind: FindingKind::Missing,
+            resource_type: resource.kind.as_str(),
+            id: Some(resource.id.clone()),
+            dn: resource.dn.clone(),
+            attributes: Vec::new(),
+            action,
+        });
         Ok(())
     }
 }

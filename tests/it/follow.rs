@@ -8,23 +8,11 @@ use scim2ldap::demo::slapd::{Slapd, SlapdOptions};
 use serde_json::json;
 
 use crate::daemon::Daemon;
-use crate::support::{sample, user_body, values, TestServer};
+use crate::support::{sample, until, user_body, values, TestServer};
 
 /// No run at start-up, none periodically: only following can repair.
 const FOLLOW_ONLY: &str =
     "\n[reconcile]\nat_startup = false\ninterval = \"0s\"\norphans = \"disable\"\nfollow = true\n";
-
-/// Waits up to 30 seconds for `check` to hold.
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what}: not within 30 seconds"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Changes the directory by hand, as the operator's own identity (LDAPI), not the daemon's
 /// bind DN.
@@ -263,11 +251,7 @@ async fn alice_active_bob_suspended_carol_deleted(server: &TestServer) -> String
     let carol_id = server
         .create("/Users", user_body("carol", "Carol", "C"))
         .await;
-    let off = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
-    server
-        .patch(&format!("/Users/{bob_id}"), off)
-        .await
-        .expect(200);
+    server.set_active(&bob_id, false).await;
     server
         .delete(&format!("/Users/{carol_id}"))
         .await

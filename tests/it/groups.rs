@@ -1479,20 +1479,12 @@ async fn a_user_renamed_while_its_group_entry_is_gone_is_renamed_and_the_group_c
     assert!(server.entry(&server.user_dn("rhea2")).is_some());
     // Reconciliation puts the group back with the member as it is now.
     let new_dn = server.user_dn("rhea2");
-    let started = std::time::Instant::now();
-    loop {
-        if server
+    crate::support::until("the group back with its renamed member", || {
+        server
             .entry(&group_dn)
             .is_some_and(|e| values(&e, "member") == [new_dn.as_str()])
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the group did not come back with its renamed member"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

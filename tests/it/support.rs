@@ -210,6 +210,13 @@ impl TestServer {
     pub async fn patch(&self, path: &str, body: Value) -> Reply {
         self.call(Method::PATCH, path, Some(body)).await
     }
+    /// Suspends (`false`) or reactivates user `id` with a PATCH of `active`, as IdPs do;
+    /// expects 200.
+    pub async fn set_active(&self, id: &str, active: bool) {
+        let patch = serde_json::json!({"Operations": [{"op": "replace", "path": "active", "value": active}]});
+        self.patch(&format!("/Users/{id}"), patch).await.expect(200);
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.call(Method::DELETE, path, None).await
     }
@@ -411,4 +418,17 @@ pub fn service_account(slapd: &Slapd) -> String {
         ))
         .unwrap();
     service_dn
+}
+
+/// Waits up to 30 seconds for `check` to hold (the daemon working on its own: following,
+/// reconciliation), failing with `what`.
+pub async fn until(what: &str, check: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{what}: not within 30 seconds"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
