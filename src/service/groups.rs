@@ -174,17 +174,12 @@ impl Service {
                 (outcome.resource, delta)
             }
             None => {
-                // A general PATCH (a filter over members, say): apply it to the full resource.
+                // A general PATCH (a filter over members, say): apply it to the full resource,
+                // with its members as a GET shows them, so that a filter on any of their
+                // sub-attributes (`members[type eq "User"]`) finds them.
                 let mut full = old.doc.clone();
-                let members: Vec<Value> = self
-                    .store
-                    .members(&old.id)
-                    .await?
-                    .into_iter()
-                    .map(|member_id| serde_json::json!({ "value": member_id }))
-                    .collect();
                 if let Some(object) = full.as_object_mut() {
-                    object.insert("members".to_string(), Value::Array(members));
+                    self.add_related(Kind::Group, &old.id, object).await?;
                 }
                 let outcome = crate::scim::patch::apply(&full, &request, schema)?;
                 self.note_ignored(&outcome.ignored);
@@ -528,10 +523,11 @@ fn split_members(mut doc: Value) -> (Value, Vec<String>) {
         .as_object_mut()
         .and_then(|object| object.remove("members"))
         .unwrap_or(Value::Null);
+    let mut seen = std::collections::HashSet::new();
     let mut ids = Vec::new();
     for member in crate::scim::path::values_of(&members) {
         if let Some(id) = member.get("value").and_then(Value::as_str) {
-            if !ids.iter().any(|known: &String| known == id) {
+            if seen.insert(id) {
                 ids.push(id.to_string());
             }
         }

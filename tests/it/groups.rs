@@ -163,6 +163,24 @@ async fn every_member_patch_shape_lands_in_the_directory() {
     assert!(in_group(&server, "ann", "Other"));
     server.delete(&format!("/Groups/{other}")).await.expect(204);
 
+    // A filter on a sub-attribute a GET shows besides `value`: every member is a user.
+    server
+        .patch(
+            &format!("/Groups/{gid}"),
+            ops(json!([{"op": "remove", "path": "members[type eq \"User\"]"}])),
+        )
+        .await
+        .expect(204);
+    assert_eq!(
+        members_of(&server, "Platform Engineers"),
+        [placeholder.as_str()]
+    );
+    assert!(!in_group(&server, "ben", "Platform Engineers"));
+    server
+        .patch(&format!("/Groups/{gid}"), ops(json!([{"op": "add", "path": "members", "value": [{"value": ben}, {"value": cid}]}])))
+        .await
+        .expect(204);
+
     // Remove everyone: the placeholder keeps the entry valid and is never shown.
     server
         .patch(
