@@ -381,6 +381,23 @@ pub(crate) fn new_uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
+/// Counts one in `counter` for as long as it lives, even when the future holding it is dropped
+/// (a connection's waiters, the writes in flight).
+pub(crate) struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

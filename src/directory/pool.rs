@@ -106,7 +106,7 @@ impl Pool {
         let mut slot = match self.slots[slot_idx].try_lock() {
             Ok(slot) => slot,
             Err(_) => {
-                let _waiting = Waiting::new(&self.waiters);
+                let _waiting = crate::Counted::new(&self.waiters);
                 self.slots[slot_idx].lock().await
             }
         };
@@ -280,22 +280,6 @@ impl Pool {
         .map_err(DirectoryError::from)?;
         tracing::debug!(url = %self.config.url, "directory connection bound");
         Ok(conn)
-    }
-}
-
-/// Counts one waiter for as long as it lives, even when the waiting future is dropped.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(waiters: &'a AtomicUsize) -> Waiting<'a> {
-        waiters.fetch_add(1, Ordering::Relaxed);
-        Waiting(waiters)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

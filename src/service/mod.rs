@@ -222,6 +222,9 @@ pub struct Service {
     /// How long a write's directory work takes: the cache's fsync, which runs beside it, may
     /// take its time up to about half of that.
     directory_write_time: crate::store::MovingAverage,
+    /// Writes between their intent and their commit: an fsync is held back for others to join
+    /// only while there are others.
+    writes_in_flight: std::sync::atomic::AtomicUsize,
     /// The naming contexts holding the users and the groups, where their POSIX numbers must
     /// be unique; read from the root DSE at the first allocation of each kind.
     naming_contexts: [tokio::sync::OnceCell<String>; 2],
@@ -254,6 +257,7 @@ impl Service {
             readiness: tokio::sync::Mutex::new(None),
             suspects: suspects::Suspects::default(),
             directory_write_time: crate::store::MovingAverage::new(std::time::Duration::ZERO),
+            writes_in_flight: Default::default(),
             naming_contexts: Default::default(),
         })
     }

@@ -8,6 +8,7 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 use super::suspects::{FailedAdd, Suspect};
 use super::{Service, ServiceError};
@@ -367,6 +368,7 @@ impl Service {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), DirectoryError>>,
     {
+        let _in_flight = crate::Counted::new(&self.writes_in_flight);
         let resource_id = plan
             .upsert
             .as_ref()
@@ -412,11 +414,22 @@ impl Service {
             }
             applied
         };
-        // Half the directory's usual time, to leave room for a slow flush.
-        let synced = self
-            .store
-            .sync_by(started + self.directory_write_time.get() / 2);
-        let (applied, synced) = tokio::join!(directory_work, synced);
+        // A write alone has nobody to share an fsync with: its fsync starts at once. Others in
+        // flight may join it if it waits up to half the directory's usual time, leaving room
+        // for a slow flush. The fsync is planned now and runs while the directory works; it is
+        // awaited only once the directory has answered, so that its completion, usually the
+        // earlier, wakes no request thread (a third fewer thread switches one at a time).
+        let by = if self.writes_in_flight.load(Ordering::Relaxed) > 1 {
+            started + self.directory_write_time.get() / 2
+        } else {
+            started
+        };
+        let synced = self.store.start_sync_by(by);
+        let applied = directory_work.await;
+        let synced = match synced {
+            Ok(synced) => synced.await,
+            Err(err) => Err(err),
+        };
         let applied = match applied {
             Ok(_) if lose_reply() && crate::audit::in_request() => {
                 tracing::warn!("test hook: reporting an applied write as a lost reply");

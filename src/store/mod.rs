@@ -662,9 +662,18 @@ impl Store {
     /// earliest such time of the callers waiting, so that one fsync serves more of them: on a
     /// disk the directory shares, every flush of ours is one the directory waits behind.
     pub async fn sync_by(&self, by: std::time::Instant) -> Result<(), StoreError> {
+        self.start_sync_by(by)?.await
+    }
+
+    /// `sync_by`, asked for now: the fsync is planned before the returned future is first
+    /// polled, so that a caller may await it only once it needs it.
+    pub fn start_sync_by(
+        &self,
+        by: std::time::Instant,
+    ) -> Result<impl std::future::Future<Output = Result<(), StoreError>> + use<>, StoreError> {
         let (reply, receive) = oneshot::channel();
         self.writer.sync.sync_by(reply, by)?;
-        receive.await.map_err(|_| StoreError::WriterGone)?
+        Ok(async move { receive.await.map_err(|_| StoreError::WriterGone)? })
     }
 
     /// Applies `commit` in one transaction; durable against a process crash when it returns
