@@ -591,6 +591,7 @@ impl Store {
         };
         // Room for the point lookups' statements beside the writes' (see `read`).
         writer_conn.set_prepared_statement_cache_capacity(64);
+        stable_plans(&writer_conn).map_err(|err| open_err(err.to_string()))?;
         // Checkpoints run on the sync thread, off the request threads that write.
         writer_conn
             .pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
@@ -604,6 +605,7 @@ impl Store {
             )
             .map_err(|err| open_err(err.to_string()))?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            stable_plans(&conn).map_err(|err| open_err(err.to_string()))?;
             readers.push(Mutex::new(conn));
         }
         let sync = Arc::new(SyncQueue::new(MAX_SYNC_DELAY));
@@ -1229,6 +1231,18 @@ fn sync_loop(wal_path: &Path, writer: &std::sync::Weak<Writer>, queue: &SyncQueu
             });
         }
     }
+}
+
+/// Plans a statement once, whatever values are bound to it. Without this, SQLite (built with
+/// STAT4, as rusqlite bundles it) marks a cached statement whose plan could depend on a bound
+/// value (a `LIMIT ?`, a column a partial index tests) and prepares it again after every new
+/// binding: a parse and a plan on each call.
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(|_| ())
 }
 
 /// Creates file `path` readable by its owner alone (0600), and the folders above it that are
