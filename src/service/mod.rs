@@ -222,8 +222,8 @@ pub struct Service {
     /// How long a write's directory work takes: the cache's fsync, which runs beside it, may
     /// take its time up to about half of that.
     directory_write_time: crate::store::MovingAverage,
-    /// Writes between their intent and their commit: an fsync is held back for others to join
-    /// only while there are others.
+    /// Writes being executed (`execute_plan`, intent to commit): a write's fsync is held back
+    /// for others to join only while there are others.
     writes_in_flight: std::sync::atomic::AtomicUsize,
     /// The naming contexts holding the users and the groups, where their POSIX numbers must
     /// be unique; read from the root DSE at the first allocation of each kind.

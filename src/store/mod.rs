@@ -12,10 +12,10 @@
 //! process being killed (it is in the WAL, in the OS page cache) but not by itself a power loss.
 //! Power-loss durability comes from `sync`: a sync thread fsyncs the WAL file, batching every
 //! caller that waits at the time, and holding the fsync back while every waiting caller can
-//! spare the time (`sync_by`), so that one flush serves more writes. The service calls it after
-//! recording an intent, in parallel with the directory write, and acknowledges only when both
-//! are done: after a power loss, an acknowledged write is either committed or its intent is on
-//! disk and is replayed. The same thread checkpoints the WAL into the database file.
+//! spare the time (`start_sync_by`), so that one flush serves more writes. The service asks for
+//! it after recording an intent, lets it run beside the directory write, and acknowledges only
+//! when both are done: after a power loss, an acknowledged write is either committed or its
+//! intent is on disk and is replayed. The same thread checkpoints the WAL into the database file.
 
 mod schema;
 
@@ -656,19 +656,15 @@ impl Store {
     /// Makes everything written before this call durable against power loss: one fsync of the
     /// WAL file, shared by every caller waiting at the time.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        self.sync_by(std::time::Instant::now()).await
+        self.start_sync_by(std::time::Instant::now())?.await
     }
 
-    /// `sync` for a caller that will not need the answer before `by` (it waits for something
-    /// else meanwhile). The sync thread may hold the fsync back until shortly before the
-    /// earliest such time of the callers waiting, so that one fsync serves more of them: on a
-    /// disk the directory shares, every flush of ours is one the directory waits behind.
-    pub async fn sync_by(&self, by: std::time::Instant) -> Result<(), StoreError> {
-        self.start_sync_by(by)?.await
-    }
-
-    /// `sync_by`, asked for now: the fsync is planned before the returned future is first
-    /// polled, so that a caller may await it only once it needs it.
+    /// Plans the fsync of `sync` for a caller that will not need the answer before `by` (it
+    /// waits for something else meanwhile) and returns the wait for it, to be awaited once the
+    /// caller needs it: an fsync done by then wakes nobody. The sync thread may hold the fsync
+    /// back until shortly before the earliest such time of the callers waiting, so that one
+    /// fsync serves more of them: on a disk the directory shares, every flush of ours is one
+    /// the directory waits behind.
     pub fn start_sync_by(
         &self,
         by: std::time::Instant,
